@@ -1,0 +1,109 @@
+//! Block devices behind logical units. One trait, [`BlockDevice`], serves every backend; the
+//! daemon holds them as [`AnyDevice`] (static dispatch: no boxed future per I/O).
+//!
+//! Buffers move by ownership: a read is handed a `BytesMut` of the wanted length and gives it
+//! back filled (the file backend lets the kernel write straight into it); a write is handed the
+//! very `Bytes` the transport received the Data-Out segments into. Nothing is copied in between.
+
+use bytes::{Bytes, BytesMut};
+use std::future::Future;
+
+pub mod file;
+pub mod null;
+pub mod ram;
+
+pub use file::FileDevice;
+pub use null::NullDevice;
+pub use ram::RamDevice;
+
+/// Errors from a backend. Each maps to the sense a SCSI initiator should see.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("access beyond the end of the device (offset {offset}, length {len})")]
+    OutOfRange { offset: u64, len: u64 },
+    #[error("backend is shutting down")]
+    Closed,
+}
+
+impl BackendError {
+    /// The sense for a failed read or write.
+    pub fn sense(&self, writing: bool) -> crate::scsi::sense::Sense {
+        use crate::scsi::sense::Sense;
+        match self {
+            BackendError::OutOfRange { .. } => Sense::LBA_OUT_OF_RANGE,
+            BackendError::Closed => Sense::INTERNAL_TARGET_FAILURE,
+            BackendError::Io(_) if writing => Sense::WRITE_ERROR,
+            BackendError::Io(_) => Sense::UNRECOVERED_READ_ERROR,
+        }
+    }
+}
+
+pub type IoResult<T> = Result<T, BackendError>;
+
+/// A byte-addressed block device. Offsets and lengths are in bytes and always whole logical
+/// blocks (the SCSI layer validates ranges before calling).
+pub trait BlockDevice: Send + Sync + 'static {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// Fill `buf` (whose length is the amount wanted) from `offset` and give it back.
+    fn read(&self, offset: u64, buf: BytesMut) -> impl Future<Output = IoResult<BytesMut>> + Send;
+
+    /// Write `data` at `offset`. With `fua`, the data is durable when this returns.
+    fn write(&self, offset: u64, data: Bytes, fua: bool)
+        -> impl Future<Output = IoResult<()>> + Send;
+
+    /// Make every completed write durable (SYNCHRONIZE CACHE).
+    fn flush(&self) -> impl Future<Output = IoResult<()>> + Send;
+}
+
+/// Every backend the daemon can serve, dispatched without boxing.
+pub enum AnyDevice {
+    Ram(RamDevice),
+    Null(NullDevice),
+    File(FileDevice),
+}
+
+impl BlockDevice for AnyDevice {
+    fn size(&self) -> u64 {
+        match self {
+            AnyDevice::Ram(d) => d.size(),
+            AnyDevice::Null(d) => d.size(),
+            AnyDevice::File(d) => d.size(),
+        }
+    }
+
+    async fn read(&self, offset: u64, buf: BytesMut) -> IoResult<BytesMut> {
+        match self {
+            AnyDevice::Ram(d) => d.read(offset, buf).await,
+            AnyDevice::Null(d) => d.read(offset, buf).await,
+            AnyDevice::File(d) => d.read(offset, buf).await,
+        }
+    }
+
+    async fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoResult<()> {
+        match self {
+            AnyDevice::Ram(d) => d.write(offset, data, fua).await,
+            AnyDevice::Null(d) => d.write(offset, data, fua).await,
+            AnyDevice::File(d) => d.write(offset, data, fua).await,
+        }
+    }
+
+    async fn flush(&self) -> IoResult<()> {
+        match self {
+            AnyDevice::Ram(d) => d.flush().await,
+            AnyDevice::Null(d) => d.flush().await,
+            AnyDevice::File(d) => d.flush().await,
+        }
+    }
+}
+
+/// Checks that `[offset, offset+len)` lies within a device of `size` bytes.
+pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> IoResult<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(BackendError::OutOfRange { offset, len }),
+    }
+}

@@ -1,0 +1,10 @@
+//! vvold: an iSCSI target that serves VMware Virtual Volumes through Protocol Endpoints.
+//!
+//! Layers, lowest first (no layer calls one above it):
+//! - [`backend`]: block devices (ram, null, file over io_uring)
+//! - [`scsi`]: SPC/SBC command emulation, pure
+//! - [`iscsi`]: PDU codec, login and negotiation, session sequencing, pure
+//! - [`net`]: the async edge: sockets, tasks, timers
+
+pub mod backend;
+pub mod scsi;

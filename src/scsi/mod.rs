@@ -1,0 +1,78 @@
+//! SCSI command emulation (SPC-4/SBC-3) over a [`crate::backend::BlockDevice`], pure and
+//! synchronous: a CDB goes in, a [`Plan`] comes out. The transport executes the plan (moves
+//! data, calls the backend) and hands results back to the functions here. No sockets, no
+//! awaits, no backend calls in this module.
+
+pub mod lun;
+pub mod sense;
+
+use bytes::Bytes;
+pub use lun::Lun;
+pub use sense::{Sense, SenseKey};
+
+/// SCSI status byte (SAM-5 table 33).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Status {
+    Good = 0x00,
+    CheckCondition = 0x02,
+    ConditionMet = 0x04,
+    Busy = 0x08,
+    ReservationConflict = 0x18,
+    TaskSetFull = 0x28,
+    TaskAborted = 0x40,
+}
+
+/// Identity of an I_T nexus (one iSCSI session): unit attentions, PREVENT state and, later,
+/// reservations are kept per nexus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NexusId(pub u64);
+
+/// The final answer to a command: status, Data-In payload (already cut to the CDB's allocation
+/// length; the transport cuts it further to the iSCSI expected length and reports residuals)
+/// and, for CHECK CONDITION, the formatted sense data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: Status,
+    pub data: Bytes,
+    pub sense: Bytes,
+}
+
+impl Response {
+    pub fn good(data: Bytes) -> Response {
+        Response { status: Status::Good, data, sense: Bytes::new() }
+    }
+
+    pub fn good_empty() -> Response {
+        Response::good(Bytes::new())
+    }
+
+    /// CHECK CONDITION with fixed-format sense.
+    pub fn check(sense: Sense) -> Response {
+        Response {
+            status: Status::CheckCondition,
+            data: Bytes::new(),
+            sense: Bytes::copy_from_slice(&sense.to_fixed()),
+        }
+    }
+}
+
+/// What the transport must do to finish a command. Offsets and lengths are bytes, already
+/// validated against the device's geometry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Answer now.
+    Respond(Response),
+    /// Read `len` bytes at `offset` from the backend and return them as Data-In, GOOD.
+    Read { offset: u64, len: u32 },
+    /// Receive `len` bytes of Data-Out, write them at `offset` (durably before GOOD if `fua`).
+    Write { offset: u64, len: u32, fua: bool },
+    /// Receive `len` bytes of Data-Out, read the same range from the backend and compare
+    /// (VERIFY with BYTCHK=1): finish with [`compare_result`].
+    Compare { offset: u64, len: u32 },
+    /// Make all written data durable (SYNCHRONIZE CACHE), then GOOD.
+    Flush,
+    /// Receive `len` bytes of parameter data (MODE SELECT and friends), then finish with the
+    /// logical unit's `apply_parameters` for the same CDB.
+    Parameters { len: u32 },
+}
