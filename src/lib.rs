@@ -7,4 +7,5 @@
 //! - [`net`]: the async edge: sockets, tasks, timers
 
 pub mod backend;
+pub mod iscsi;
 pub mod scsi;

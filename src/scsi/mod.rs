@@ -40,7 +40,11 @@ pub struct Response {
 
 impl Response {
     pub fn good(data: Bytes) -> Response {
-        Response { status: Status::Good, data, sense: Bytes::new() }
+        Response {
+            status: Status::Good,
+            data,
+            sense: Bytes::new(),
+        }
     }
 
     pub fn good_empty() -> Response {

@@ -1,0 +1,5 @@
+//! iSCSI (RFC 7143), pure: the PDU codec, text keys, login and negotiation, session sequence
+//! numbers and data-transfer bookkeeping. Bytes in, typed events and bytes out; no sockets.
+
+pub mod digest;
+pub mod pdu;
