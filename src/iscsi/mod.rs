@@ -3,3 +3,5 @@
 
 pub mod digest;
 pub mod pdu;
+pub mod transfer;
+pub mod window;

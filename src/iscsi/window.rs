@@ -1,0 +1,145 @@
+//! The command window of a session (RFC 7143 §4.2.2.1): which CmdSNs are accepted, how
+//! ExpCmdSN advances, and MaxCmdSN as back-pressure. MaxCmdSN shrinks while commands are in
+//! flight, so an initiator can never have more than `depth` commands queued here: that is what
+//! bounds the memory a peer can make us hold.
+
+use super::pdu::SerialNumber;
+
+#[derive(Debug, Clone)]
+pub struct CmdWindow {
+    expcmdsn: SerialNumber,
+    depth: u32,
+    in_flight: u32,
+    /// CmdSNs received ahead of ExpCmdSN (a gap), bit i = ExpCmdSN + 1 + i.
+    ahead: u128,
+}
+
+/// What to do with an arriving command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Execute it.
+    Accept,
+    /// Outside the window: silently ignore it (RFC 7143 §4.2.2.1).
+    Ignore,
+}
+
+impl CmdWindow {
+    /// `depth` is the queue depth offered to the initiator (at least 1, at most 128).
+    pub fn new(expcmdsn: SerialNumber, depth: u32) -> CmdWindow {
+        CmdWindow {
+            expcmdsn,
+            depth: depth.clamp(1, 128),
+            in_flight: 0,
+            ahead: 0,
+        }
+    }
+
+    pub fn expcmdsn(&self) -> SerialNumber {
+        self.expcmdsn
+    }
+
+    /// MaxCmdSN = ExpCmdSN + free slots − 1. With no free slot it equals ExpCmdSN − 1, which
+    /// closes the window (RFC 7143 §4.2.2.1 allows MaxCmdSN = ExpCmdSN − 1).
+    pub fn maxcmdsn(&self) -> SerialNumber {
+        let free = self.depth.saturating_sub(self.in_flight);
+        SerialNumber(self.expcmdsn.0.wrapping_add(free).wrapping_sub(1))
+    }
+
+    /// Admit a command. Immediate commands are always accepted and do not advance ExpCmdSN.
+    pub fn admit(&mut self, cmdsn: SerialNumber, immediate: bool) -> Admission {
+        if immediate {
+            self.in_flight += 1;
+            return Admission::Accept;
+        }
+        let max = self.maxcmdsn();
+        if cmdsn.lt(self.expcmdsn) || max.lt(cmdsn) {
+            return Admission::Ignore;
+        }
+        let offset = cmdsn.0.wrapping_sub(self.expcmdsn.0);
+        if offset == 0 {
+            self.expcmdsn = self.expcmdsn.next();
+            // Pull in any commands that arrived ahead of this one.
+            while self.ahead & 1 == 1 {
+                self.ahead >>= 1;
+                self.expcmdsn = self.expcmdsn.next();
+            }
+            self.ahead >>= 1;
+        } else {
+            let bit = 1u128 << (offset - 1);
+            if self.ahead & bit != 0 {
+                return Admission::Ignore; // duplicate
+            }
+            self.ahead |= bit;
+        }
+        self.in_flight += 1;
+        Admission::Accept
+    }
+
+    /// A previously accepted command finished (response sent or aborted).
+    pub fn complete(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Commands that only take a CmdSN (NOP-Out with a reply, Text, Logout, TMF when not
+    /// immediate) pass through the same ordering but hold no slot afterwards.
+    pub fn admit_transient(&mut self, cmdsn: SerialNumber, immediate: bool) -> Admission {
+        let a = self.admit(cmdsn, immediate);
+        if a == Admission::Accept {
+            self.complete();
+        }
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_commands_advance_expcmdsn() {
+        let mut w = CmdWindow::new(SerialNumber(10), 4);
+        assert_eq!(w.maxcmdsn(), SerialNumber(13));
+        assert_eq!(w.admit(SerialNumber(10), false), Admission::Accept);
+        assert_eq!(w.expcmdsn(), SerialNumber(11));
+        // one in flight: window shrinks by one.
+        assert_eq!(w.maxcmdsn(), SerialNumber(13));
+        w.complete();
+        assert_eq!(w.maxcmdsn(), SerialNumber(14));
+    }
+
+    #[test]
+    fn out_of_window_is_ignored() {
+        let mut w = CmdWindow::new(SerialNumber(10), 4);
+        assert_eq!(w.admit(SerialNumber(9), false), Admission::Ignore);
+        assert_eq!(w.admit(SerialNumber(14), false), Admission::Ignore);
+        assert_eq!(w.expcmdsn(), SerialNumber(10));
+    }
+
+    #[test]
+    fn a_gap_is_filled_later() {
+        let mut w = CmdWindow::new(SerialNumber(0), 8);
+        assert_eq!(w.admit(SerialNumber(1), false), Admission::Accept);
+        assert_eq!(w.admit(SerialNumber(2), false), Admission::Accept);
+        assert_eq!(w.expcmdsn(), SerialNumber(0));
+        assert_eq!(w.admit(SerialNumber(2), false), Admission::Ignore);
+        assert_eq!(w.admit(SerialNumber(0), false), Admission::Accept);
+        assert_eq!(w.expcmdsn(), SerialNumber(3));
+    }
+
+    #[test]
+    fn full_window_closes() {
+        let mut w = CmdWindow::new(SerialNumber(0), 2);
+        w.admit(SerialNumber(0), false);
+        w.admit(SerialNumber(1), false);
+        assert_eq!(w.maxcmdsn(), SerialNumber(1)); // == ExpCmdSN - 1
+        assert_eq!(w.admit(SerialNumber(2), false), Admission::Ignore);
+    }
+
+    #[test]
+    fn wraps_around() {
+        let mut w = CmdWindow::new(SerialNumber(u32::MAX), 4);
+        assert_eq!(w.admit(SerialNumber(u32::MAX), false), Admission::Accept);
+        assert_eq!(w.admit(SerialNumber(0), false), Admission::Accept);
+        assert_eq!(w.expcmdsn(), SerialNumber(1));
+    }
+}
