@@ -7,5 +7,6 @@
 //! - [`net`]: the async edge: sockets, tasks, timers
 
 pub mod backend;
+pub mod config;
 pub mod iscsi;
 pub mod scsi;

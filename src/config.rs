@@ -1,0 +1,444 @@
+//! Daemon configuration: a TOML file, or the embedded lab default when none is given. Every
+//! error names the key (as a dotted path) and the reason, so `vvold` can exit with status 2 and
+//! a message a user can act on.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The lab array `vvold` serves with no arguments (also documented in target-config/lab.toml).
+pub const LAB_DEFAULT: &str = r#"
+listen = ["127.0.0.1:3260"]
+
+[[target]]
+name = "iqn.2026-11.io.vvold:lab"
+alias = "vvold lab array"
+
+[[target.lun]]
+id = 0
+backend = "file"
+path = "lab-lun0.img"
+size = "4GiB"
+"#;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Portals (address:port) to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Where file-backed LUNs and the array's identity live.
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub iscsi: IscsiConfig,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:3260".into()]
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IscsiConfig {
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub max_outstanding_r2t: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    /// Commands an initiator may have queued per session (the CmdSN window).
+    pub queue_depth: u32,
+    /// Seconds of silence on a connection before the target sends a NOP-In ping (0 = never).
+    pub nop_interval_secs: u64,
+    /// Seconds to wait for the NOP-Out answer before dropping the connection.
+    pub nop_timeout_secs: u64,
+    /// CHAP credentials required for discovery sessions (none: discovery is open).
+    pub discovery_chap: Option<ChapConfig>,
+}
+
+impl Default for IscsiConfig {
+    fn default() -> Self {
+        IscsiConfig {
+            max_recv_data_segment_length: 262_144,
+            max_burst_length: 1_048_576,
+            first_burst_length: 262_144,
+            max_outstanding_r2t: 8,
+            immediate_data: true,
+            initial_r2t: false,
+            queue_depth: 128,
+            nop_interval_secs: 30,
+            nop_timeout_secs: 15,
+            discovery_chap: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChapConfig {
+    pub user: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    pub alias: Option<String>,
+    /// Initiator IQNs allowed to log in (empty: any initiator).
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// CHAP the initiator must pass.
+    pub chap: Option<ChapConfig>,
+    /// Credentials the target answers with when the initiator asks for mutual CHAP.
+    pub mutual_chap: Option<ChapConfig>,
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    File,
+    Ram,
+    Null,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LunConfig {
+    pub id: u16,
+    pub backend: BackendKind,
+    /// File backend: the image path (relative paths are under the data directory).
+    pub path: Option<PathBuf>,
+    /// Size with an optional unit: "4GiB", "512MiB", "1T", "1048576".
+    pub size: String,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Unit serial number (VPD 80h); derived from the array identity when absent.
+    pub serial: Option<String>,
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| key_at(text, s.start))
+                .unwrap_or_else(|| "config".into());
+            err(key, e.message().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn lab_default() -> Config {
+        Config::parse(LAB_DEFAULT).expect("embedded default is valid")
+    }
+
+    pub fn listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.listen
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse()
+                    .map_err(|_| err(format!("listen[{i}]"), format!("'{s}' is not ADDRESS:PORT")))
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(err("listen", "at least one portal is needed"));
+        }
+        self.listen_addrs()?;
+        let i = &self.iscsi;
+        range(
+            "iscsi.max_recv_data_segment_length",
+            i.max_recv_data_segment_length,
+            512,
+            16_777_215,
+        )?;
+        range(
+            "iscsi.max_burst_length",
+            i.max_burst_length,
+            512,
+            16_777_215,
+        )?;
+        range(
+            "iscsi.first_burst_length",
+            i.first_burst_length,
+            512,
+            16_777_215,
+        )?;
+        if i.first_burst_length > i.max_burst_length {
+            return Err(err(
+                "iscsi.first_burst_length",
+                "must not exceed max_burst_length",
+            ));
+        }
+        range(
+            "iscsi.max_outstanding_r2t",
+            i.max_outstanding_r2t,
+            1,
+            65_535,
+        )?;
+        range("iscsi.queue_depth", i.queue_depth, 1, 128)?;
+        if self.targets.is_empty() {
+            return Err(err("target", "at least one target is needed"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (t, target) in self.targets.iter().enumerate() {
+            let key = format!("target[{t}]");
+            if !valid_iscsi_name(&target.name) {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("'{}' is not an iSCSI name (iqn.YYYY-MM.reversed.domain[:id] or eui.<16 hex>)", target.name),
+                ));
+            }
+            if !names.insert(target.name.to_ascii_lowercase()) {
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("duplicate target '{}'", target.name),
+                ));
+            }
+            for (n, ini) in target.allowed_initiators.iter().enumerate() {
+                if !valid_iscsi_name(ini) {
+                    return Err(err(
+                        format!("{key}.allowed_initiators[{n}]"),
+                        format!("'{ini}' is not an iSCSI name"),
+                    ));
+                }
+            }
+            if target.mutual_chap.is_some() && target.chap.is_none() {
+                return Err(err(
+                    format!("{key}.mutual_chap"),
+                    "needs chap to be set as well",
+                ));
+            }
+            for (which, c) in [("chap", &target.chap), ("mutual_chap", &target.mutual_chap)] {
+                if let Some(c) = c {
+                    chap_ok(&format!("{key}.{which}"), c)?;
+                }
+            }
+            let mut ids = std::collections::HashSet::new();
+            for (l, lun) in target.luns.iter().enumerate() {
+                let key = format!("{key}.lun[{l}]");
+                if lun.id > 16383 {
+                    return Err(err(format!("{key}.id"), "must be 0..16383"));
+                }
+                if !ids.insert(lun.id) {
+                    return Err(err(
+                        format!("{key}.id"),
+                        format!("duplicate LUN {}", lun.id),
+                    ));
+                }
+                if lun.block_size != 512 && lun.block_size != 4096 {
+                    return Err(err(format!("{key}.block_size"), "must be 512 or 4096"));
+                }
+                let size = parse_size(&lun.size).map_err(|r| err(format!("{key}.size"), r))?;
+                if size == 0 || size % lun.block_size as u64 != 0 {
+                    return Err(err(
+                        format!("{key}.size"),
+                        format!(
+                            "must be a non-zero multiple of the block size ({})",
+                            lun.block_size
+                        ),
+                    ));
+                }
+                match (lun.backend, &lun.path) {
+                    (BackendKind::File, None) => {
+                        return Err(err(format!("{key}.path"), "the file backend needs a path"))
+                    }
+                    (BackendKind::Ram | BackendKind::Null, Some(_)) => {
+                        return Err(err(
+                            format!("{key}.path"),
+                            "only the file backend takes a path",
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(c) = &i.discovery_chap {
+            chap_ok("iscsi.discovery_chap", c)?;
+        }
+        Ok(())
+    }
+}
+
+impl LunConfig {
+    /// Size in bytes (validated by `Config::validate`).
+    pub fn size_bytes(&self) -> u64 {
+        parse_size(&self.size).unwrap_or(0)
+    }
+}
+
+fn chap_ok(key: &str, c: &ChapConfig) -> Result<(), ConfigError> {
+    if c.user.is_empty() {
+        return Err(err(format!("{key}.user"), "must not be empty"));
+    }
+    // RFC 7143 §12.1.3 asks for secrets of at least 96 bits; initiators such as open-iscsi
+    // refuse shorter ones, so refusing them here saves a confusing login failure later.
+    if c.secret.len() < 12 || c.secret.len() > 255 {
+        return Err(err(format!("{key}.secret"), "must be 12 to 255 characters"));
+    }
+    Ok(())
+}
+
+fn range(key: &str, v: u32, lo: u32, hi: u32) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(err(key, format!("{v} is outside {lo}..={hi}")));
+    }
+    Ok(())
+}
+
+/// "iqn." names with a date and a naming authority, "eui." with 16 hex digits, "naa." with 16
+/// or 32 hex digits (RFC 7143 §4.2.7).
+pub fn valid_iscsi_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    if n.len() > 223 || n.chars().any(|c| c.is_whitespace()) {
+        return false;
+    }
+    let hex = |s: &str| s.chars().all(|c| c.is_ascii_hexdigit());
+    if let Some(rest) = n.strip_prefix("iqn.") {
+        let b = rest.as_bytes();
+        b.len() > 8
+            && b[..4].iter().all(u8::is_ascii_digit)
+            && b[4] == b'-'
+            && b[5..7].iter().all(u8::is_ascii_digit)
+            && b[7] == b'.'
+    } else if let Some(rest) = n.strip_prefix("eui.") {
+        rest.len() == 16 && hex(rest)
+    } else if let Some(rest) = n.strip_prefix("naa.") {
+        (rest.len() == 16 || rest.len() == 32) && hex(rest)
+    } else {
+        false
+    }
+}
+
+/// Parse "4GiB", "4G", "512MiB", "100M", "1T", "4096", "2KiB" into bytes (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4GiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        other => return Err(format!("unknown unit '{other}' (use KiB, MiB, GiB or TiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// The dotted key path at a byte offset of a TOML document, for error messages.
+fn key_at(text: &str, offset: usize) -> String {
+    let upto = &text[..offset.min(text.len())];
+    let line = upto.lines().count().max(1);
+    let table = upto.lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').to_string())
+    });
+    let here = text[upto.rfind('\n').map_or(0, |i| i + 1)..]
+        .split(['=', '\n'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    match (table, here.is_empty() || here.starts_with('[')) {
+        (Some(t), false) => format!("{t}.{here} (line {line})"),
+        (Some(t), true) => format!("{t} (line {line})"),
+        (None, false) => format!("{here} (line {line})"),
+        (None, true) => format!("line {line}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_default_is_valid() {
+        let c = Config::lab_default();
+        assert_eq!(c.targets[0].name, "iqn.2026-11.io.vvold:lab");
+        assert_eq!(c.targets[0].luns[0].size_bytes(), 4 << 30);
+    }
+
+    #[test]
+    fn shipped_lab_toml_is_valid() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/target-config/lab.toml"
+        ))
+        .unwrap();
+        Config::parse(&text).unwrap();
+    }
+
+    #[test]
+    fn bad_block_size_names_the_key() {
+        let t = LAB_DEFAULT.replace("size = \"4GiB\"", "size = \"4GiB\"\nblock_size = 1024");
+        let e = Config::parse(&t).unwrap_err();
+        assert_eq!(e.key, "target[0].lun[0].block_size");
+        assert!(e.reason.contains("512 or 4096"));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let t = LAB_DEFAULT.replace("alias =", "colour = \"red\"\nalias =");
+        let e = Config::parse(&t).unwrap_err();
+        assert!(e.key.contains("target"), "{e}");
+        assert!(e.reason.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("4 parsecs").is_err());
+    }
+
+    #[test]
+    fn iscsi_names() {
+        assert!(valid_iscsi_name("iqn.2026-11.io.vvold:lab"));
+        assert!(valid_iscsi_name("eui.0123456789ABCDEF"));
+        assert!(!valid_iscsi_name("lab"));
+        assert!(!valid_iscsi_name("iqn.26-11.x"));
+    }
+
+    #[test]
+    fn file_backend_needs_path() {
+        let t = LAB_DEFAULT.replace("path = \"lab-lun0.img\"\n", "");
+        assert_eq!(Config::parse(&t).unwrap_err().key, "target[0].lun[0].path");
+    }
+}
