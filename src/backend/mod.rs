@@ -52,8 +52,12 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn read(&self, offset: u64, buf: BytesMut) -> impl Future<Output = IoResult<BytesMut>> + Send;
 
     /// Write `data` at `offset`. With `fua`, the data is durable when this returns.
-    fn write(&self, offset: u64, data: Bytes, fua: bool)
-        -> impl Future<Output = IoResult<()>> + Send;
+    fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> impl Future<Output = IoResult<()>> + Send;
 
     /// Make every completed write durable (SYNCHRONIZE CACHE).
     fn flush(&self) -> impl Future<Output = IoResult<()>> + Send;
