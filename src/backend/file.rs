@@ -34,10 +34,13 @@ enum Engine {
     Threads(Threads),
 }
 
-/// Which engine to start; tests force the fallback to cover it on io_uring-capable kernels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EngineChoice {
+/// Which I/O engine a [`FileDevice`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// io_uring, falling back to threads (with a warning) if the kernel refuses it.
+    #[default]
     Auto,
+    /// Always the pread/pwrite threads: for debugging, comparisons, and testing the fallback.
     Threads,
 }
 
@@ -48,7 +51,8 @@ impl FileDevice {
         Self::open_with(path, size, create, EngineChoice::Auto)
     }
 
-    pub(crate) fn open_with(
+    /// Like [`FileDevice::open`], choosing the I/O engine.
+    pub fn open_with(
         path: &Path,
         size: u64,
         create: bool,

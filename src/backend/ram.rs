@@ -60,7 +60,7 @@ impl RamDevice {
 
     /// The chunk at `index`, allocating it zero-filled on first use. The allocation is a
     /// calloc, so the OS still backs it lazily until the copy touches the pages.
-    fn chunk_mut(&self, index: usize) -> &Chunk {
+    fn chunk_or_alloc(&self, index: usize) -> &Chunk {
         self.chunks[index].get_or_init(|| {
             let start = index as u64 * CHUNK;
             let len = (self.size - start).min(CHUNK) as usize;
@@ -113,7 +113,7 @@ impl BlockDevice for RamDevice {
         check_range(self.size, offset, data.len() as u64)?;
         for (index, dst, src) in pieces(offset, data.len()) {
             let mut chunk = self
-                .chunk_mut(index)
+                .chunk_or_alloc(index)
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
             chunk[dst].copy_from_slice(&data[src]);

@@ -297,11 +297,14 @@ impl Op {
     /// Answers with `err`. A caller that stopped waiting has nobody left to tell.
     fn fail(self, err: io::Error) {
         let err = BackendError::Io(err);
-        let _ = match self {
-            Op::Read { reply, .. } => reply.send(Err(err)).map_err(drop),
-            Op::Write { reply, .. } => reply.send(Err(err)).map_err(drop),
-            Op::Flush { reply } => reply.send(Err(err)).map_err(drop),
-        };
+        match self {
+            Op::Read { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Op::Write { reply, .. } | Op::Flush { reply } => {
+                let _ = reply.send(Err(err));
+            }
+        }
     }
 }
 
