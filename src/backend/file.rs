@@ -23,7 +23,9 @@ use threaded::Threads;
 use tokio::sync::oneshot;
 use uring::Ring;
 
-/// A file-backed block device. Dropping it waits for in-flight I/O and stops its thread(s).
+/// A file-backed block device with its own I/O thread (one ring per device, so devices never
+/// queue behind each other). Dropping it blocks the dropping thread until in-flight I/O has
+/// completed and the thread has exited; drop it from `spawn_blocking` if that matters.
 pub struct FileDevice {
     size: u64,
     engine: Engine,
