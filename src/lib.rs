@@ -7,6 +7,8 @@
 //! - [`net`]: the async edge: sockets, tasks, timers
 
 pub mod backend;
+pub mod array;
 pub mod config;
 pub mod iscsi;
+pub mod net;
 pub mod scsi;

@@ -1,0 +1,176 @@
+//! The array as configured: targets, their logical units, and the backends behind them. Built
+//! once at start-up from the [`Config`]; the transport resolves LUNs against it.
+
+use crate::backend::{AnyDevice, BlockDevice, FileDevice, NullDevice, RamDevice};
+use crate::config::{BackendKind, Config, LunConfig, TargetConfig};
+use crate::scsi::disk::{DiskIdentity, DiskLu};
+use crate::scsi::Lun;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Not an IEEE-registered company id: vvold is a lab array. NAA-6 keeps ESXi's `naa.` names.
+const NAA_COMPANY_ID: u32 = 0x5A_56_4C;
+pub const VENDOR: &str = "VVOLD";
+pub const PRODUCT: &str = "VVOLD DISK";
+pub const REVISION: &str = "0001";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArrayError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("target {target} LUN {lun}: {source}")]
+    Backend { target: String, lun: u16, source: crate::backend::BackendError },
+}
+
+/// A logical unit: SCSI emulation state plus the block device behind it.
+pub struct LogicalUnit {
+    pub id: u16,
+    pub lun: Lun,
+    pub disk: DiskLu,
+    pub device: AnyDevice,
+}
+
+pub struct Target {
+    pub name: String,
+    pub alias: Option<String>,
+    pub luns: BTreeMap<u16, Arc<LogicalUnit>>,
+}
+
+impl Target {
+    /// Resolve all 8 bytes of a LUN. Only single-level LUNs address normal LUs: a LUN with
+    /// lower levels never falls back to its first level.
+    pub fn resolve(&self, lun: Lun) -> Option<&Arc<LogicalUnit>> {
+        self.luns.get(&lun.as_single()?)
+    }
+
+    /// The LUN inventory for REPORT LUNS.
+    pub fn inventory(&self) -> Vec<Lun> {
+        self.luns.values().map(|l| l.lun).collect()
+    }
+}
+
+pub struct Array {
+    pub targets: Vec<Arc<Target>>,
+}
+
+impl Array {
+    /// Open every backend (creating sparse image files on first start) under `data_dir`.
+    pub fn open(cfg: &Config, data_dir: &Path) -> Result<Array, ArrayError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| ArrayError::DataDir { path: data_dir.into(), source })?;
+        let array_id = array_id(data_dir)?;
+        let targets = cfg
+            .targets
+            .iter()
+            .map(|t| open_target(t, data_dir, &array_id).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Array { targets })
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
+        self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+}
+
+fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Target, ArrayError> {
+    let mut luns = BTreeMap::new();
+    for l in &t.luns {
+        let device = open_device(l, data_dir).map_err(|source| ArrayError::Backend {
+            target: t.name.clone(),
+            lun: l.id,
+            source,
+        })?;
+        let identity = identity(array_id, &t.name, l, device.size());
+        luns.insert(
+            l.id,
+            Arc::new(LogicalUnit { id: l.id, lun: Lun::single(l.id), disk: DiskLu::new(identity), device }),
+        );
+    }
+    Ok(Target { name: t.name.clone(), alias: t.alias.clone(), luns })
+}
+
+fn open_device(l: &LunConfig, data_dir: &Path) -> Result<AnyDevice, crate::backend::BackendError> {
+    let size = l.size_bytes();
+    Ok(match l.backend {
+        BackendKind::Ram => AnyDevice::Ram(RamDevice::new(size)),
+        BackendKind::Null => AnyDevice::Null(NullDevice::new(size)),
+        BackendKind::File => {
+            let path = l.path.as_deref().unwrap_or(Path::new("lun.img"));
+            let path = if path.is_absolute() { path.to_path_buf() } else { data_dir.join(path) };
+            AnyDevice::File(FileDevice::open(&path, size, true)?)
+        }
+    })
+}
+
+/// The array's identity: 16 random hex digits created once in the data directory. Device
+/// identifiers derive from it, so they are stable across restarts and differ between arrays.
+fn array_id(data_dir: &Path) -> Result<String, ArrayError> {
+    let path = data_dir.join("array-id");
+    let io = |source| ArrayError::DataDir { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() == 16 => return Ok(s.trim().to_string()),
+        Ok(_) | Err(_) if path.exists() && std::fs::metadata(&path).map_err(io)?.len() > 0 => {
+            return Err(io(std::io::Error::other("malformed array-id (want 16 hex digits)")))
+        }
+        _ => {}
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    let tmp = data_dir.join("array-id.tmp");
+    std::fs::write(&tmp, &id).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(id)
+}
+
+/// NAA-6 designator: NAA 6 | company id (24 bits) | 36 bits of the array id | 64 bits of a
+/// hash of (array, name). `name` identifies the LU within the array.
+pub fn naa_designator(array_id: &str, name: &str) -> [u8; 16] {
+    let h = Sha256::digest(format!("{array_id}/{name}").as_bytes());
+    let array = u64::from_str_radix(array_id, 16).unwrap_or(0) & 0xF_FFFF_FFFF;
+    let ext = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+    let v: u128 = (6u128 << 124)
+        | ((NAA_COMPANY_ID as u128) << 100)
+        | ((array as u128) << 64)
+        | ext as u128;
+    v.to_be_bytes()
+}
+
+fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64) -> DiskIdentity {
+    let serial = l
+        .serial
+        .clone()
+        .unwrap_or_else(|| format!("{}{:04x}", &array_id[..8], l.id));
+    DiskIdentity {
+        vendor: VENDOR.into(),
+        product: PRODUCT.into(),
+        revision: REVISION.into(),
+        serial,
+        naa: naa_designator(array_id, &format!("{target}/lun/{}", l.id)),
+        block_size: l.block_size,
+        num_blocks: size / l.block_size as u64,
+        read_only: l.read_only,
+        relative_port: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn naa_is_stable_and_distinct() {
+        let a = naa_designator("0123456789abcdef", "t/lun/0");
+        assert_eq!(a, naa_designator("0123456789abcdef", "t/lun/0"));
+        assert_ne!(a, naa_designator("0123456789abcdef", "t/lun/1"));
+        assert_eq!(a[0] >> 4, 6);
+    }
+
+    #[test]
+    fn array_id_persists() {
+        let d = tempfile::tempdir().unwrap();
+        let a = array_id(d.path()).unwrap();
+        assert_eq!(a, array_id(d.path()).unwrap());
+        assert_eq!(a.len(), 16);
+    }
+}

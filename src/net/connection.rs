@@ -1,0 +1,668 @@
+//! One TCP connection: the login phase, then the full-feature loop that reads PDUs, admits
+//! commands through the CmdSN window, gathers write data into the command's own buffer and
+//! hands complete commands to tasks. Everything the connection sends goes through its writer.
+
+use super::exec::{self, CommandInfo, ConnCtx};
+use super::frame::{FrameError, Header, PduReader};
+use super::session::{lock, Session, SessionKey, Task};
+use super::writer::{self, Numbering, OutPdu, WriterConfig};
+use super::Shared;
+use crate::array::LogicalUnit;
+use crate::iscsi::login::{LoginMachine, LoginOutcome, LoginResult};
+use crate::iscsi::params::SessionType;
+use crate::iscsi::pdu::{self, op, Bhs, InitiatorPdu, Itt, RejectReason, ScsiCommand, Seq, TaskMgmt, TmfFunction, TmfResponse};
+use crate::iscsi::transfer::{TransferLimits, WriteTransfer};
+use crate::iscsi::window::{Admission, CmdWindow};
+use crate::scsi::disk::ResetKind;
+use crate::scsi::{self, Plan, Response, Sense};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// Login PDUs carry at most 8192 bytes of data (the default MaxRecvDataSegmentLength).
+const LOGIN_MAX_DATA: usize = 8192;
+const REPORT_LUNS: u8 = 0xA0;
+
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let peer = stream.peer_addr().ok();
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    let span = info_span!("conn", peer = %peer.map(|p| p.to_string()).unwrap_or_default());
+    async move {
+        match run(stream, local, shared).await {
+            Ok(()) => debug!("connection closed"),
+            Err(e) => info!("connection ended: {e}"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("login failed with status {0:#06x}")]
+    LoginFailed(u16),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Result<(), ConnError> {
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = PduReader::new(rd, LOGIN_MAX_DATA);
+    let login = login(&mut reader, &mut wr, local, &shared).await?;
+    let params = &login.params;
+    reader.header_digest = params.header_digest;
+    reader.data_digest = params.data_digest;
+    reader.max_data = params.max_recv_data_segment_length as usize;
+    let window = Arc::new(Mutex::new(CmdWindow::new(login.expcmdsn, shared.iscsi.queue_depth)));
+    let (tx, rx) = mpsc::channel(256);
+    let wcfg = WriterConfig {
+        header_digest: params.header_digest,
+        data_digest: params.data_digest,
+        first_statsn: login.statsn,
+    };
+    let writer = tokio::spawn(writer::run(wr, rx, window.clone(), wcfg));
+    let result = match params.session_type {
+        SessionType::Discovery => {
+            info!(initiator = %params.initiator_name, "discovery session");
+            let mut conn = FullFeature::discovery(&shared, tx, window, &login, local);
+            conn.run(&mut reader).await
+        }
+        SessionType::Normal => normal_session(&shared, &mut reader, tx, window, &login, local).await,
+    };
+    // The writer ends once every sender is gone: all responses queued so far are flushed.
+    let _ = writer.await;
+    result
+}
+
+async fn login(
+    reader: &mut PduReader<OwnedReadHalf>,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    local: SocketAddr,
+    shared: &Shared,
+) -> Result<LoginResult, ConnError> {
+    let mut machine = LoginMachine::new(shared.policy.clone(), local, shared.sessions.alloc_tsih());
+    loop {
+        let h = reader.read_header().await?;
+        if h.bhs.opcode() != op::LOGIN_REQUEST {
+            // RFC 7143 §6.1: anything but a Login Request before login completes ends the
+            // connection.
+            return Err(ConnError::Protocol("PDU other than Login Request during login"));
+        }
+        let (data, _) = reader.read_data_vec(h.bhs.data_segment_len()).await?;
+        let Ok(InitiatorPdu::Login(req)) = InitiatorPdu::decode(&h.bhs, &h.ahs) else {
+            return Err(ConnError::Protocol("undecodable Login Request"));
+        };
+        let step = machine.on_request(&req, &data);
+        let mut frame = step.bhs.0.to_vec();
+        frame.extend_from_slice(&step.data);
+        frame.resize(frame.len() + pdu::pad_len(step.data.len()), 0);
+        wr.write_all(&frame).await?;
+        match step.outcome {
+            LoginOutcome::Continue => {}
+            LoginOutcome::Failed { class, detail } => {
+                info!(class, detail, "login refused");
+                return Err(ConnError::LoginFailed(u16::from_be_bytes([class, detail])));
+            }
+            LoginOutcome::Complete(result) => return Ok(*result),
+        }
+    }
+}
+
+async fn normal_session(
+    shared: &Arc<Shared>,
+    reader: &mut PduReader<OwnedReadHalf>,
+    tx: mpsc::Sender<OutPdu>,
+    window: Arc<Mutex<CmdWindow>>,
+    login: &LoginResult,
+    local: SocketAddr,
+) -> Result<(), ConnError> {
+    let target_name = login.target.clone().unwrap_or_default();
+    let Some(target) = shared.array.target(&target_name).cloned() else {
+        return Err(ConnError::Protocol("target vanished after login"));
+    };
+    let initiator = login.params.initiator_name.clone();
+    let session = Arc::new(Session {
+        tsih: login.tsih,
+        nexus: shared.sessions.alloc_nexus(),
+        key: SessionKey {
+            initiator: initiator.to_ascii_lowercase(),
+            isid: login.isid,
+            target: target.name.to_ascii_lowercase(),
+        },
+        initiator: initiator.clone(),
+        target: target.clone(),
+        window: window.clone(),
+        tasks: Mutex::new(HashMap::new()),
+        closing: watch::channel(false).0,
+        closed: watch::channel(false).0,
+    });
+    if let Some(old) = shared.sessions.insert(session.clone()) {
+        info!(tsih = old.tsih, "session reinstatement: closing the previous session");
+        old.close();
+        let _ = tokio::time::timeout(Duration::from_secs(10), old.wait_closed()).await;
+    }
+    for lu in target.luns.values() {
+        lu.disk.nexus_added(session.nexus);
+    }
+    let span = info_span!("session", tsih = session.tsih, initiator = %initiator, target = %target.name);
+    async {
+        info!("logged in");
+        let mut conn = FullFeature::normal(shared, tx, window, login, session.clone(), local);
+        let r = conn.run(reader).await;
+        conn.teardown();
+        r
+    }
+    .instrument(span)
+    .await
+}
+
+/// A write command waiting for its Data-Out.
+struct PendingWrite {
+    cmd: CommandInfo,
+    task: Arc<Task>,
+    lu: Arc<LogicalUnit>,
+    cdb: Vec<u8>,
+    plan: Plan,
+    transfer: WriteTransfer,
+    buf: BytesMut,
+}
+
+struct FullFeature<'a> {
+    shared: &'a Arc<Shared>,
+    out: mpsc::Sender<OutPdu>,
+    window: Arc<Mutex<CmdWindow>>,
+    session: Option<Arc<Session>>,
+    ctx: Option<Arc<ConnCtx>>,
+    limits: TransferLimits,
+    initiator: String,
+    target: Option<String>,
+    local: SocketAddr,
+    max_xmit: usize,
+    pending: HashMap<Itt, PendingWrite>,
+    next_ttt: u32,
+    text: crate::iscsi::discovery::TextResponder,
+    last_rx: Arc<AtomicU64>,
+    ping_ttt: Arc<AtomicU32>,
+    epoch: Instant,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+impl<'a> FullFeature<'a> {
+    fn base(shared: &'a Arc<Shared>, out: mpsc::Sender<OutPdu>, window: Arc<Mutex<CmdWindow>>, login: &LoginResult, local: SocketAddr) -> Self {
+        let p = &login.params;
+        FullFeature {
+            shared,
+            out,
+            window,
+            session: None,
+            ctx: None,
+            limits: TransferLimits {
+                first_burst: p.first_burst_length,
+                max_burst: p.max_burst_length,
+                max_outstanding_r2t: p.max_outstanding_r2t,
+                initial_r2t: p.initial_r2t,
+                immediate_data: p.immediate_data,
+            },
+            initiator: p.initiator_name.clone(),
+            target: login.target.clone(),
+            local,
+            max_xmit: p.max_xmit_data_segment_length as usize,
+            pending: HashMap::new(),
+            next_ttt: 1,
+            text: Default::default(),
+            last_rx: Arc::new(AtomicU64::new(0)),
+            ping_ttt: Arc::new(AtomicU32::new(0)),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn discovery(shared: &'a Arc<Shared>, out: mpsc::Sender<OutPdu>, window: Arc<Mutex<CmdWindow>>, login: &LoginResult, local: SocketAddr) -> Self {
+        Self::base(shared, out, window, login, local)
+    }
+
+    fn normal(shared: &'a Arc<Shared>, out: mpsc::Sender<OutPdu>, window: Arc<Mutex<CmdWindow>>, login: &LoginResult, session: Arc<Session>, local: SocketAddr) -> Self {
+        let mut s = Self::base(shared, out.clone(), window, login, local);
+        s.ctx = Some(Arc::new(ConnCtx {
+            session: session.clone(),
+            out,
+            max_xmit: s.max_xmit,
+            max_burst: login.params.max_burst_length as usize,
+        }));
+        s.session = Some(session);
+        s
+    }
+
+    fn seq(&self) -> Seq {
+        Seq::default()
+    }
+
+    async fn send(&self, bhs: Bhs, data: Bytes, numbering: Numbering) {
+        let _ = self.out.send(OutPdu::new(bhs, data, numbering)).await;
+    }
+
+    async fn reject(&self, reason: RejectReason, offending: &Bhs) {
+        warn!(?reason, opcode = offending.opcode(), "rejecting PDU");
+        let bhs = pdu::reject(reason, self.seq());
+        self.send(bhs, Bytes::copy_from_slice(&offending.0), Numbering::Status).await;
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+        if self.next_ttt == 0xFFFF_FFFF {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    async fn run(&mut self, reader: &mut PduReader<OwnedReadHalf>) -> Result<(), ConnError> {
+        let mut closing = match &self.session {
+            Some(s) => s.closing.subscribe(),
+            None => watch::channel(false).1,
+        };
+        let pinger = self.spawn_pinger();
+        let r = loop {
+            let h = tokio::select! {
+                h = reader.read_header() => h,
+                _ = closing.wait_for(|c| *c) => break Ok(()),
+            };
+            let h = match h {
+                Ok(h) => h,
+                Err(FrameError::Closed) => break Ok(()),
+                Err(FrameError::TooLong { len, limit }) => {
+                    // We cannot resynchronise on a segment we refuse to read: reject, close.
+                    warn!(len, limit, "data segment exceeds MaxRecvDataSegmentLength");
+                    break Err(ConnError::Protocol("data segment exceeds MaxRecvDataSegmentLength"));
+                }
+                Err(e) => break Err(e.into()),
+            };
+            self.last_rx.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            match self.on_pdu(reader, h).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        pinger.abort();
+        r
+    }
+
+    /// Send NOP-In pings on an idle connection and close it when a ping goes unanswered.
+    fn spawn_pinger(&self) -> tokio::task::JoinHandle<()> {
+        let interval = self.shared.iscsi.nop_interval_secs;
+        let timeout = self.shared.iscsi.nop_timeout_secs.max(1);
+        let out = self.out.clone();
+        let last_rx = self.last_rx.clone();
+        let ping_ttt = self.ping_ttt.clone();
+        let epoch = self.epoch;
+        let closer = self.session.clone();
+        tokio::spawn(async move {
+            if interval == 0 {
+                return;
+            }
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            let mut sent_at: Option<u64> = None;
+            let mut ttt = 0x8000_0000u32;
+            loop {
+                ticker.tick().await;
+                let now = epoch.elapsed().as_millis() as u64;
+                let idle = now.saturating_sub(last_rx.load(Ordering::Relaxed));
+                if let Some(at) = sent_at {
+                    if ping_ttt.load(Ordering::Relaxed) == 0 {
+                        sent_at = None;
+                    } else if now.saturating_sub(at) > timeout * 1000 && idle > timeout * 1000 {
+                        warn!("NOP-In ping unanswered: dropping the connection");
+                        match &closer {
+                            Some(s) => s.close(),
+                            None => return,
+                        }
+                        return;
+                    }
+                } else if idle > interval * 1000 {
+                    ttt = ttt.wrapping_add(1) | 0x8000_0000;
+                    ping_ttt.store(ttt, Ordering::Relaxed);
+                    sent_at = Some(now);
+                    let bhs = pdu::nop_in(crate::scsi::Lun::default(), Itt::RESERVED, ttt, Seq::default(), 0);
+                    if out.send(OutPdu::new(bhs, Bytes::new(), Numbering::Current)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    async fn discard(&self, reader: &mut PduReader<OwnedReadHalf>, h: &Header) -> Result<bool, ConnError> {
+        Ok(reader.read_data(&mut [], h.bhs.data_segment_len()).await?)
+    }
+
+    async fn on_pdu(&mut self, reader: &mut PduReader<OwnedReadHalf>, h: Header) -> Result<Flow, ConnError> {
+        let pdu = match InitiatorPdu::decode(&h.bhs, &h.ahs) {
+            Ok(p) => p,
+            Err(e) => {
+                self.discard(reader, &h).await?;
+                self.reject(e.reason, &h.bhs).await;
+                return Ok(Flow::Continue);
+            }
+        };
+        let discovery = self.session.is_none();
+        match pdu {
+            InitiatorPdu::NopOut(n) => {
+                let (data, ok) = reader.read_data_vec(h.bhs.data_segment_len()).await?;
+                if !ok {
+                    self.reject(RejectReason::DataDigestError, &h.bhs).await;
+                    return Ok(Flow::Continue);
+                }
+                if n.itt == Itt::RESERVED {
+                    // An answer to our ping.
+                    if n.ttt == self.ping_ttt.load(Ordering::Relaxed) {
+                        self.ping_ttt.store(0, Ordering::Relaxed);
+                    }
+                    return Ok(Flow::Continue);
+                }
+                if lock(&self.window).admit_transient(n.cmdsn, n.immediate) == Admission::Ignore {
+                    return Ok(Flow::Continue);
+                }
+                let bhs = pdu::nop_in(n.lun, n.itt, 0xFFFF_FFFF, self.seq(), data.len());
+                self.send(bhs, Bytes::from(data), Numbering::Status).await;
+            }
+            InitiatorPdu::Text(t) => {
+                let (data, ok) = reader.read_data_vec(h.bhs.data_segment_len()).await?;
+                if !ok {
+                    self.reject(RejectReason::DataDigestError, &h.bhs).await;
+                    return Ok(Flow::Continue);
+                }
+                if lock(&self.window).admit_transient(t.cmdsn, t.immediate) == Admission::Ignore {
+                    return Ok(Flow::Continue);
+                }
+                let policy = self.shared.policy.clone();
+                let step = self.text.on_request(&policy, &self.initiator, self.target.as_deref(), self.local, self.max_xmit, &t, &data);
+                match step {
+                    Ok((bhs, data)) => self.send(bhs, Bytes::from(data), Numbering::Status).await,
+                    Err(reason) => self.reject(reason, &h.bhs).await,
+                }
+            }
+            InitiatorPdu::Logout(l) => {
+                self.discard(reader, &h).await?;
+                lock(&self.window).admit_transient(l.cmdsn, l.immediate);
+                // 0: close session, 1: close connection (the same for us: one connection per
+                // session); 2: remove for recovery, which ERL 0 does not support.
+                let response = if l.reason == 2 { 2 } else { 0 };
+                let bhs = pdu::logout_response(l.itt, response, self.seq());
+                self.send(bhs, Bytes::new(), Numbering::Status).await;
+                info!(reason = l.reason, "logout");
+                return Ok(Flow::Close);
+            }
+            InitiatorPdu::Snack(_) => {
+                self.discard(reader, &h).await?;
+                // SNACK needs ErrorRecoveryLevel >= 1; we negotiate 0.
+                self.reject(RejectReason::ProtocolError, &h.bhs).await;
+            }
+            InitiatorPdu::Login(_) => {
+                self.discard(reader, &h).await?;
+                self.reject(RejectReason::ProtocolError, &h.bhs).await;
+            }
+            _ if discovery => {
+                // Discovery sessions carry only Text, NOP and Logout (RFC 7143 §4.3).
+                self.discard(reader, &h).await?;
+                self.reject(RejectReason::ProtocolError, &h.bhs).await;
+            }
+            InitiatorPdu::ScsiCommand(c) => self.on_command(reader, &h, c).await?,
+            InitiatorPdu::DataOut(d) => self.on_data_out(reader, &h, d).await?,
+            InitiatorPdu::TaskMgmt(t) => {
+                self.discard(reader, &h).await?;
+                self.on_task_mgmt(t).await;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_command(&mut self, reader: &mut PduReader<OwnedReadHalf>, h: &Header, c: ScsiCommand) -> Result<(), ConnError> {
+        let (Some(session), Some(ctx)) = (self.session.clone(), self.ctx.clone()) else {
+            return Ok(());
+        };
+        if lock(&self.window).admit(c.cmdsn, c.immediate) == Admission::Ignore {
+            debug!(cmdsn = c.cmdsn.0, "CmdSN outside the window: ignored");
+            self.discard(reader, h).await?;
+            return Ok(());
+        }
+        let cmd = CommandInfo { itt: c.itt, lun: c.lun, expected_len: c.expected_len, read: c.read };
+        let task = Arc::new(Task::new(c.lun));
+        if lock(&session.tasks).insert(c.itt, task.clone()).is_some() {
+            warn!(itt = c.itt.0, "ITT reused while its task is still active");
+        }
+        let cdb = c.cdb.as_slice();
+        let target = &session.target;
+        let lu = target.resolve(c.lun).cloned();
+        let plan = match (&lu, cdb.first()) {
+            (_, Some(&REPORT_LUNS)) => Plan::Respond(scsi::report_luns::report_luns(cdb, &target.inventory())),
+            (None, _) => Plan::Respond(scsi::report_luns::unsupported_lun_response(cdb)),
+            (Some(lu), _) => lu.disk.plan(session.nexus, cdb),
+        };
+        let imm = h.bhs.data_segment_len() as u32;
+        let (Some(lu), Plan::Write { len, .. } | Plan::Compare { len, .. } | Plan::Parameters { len }) = (lu.clone(), &plan) else {
+            // No data-out phase: drop any data the initiator sent along.
+            self.discard(reader, h).await?;
+            tokio::spawn(exec::run(ctx, cmd, task, lu, cdb.to_vec(), plan, Bytes::new()));
+            return Ok(());
+        };
+        let need = *len;
+        if c.expected_len < need || !c.write && need > 0 {
+            // The initiator offers less data than the CDB asks to transfer: refuse rather than
+            // write a partial block range (FCP-4 §9.4.2 option b).
+            self.discard(reader, h).await?;
+            let resp = lu.disk.sense_response(Sense::INVALID_FIELD_IN_INFORMATION_UNIT);
+            let residual = pdu::Residual::Overflow(need - c.expected_len.min(need));
+            ctx.respond(&cmd, &task, resp, Some(residual)).await;
+            return Ok(());
+        }
+        let mut transfer = match WriteTransfer::new(c.expected_len, need, imm, c.final_bit, self.limits) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("{e}");
+                self.discard(reader, h).await?;
+                self.reject(RejectReason::ProtocolError, &h.bhs).await;
+                lock(&session.tasks).remove(&c.itt);
+                lock(&self.window).complete();
+                return Ok(());
+            }
+        };
+        let mut buf = BytesMut::zeroed(need as usize);
+        let place = transfer.place_immediate(imm);
+        let dst = &mut buf[place.buffer_offset..place.buffer_offset + place.take];
+        if !reader.read_data(dst, place.discard).await? {
+            self.reject(RejectReason::DataDigestError, &h.bhs).await;
+            return Err(ConnError::Protocol("data digest error"));
+        }
+        let pending = PendingWrite { cmd, task, lu, cdb: cdb.to_vec(), plan, transfer: transfer.clone(), buf };
+        let r2ts = transfer.next_r2ts(|| self.alloc_ttt());
+        self.pending.insert(c.itt, PendingWrite { transfer, ..pending });
+        self.send_r2ts(c.itt, c.lun, &r2ts).await;
+        self.maybe_start(c.itt, &ctx);
+        Ok(())
+    }
+
+    async fn send_r2ts(&self, itt: Itt, lun: crate::scsi::Lun, r2ts: &[crate::iscsi::transfer::R2tRequest]) {
+        for r in r2ts {
+            let bhs = pdu::r2t(lun, itt, r.ttt, self.seq(), r.r2tsn, r.offset, r.len);
+            self.send(bhs, Bytes::new(), Numbering::Current).await;
+        }
+    }
+
+    fn maybe_start(&mut self, itt: Itt, ctx: &Arc<ConnCtx>) {
+        if !self.pending.get(&itt).is_some_and(|p| p.transfer.is_complete()) {
+            return;
+        }
+        let Some(p) = self.pending.remove(&itt) else { return };
+        tokio::spawn(exec::run(ctx.clone(), p.cmd, p.task, Some(p.lu), p.cdb, p.plan, p.buf.freeze()));
+    }
+
+    async fn on_data_out(&mut self, reader: &mut PduReader<OwnedReadHalf>, h: &Header, d: pdu::DataOut) -> Result<(), ConnError> {
+        let Some(ctx) = self.ctx.clone() else { return Ok(()) };
+        let len = h.bhs.data_segment_len() as u32;
+        let Some(p) = self.pending.get_mut(&d.itt) else {
+            // Data for a task that already ended (error answered early, or aborted).
+            self.discard(reader, h).await?;
+            return Ok(());
+        };
+        let place = match p.transfer.on_data_out(&d, len) {
+            Ok(place) => place,
+            Err(e) => {
+                warn!(itt = d.itt.0, "data-out error: {e}");
+                self.discard(reader, h).await?;
+                let p = self.pending.remove(&d.itt).expect("present");
+                // ERL 0 cannot recover a sequence error: end the command.
+                let resp = p.lu.disk.sense_response(Sense::new(crate::scsi::SenseKey::AbortedCommand, 0x0C, 0x0D));
+                ctx.respond(&p.cmd, &p.task, resp, None).await;
+                return Ok(());
+            }
+        };
+        let dst = &mut p.buf[place.buffer_offset..place.buffer_offset + place.take];
+        if !reader.read_data(dst, place.discard).await? {
+            self.reject(RejectReason::DataDigestError, &h.bhs).await;
+            return Err(ConnError::Protocol("data digest error"));
+        }
+        let lun = p.cmd.lun;
+        let mut transfer = p.transfer.clone();
+        let r2ts = transfer.next_r2ts(|| self.alloc_ttt());
+        if let Some(p) = self.pending.get_mut(&d.itt) {
+            p.transfer = transfer;
+        }
+        self.send_r2ts(d.itt, lun, &r2ts).await;
+        self.maybe_start(d.itt, &ctx);
+        Ok(())
+    }
+
+    async fn on_task_mgmt(&mut self, t: TaskMgmt) {
+        let Some(session) = self.session.clone() else { return };
+        if lock(&self.window).admit_transient(t.cmdsn, t.immediate) == Admission::Ignore {
+            return;
+        }
+        let target = session.target.clone();
+        let lu = target.resolve(t.lun).cloned();
+        let mut victims = Vec::new();
+        let mut close_after = false;
+        let response = match t.function {
+            TmfFunction::AbortTask => {
+                if let Some(task) = lock(&session.tasks).get(&t.referenced_itt).cloned() {
+                    victims.push(task);
+                }
+                self.drop_pending(|itt, _| itt == t.referenced_itt);
+                // A task that already finished is answered FUNCTION COMPLETE too: ESXi resets
+                // or disconnects when its aborts are refused.
+                TmfResponse::FunctionComplete
+            }
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset
+                if lu.is_none() =>
+            {
+                TmfResponse::LunDoesNotExist
+            }
+            TmfFunction::AbortTaskSet => {
+                victims = session.tasks_on(Some(t.lun));
+                self.drop_pending(|_, lun| lun == t.lun);
+                TmfResponse::FunctionComplete
+            }
+            TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
+                for s in self.shared.sessions.of_target(&target.name) {
+                    victims.extend(s.tasks_on(Some(t.lun)));
+                }
+                self.drop_pending(|_, lun| lun == t.lun);
+                if let Some(lu) = &lu {
+                    if t.function == TmfFunction::LogicalUnitReset {
+                        lu.disk.reset(ResetKind::LogicalUnit);
+                    } else {
+                        for s in self.shared.sessions.of_target(&target.name) {
+                            if s.nexus != session.nexus {
+                                lu.disk.establish_unit_attention(Some(s.nexus), Sense::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
+                            }
+                        }
+                    }
+                }
+                TmfResponse::FunctionComplete
+            }
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                for s in self.shared.sessions.of_target(&target.name) {
+                    victims.extend(s.tasks_on(None));
+                }
+                self.drop_pending(|_, _| true);
+                let kind = if t.function == TmfFunction::TargetColdReset {
+                    close_after = true;
+                    ResetKind::TargetCold
+                } else {
+                    ResetKind::TargetWarm
+                };
+                for lu in target.luns.values() {
+                    lu.disk.reset(kind);
+                }
+                TmfResponse::FunctionComplete
+            }
+            TmfFunction::TaskReassign => TmfResponse::ReassignmentNotSupported,
+            TmfFunction::ClearAca | TmfFunction::Unknown(_) => TmfResponse::NotSupported,
+        };
+        info!(function = ?t.function, lun = %t.lun, ?response, aborted = victims.len(), "task management");
+        for v in &victims {
+            v.abort();
+        }
+        let out = self.out.clone();
+        let sessions = close_after.then(|| self.shared.sessions.of_target(&target.name));
+        // Answer only once no aborted task can still write: in its own task, so the reader
+        // keeps serving the connection meanwhile.
+        tokio::spawn(async move {
+            for v in victims {
+                v.quiesced().await;
+            }
+            let bhs = pdu::tmf_response(t.itt, response, Seq::default());
+            let _ = out.send(OutPdu::new(bhs, Bytes::new(), Numbering::Status)).await;
+            for s in sessions.into_iter().flatten() {
+                s.close();
+            }
+        });
+    }
+
+    /// Forget writes still waiting for data that match; their slots in the window are freed.
+    fn drop_pending(&mut self, matches: impl Fn(Itt, crate::scsi::Lun) -> bool) {
+        let Some(session) = &self.session else { return };
+        let gone: Vec<Itt> = self.pending.iter().filter(|(i, p)| matches(**i, p.cmd.lun)).map(|(i, _)| *i).collect();
+        for itt in gone {
+            if let Some(p) = self.pending.remove(&itt) {
+                p.task.abort();
+                lock(&session.tasks).remove(&itt);
+                lock(&self.window).complete();
+            }
+        }
+    }
+
+    /// The session is over: abort what is left and release the nexus.
+    fn teardown(&mut self) {
+        let Some(session) = &self.session else { return };
+        self.pending.clear();
+        for t in session.tasks_on(None) {
+            t.abort();
+        }
+        self.shared.sessions.remove(session);
+        for lu in session.target.luns.values() {
+            lu.disk.nexus_removed(session.nexus);
+        }
+        let _ = session.closed.send(true);
+        info!("session closed");
+    }
+}

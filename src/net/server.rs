@@ -1,0 +1,63 @@
+//! Listening on the configured portals and handing each connection to its own task.
+
+use super::{connection, Shared};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Bind every portal now, so a port in use is reported before anything else starts.
+    pub async fn bind(addrs: &[SocketAddr], shared: Arc<Shared>) -> Result<Server, BindError> {
+        let mut listeners = Vec::new();
+        for &addr in addrs {
+            let l = TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
+            listeners.push(l);
+        }
+        Ok(Server { listeners, shared })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Accept connections until the process ends.
+    pub async fn run(self) {
+        let mut tasks = Vec::new();
+        for l in self.listeners {
+            let shared = self.shared.clone();
+            if let Ok(a) = l.local_addr() {
+                info!("listening on {a}");
+            }
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(connection::serve(stream, shared.clone()));
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            error!("accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Sessions (I_T nexuses) and their tasks. The registry finds a session by (initiator, ISID,
+//! target) for reinstatement and lets task management reach every session of a target.
+
+use crate::array::Target;
+use crate::iscsi::pdu::Itt;
+use crate::iscsi::window::CmdWindow;
+use crate::scsi::{Lun, NexusId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{watch, Notify};
+
+/// Lock a mutex, recovering it if another task panicked while holding it: every structure
+/// behind these locks stays consistent between statements.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const PENDING: u8 = 0;
+const RUNNING: u8 = 1;
+const DONE: u8 = 2;
+
+/// One SCSI task. Task management aborts it; an aborted task never starts backend I/O and
+/// never sends a response. Once its backend I/O has started it is allowed to finish, and task
+/// management waits for that before answering, so no write lands after an abort is confirmed.
+pub struct Task {
+    pub lun: Lun,
+    aborted: std::sync::atomic::AtomicBool,
+    state: AtomicU8,
+    done: Notify,
+}
+
+impl Task {
+    pub fn new(lun: Lun) -> Task {
+        Task { lun, aborted: false.into(), state: AtomicU8::new(PENDING), done: Notify::new() }
+    }
+
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
+    }
+
+    /// Called before backend I/O: false if the task was aborted (then do nothing more).
+    pub fn start(&self) -> bool {
+        if self.is_aborted() {
+            return false;
+        }
+        self.state.store(RUNNING, Ordering::SeqCst);
+        if self.is_aborted() {
+            // Lost the race with an abort: we have not issued anything yet.
+            self.finish();
+            return false;
+        }
+        true
+    }
+
+    pub fn finish(&self) {
+        self.state.store(DONE, Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
+
+    /// Wait until no backend I/O of this task is in progress.
+    pub async fn quiesced(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.state.load(Ordering::SeqCst) != RUNNING {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub initiator: String,
+    pub isid: [u8; 6],
+    pub target: String,
+}
+
+pub struct Session {
+    pub tsih: u16,
+    pub nexus: NexusId,
+    pub key: SessionKey,
+    pub initiator: String,
+    pub target: Arc<Target>,
+    pub window: Arc<Mutex<CmdWindow>>,
+    pub tasks: Mutex<HashMap<Itt, Arc<Task>>>,
+    /// Set to true to make the session's connection close (reinstatement, cold reset).
+    pub closing: watch::Sender<bool>,
+    /// Set to true once the session's connection has finished.
+    pub closed: watch::Sender<bool>,
+}
+
+impl Session {
+    /// Tasks of this session on `lun` (or all tasks with None).
+    pub fn tasks_on(&self, lun: Option<Lun>) -> Vec<Arc<Task>> {
+        lock(&self.tasks)
+            .values()
+            .filter(|t| lun.is_none_or(|l| t.lun == l))
+            .cloned()
+            .collect()
+    }
+
+    pub fn close(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    pub async fn wait_closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<SessionKey, Arc<Session>>>,
+    next_tsih: AtomicU16,
+    next_nexus: AtomicU64,
+}
+
+impl Sessions {
+    pub fn new() -> Sessions {
+        Sessions::default()
+    }
+
+    /// A TSIH for a new session (never 0, which means "new session" on the wire).
+    pub fn alloc_tsih(&self) -> u16 {
+        loop {
+            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if t != 0 && !lock(&self.map).values().any(|s| s.tsih == t) {
+                return t;
+            }
+        }
+    }
+
+    pub fn alloc_nexus(&self) -> NexusId {
+        NexusId(self.next_nexus.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+
+    /// Register a session; returns the session it reinstates (same initiator, ISID and
+    /// target), which the caller must close.
+    pub fn insert(&self, s: Arc<Session>) -> Option<Arc<Session>> {
+        lock(&self.map).insert(s.key.clone(), s)
+    }
+
+    /// Remove `s` if it is still the registered session for its key.
+    pub fn remove(&self, s: &Session) {
+        let mut m = lock(&self.map);
+        if m.get(&s.key).is_some_and(|cur| cur.nexus == s.nexus) {
+            m.remove(&s.key);
+        }
+    }
+
+    /// Every session logged in to `target`.
+    pub fn of_target(&self, target: &str) -> Vec<Arc<Session>> {
+        lock(&self.map).values().filter(|s| s.target.name == target).cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn abort_before_start_prevents_io() {
+        let t = Task::new(Lun::single(0));
+        t.abort();
+        assert!(!t.start());
+        t.quiesced().await;
+    }
+
+    #[tokio::test]
+    async fn quiesced_waits_for_running_io() {
+        let t = Arc::new(Task::new(Lun::single(0)));
+        assert!(t.start());
+        let t2 = t.clone();
+        let waiter = tokio::spawn(async move { t2.quiesced().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        t.finish();
+        waiter.await.unwrap();
+    }
+
+    #[test]
+    fn tsih_is_never_zero() {
+        let s = Sessions::new();
+        s.next_tsih.store(u16::MAX, Ordering::Relaxed);
+        assert_ne!(s.alloc_tsih(), 0);
+    }
+}
