@@ -53,11 +53,7 @@ pub struct Response {
 
 impl Response {
     pub fn good(data: Bytes) -> Response {
-        Response {
-            status: Status::Good,
-            data,
-            sense: Bytes::new(),
-        }
+        Response { status: Status::Good, data, sense: Bytes::new() }
     }
 
     pub fn good_empty() -> Response {

@@ -43,13 +43,7 @@ pub struct Sense {
 
 impl Sense {
     pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> Sense {
-        Sense {
-            key,
-            asc,
-            ascq,
-            information: None,
-            field: None,
-        }
+        Sense { key, asc, ascq, information: None, field: None }
     }
 
     pub const fn with_information(mut self, information: u64) -> Sense {
@@ -64,11 +58,7 @@ impl Sense {
             asc: 0x24,
             ascq: 0x00,
             information: None,
-            field: Some(FieldPointer {
-                in_cdb: true,
-                byte,
-                bit,
-            }),
+            field: Some(FieldPointer { in_cdb: true, byte, bit }),
         }
     }
 
@@ -79,11 +69,7 @@ impl Sense {
             asc: 0x26,
             ascq: 0x00,
             information: None,
-            field: Some(FieldPointer {
-                in_cdb: false,
-                byte,
-                bit,
-            }),
+            field: Some(FieldPointer { in_cdb: false, byte, bit }),
         }
     }
 
