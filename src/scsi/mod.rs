@@ -3,11 +3,24 @@
 //! data, calls the backend) and hands results back to the functions here. No sockets, no
 //! awaits, no backend calls in this module.
 
+mod capacity;
+pub(crate) mod cdb;
+pub mod disk;
+mod inquiry;
 pub mod lun;
+mod mode;
+pub mod opcodes;
+pub mod report_luns;
+mod rsoc;
+mod rw;
 pub mod sense;
+mod unit_attention;
+mod vpd;
 
 use bytes::Bytes;
+pub use disk::{compare_result, DiskIdentity, DiskLu, ResetKind};
 pub use lun::Lun;
+pub use report_luns::{report_luns, unsupported_lun_response};
 pub use sense::{Sense, SenseKey};
 
 /// SCSI status byte (SAM-5 table 33).

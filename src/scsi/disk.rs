@@ -1,0 +1,547 @@
+//! A disk logical unit: identity, per-LU state (mode pages, PREVENT, unit attentions) and the
+//! command dispatcher the transport calls.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::cdb::{trim, Cdb};
+use super::mode::{self, ModePages};
+use super::opcodes::{self, Command};
+use super::sense::{Sense, SenseKey};
+use super::{capacity, inquiry, report_luns, rsoc, rw, NexusId, Plan, Response};
+
+/// Everything that makes one disk distinguishable from another; all INQUIRY, VPD and
+/// capacity data is derived from it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskIdentity {
+    /// T10 vendor identification, 8 ASCII characters (space padded on output).
+    pub vendor: String,
+    /// Product identification, 16 ASCII characters; the same for every disk.
+    pub product: String,
+    /// Product revision level, 4 ASCII characters.
+    pub revision: String,
+    /// Unit serial number (VPD page 80h).
+    pub serial: String,
+    /// NAA-6 (IEEE registered extended) designator for VPD page 83h, LU association.
+    pub naa: [u8; 16],
+    /// Logical block size in bytes: 512 or 4096.
+    pub block_size: u32,
+    pub num_blocks: u64,
+    /// Hardware write protection: every write fails with WRITE PROTECTED.
+    pub read_only: bool,
+    /// Relative target port identifier reported in VPD page 83h.
+    pub relative_port: u16,
+}
+
+/// Which reset the transport's task management function performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetKind {
+    /// LOGICAL UNIT RESET.
+    LogicalUnit,
+    /// TARGET WARM RESET (a SAM-5 hard reset).
+    TargetWarm,
+    /// TARGET COLD RESET (a SAM-5 power on).
+    TargetCold,
+}
+
+/// ASC 27h ASCQ 02h: writes refused because the Control page SWP bit is set.
+const SOFTWARE_WRITE_PROTECTED: Sense = Sense::new(SenseKey::DataProtect, 0x27, 0x02);
+const NO_SENSE: Sense = Sense::new(SenseKey::NoSense, 0, 0);
+/// Hard reset: SAM-5 leaves the exact code open; 29h/02h is the conventional one.
+const HARD_RESET_OCCURRED: Sense = Sense::new(SenseKey::UnitAttention, 0x29, 0x02);
+const POWER_ON_ONLY: Sense = Sense::new(SenseKey::UnitAttention, 0x29, 0x01);
+
+#[derive(Debug, Default)]
+struct LuState {
+    mode: ModePages,
+    /// Nexuses with PREVENT ALLOW MEDIUM REMOVAL in effect (SBC-3 §5.12: per I_T nexus, and
+    /// removal is prevented while any nexus prevents it).
+    prevent: HashSet<NexusId>,
+}
+
+/// A disk logical unit. Shared by all sessions; all mutation goes through interior locks.
+#[derive(Debug)]
+pub struct DiskLu {
+    identity: DiskIdentity,
+    state: Mutex<LuState>,
+    unit_attentions: super::unit_attention::UnitAttentions,
+    /// Mirrors of mode page bits the hot path needs without taking the state lock.
+    swp: AtomicBool,
+    d_sense: AtomicBool,
+}
+
+impl DiskLu {
+    pub fn new(identity: DiskIdentity) -> DiskLu {
+        DiskLu {
+            identity,
+            state: Mutex::new(LuState::default()),
+            unit_attentions: Default::default(),
+            swp: AtomicBool::new(false),
+            d_sense: AtomicBool::new(false),
+        }
+    }
+
+    pub fn identity(&self) -> &DiskIdentity {
+        &self.identity
+    }
+
+    fn state(&self) -> MutexGuard<'_, LuState> {
+        // Poisoning would only follow a panic elsewhere; the state stays consistent because
+        // every update is a single assignment, so keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_mode(&self, state: &mut LuState, pages: ModePages) {
+        self.swp.store(pages.swp(), Ordering::Release);
+        self.d_sense.store(pages.d_sense(), Ordering::Release);
+        state.mode = pages;
+    }
+
+    fn write_protect(&self) -> Option<Sense> {
+        if self.identity.read_only {
+            Some(Sense::WRITE_PROTECTED)
+        } else if self.swp.load(Ordering::Acquire) {
+            Some(SOFTWARE_WRITE_PROTECTED)
+        } else {
+            None
+        }
+    }
+
+    /// CHECK CONDITION carrying `sense` in the format the Control page D_SENSE bit selects.
+    pub fn sense_response(&self, sense: Sense) -> Response {
+        let bytes = if self.d_sense.load(Ordering::Acquire) {
+            Bytes::from(sense.to_descriptor())
+        } else {
+            Bytes::copy_from_slice(&sense.to_fixed())
+        };
+        Response {
+            status: super::Status::CheckCondition,
+            data: Bytes::new(),
+            sense: bytes,
+        }
+    }
+
+    fn respond(&self, result: Result<Bytes, Sense>) -> Plan {
+        Plan::Respond(match result {
+            Ok(data) => Response::good(data),
+            Err(sense) => self.sense_response(sense),
+        })
+    }
+
+    /// Decides what to do with one command from `nexus`.
+    pub fn plan(&self, nexus: NexusId, cdb: &[u8]) -> Plan {
+        // SAM-5 §5.14: a pending unit attention pre-empts every command except INQUIRY,
+        // REPORT LUNS and REQUEST SENSE, before the CDB is even looked at.
+        let opcode = cdb.first().copied().unwrap_or(0);
+        if !matches!(opcode, 0x12 | 0xA0 | 0x03) {
+            if let Some(ua) = self.unit_attentions.take(nexus) {
+                return Plan::Respond(self.sense_response(ua));
+            }
+        }
+        let (info, cdb) = match opcodes::decode(cdb) {
+            Ok(decoded) => decoded,
+            Err(sense) => return Plan::Respond(self.sense_response(sense)),
+        };
+        match self.dispatch(nexus, info.command, cdb) {
+            Ok(plan) => plan,
+            Err(sense) => Plan::Respond(self.sense_response(sense)),
+        }
+    }
+
+    fn dispatch(&self, nexus: NexusId, command: Command, cdb: Cdb<'_>) -> Result<Plan, Sense> {
+        use Command::*;
+        let id = &self.identity;
+        Ok(match command {
+            TestUnitReady => Plan::Respond(Response::good_empty()),
+            RequestSense => self.respond(Ok(self.request_sense(nexus, cdb))),
+            Inquiry => self.respond(inquiry::inquiry(id, cdb)),
+            ReadCapacity10 => self.respond(capacity::read_capacity_10(id, cdb)),
+            ReadCapacity16 => self.respond(capacity::read_capacity_16(id, cdb)),
+            ReportSupportedOperationCodes => self.respond(rsoc::report(cdb)),
+            ModeSense6 | ModeSense10 => {
+                let wp = self.write_protect().is_some();
+                let state = self.state();
+                self.respond(mode::mode_sense(
+                    id,
+                    &state.mode,
+                    wp,
+                    cdb,
+                    command == ModeSense10,
+                ))
+            }
+            ModeSelect6 | ModeSelect10 => {
+                match mode::mode_select_length(cdb, command == ModeSelect10)? {
+                    0 => Plan::Respond(Response::good_empty()),
+                    len => Plan::Parameters { len },
+                }
+            }
+            StartStopUnit => self.start_stop_unit(cdb)?,
+            PreventAllowMediumRemoval => {
+                let mut state = self.state();
+                if cdb.bit(4, 0) {
+                    state.prevent.insert(nexus);
+                } else {
+                    state.prevent.remove(&nexus);
+                }
+                Plan::Respond(Response::good_empty())
+            }
+            // The transport owns the LUN inventory and answers REPORT LUNS before asking the
+            // LU; an LU asked directly can only vouch for a valid CDB and an empty inventory.
+            ReportLuns => Plan::Respond(report_luns::report_luns(cdb.bytes(), &[])),
+            _ => rw::plan(id, command, cdb, self.write_protect())?,
+        })
+    }
+
+    fn request_sense(&self, nexus: NexusId, cdb: Cdb<'_>) -> Bytes {
+        let sense = self.unit_attentions.take(nexus).unwrap_or(NO_SENSE);
+        let d = if cdb.bit(1, 0) {
+            sense.to_descriptor()
+        } else {
+            sense.to_fixed().to_vec()
+        };
+        trim(d, usize::from(cdb.u8(4)))
+    }
+
+    /// SBC-3 §5.25. The medium is not removable and the LU is shared by every host, so START
+    /// and STOP are accepted without stopping anything (stopping would fail every other
+    /// initiator's I/O); power conditions are accepted since there are none to enter.
+    fn start_stop_unit(&self, cdb: Cdb<'_>) -> Result<Plan, Sense> {
+        let power_condition = cdb.u8(4) >> 4;
+        if !matches!(power_condition, 0x0 | 0x1 | 0x2 | 0x3 | 0x7 | 0xA | 0xB) {
+            return Err(Sense::invalid_cdb_field(4, Some(7)));
+        }
+        let loej = cdb.bit(4, 1);
+        let start = cdb.bit(4, 0);
+        if power_condition == 0 && loej && !start {
+            if !self.state().prevent.is_empty() {
+                return Err(Sense::MEDIUM_REMOVAL_PREVENTED);
+            }
+            // Eject of a non-removable medium cannot be performed.
+            return Err(Sense::invalid_cdb_field(4, Some(1)));
+        }
+        Ok(Plan::Respond(Response::good_empty()))
+    }
+
+    /// Finishes a [`Plan::Parameters`] command (MODE SELECT) once its data has arrived.
+    pub fn apply_parameters(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Response {
+        let (info, _) = match opcodes::decode(cdb) {
+            Ok(decoded) => decoded,
+            Err(sense) => return self.sense_response(sense),
+        };
+        let ten = match info.command {
+            Command::ModeSelect6 => false,
+            Command::ModeSelect10 => true,
+            _ => return self.sense_response(Sense::INVALID_OPCODE),
+        };
+        let mut state = self.state();
+        match mode::mode_select(&self.identity, &state.mode, data, ten) {
+            Ok(pages) => {
+                if pages != state.mode {
+                    self.set_mode(&mut state, pages);
+                    drop(state);
+                    // SPC-4 §7.5.2: other nexuses learn that shared parameters changed.
+                    self.unit_attentions
+                        .establish_others(nexus, Sense::MODE_PARAMETERS_CHANGED);
+                }
+                Response::good_empty()
+            }
+            Err(sense) => {
+                drop(state);
+                self.sense_response(sense)
+            }
+        }
+    }
+
+    /// A new I_T nexus (login): it must first hear that it missed everything before now.
+    pub fn nexus_added(&self, nexus: NexusId) {
+        self.unit_attentions
+            .add_nexus(nexus, Sense::POWER_ON_OCCURRED);
+    }
+
+    /// I_T nexus loss or logout: its unit attentions and PREVENT state die with it.
+    pub fn nexus_removed(&self, nexus: NexusId) {
+        self.unit_attentions.remove_nexus(nexus);
+        self.state().prevent.remove(&nexus);
+    }
+
+    /// Applies a reset's side effects: PREVENT state cleared, mode pages back to defaults
+    /// (we have no saved values), and a reset unit attention for every nexus.
+    pub fn reset(&self, kind: ResetKind) {
+        let ua = match kind {
+            ResetKind::LogicalUnit => Sense::BUS_DEVICE_RESET,
+            ResetKind::TargetWarm => HARD_RESET_OCCURRED,
+            ResetKind::TargetCold => POWER_ON_ONLY,
+        };
+        {
+            let mut state = self.state();
+            state.prevent.clear();
+            self.set_mode(&mut state, ModePages::default());
+        }
+        self.unit_attentions.establish(None, ua);
+    }
+
+    /// Queues a unit attention for one nexus, or for every known nexus when `nexus` is None.
+    pub fn establish_unit_attention(&self, nexus: Option<NexusId>, sense: Sense) {
+        self.unit_attentions.establish(nexus, sense);
+    }
+
+    /// REPORT LUNS was answered for `nexus` (by the transport): SPC-4 §6.33 says that clears
+    /// its REPORTED LUNS DATA HAS CHANGED unit attention.
+    pub fn report_luns_sent(&self, nexus: NexusId) {
+        let s = Sense::REPORTED_LUNS_DATA_CHANGED;
+        self.unit_attentions.clear(nexus, s.asc, s.ascq);
+    }
+}
+
+/// Finishes a [`Plan::Compare`] (VERIFY with BYTCHK=1): GOOD, or MISCOMPARE DURING VERIFY
+/// OPERATION with INFORMATION set to the byte offset of the first difference.
+pub fn compare_result(sense_source: &DiskLu, expected: &[u8], actual: &[u8]) -> Response {
+    let first_diff = expected
+        .iter()
+        .zip(actual)
+        .position(|(a, b)| a != b)
+        .or_else(|| (expected.len() != actual.len()).then(|| expected.len().min(actual.len())));
+    match first_diff {
+        None => Response::good_empty(),
+        Some(offset) => sense_source
+            .sense_response(Sense::MISCOMPARE_DURING_VERIFY.with_information(offset as u64)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::scsi::Status;
+
+    pub(crate) fn identity() -> DiskIdentity {
+        DiskIdentity {
+            vendor: "VVOLD".into(),
+            product: "VVOLD DISK".into(),
+            revision: "0001".into(),
+            serial: "SN000042".into(),
+            naa: [
+                0x60, 0x01, 0x40, 0x50, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+            ],
+            block_size: 512,
+            num_blocks: 2048,
+            read_only: false,
+            relative_port: 3,
+        }
+    }
+
+    const A: NexusId = NexusId(1);
+    const B: NexusId = NexusId(2);
+
+    fn respond(p: Plan) -> Response {
+        match p {
+            Plan::Respond(r) => r,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    fn sense_of(r: &Response) -> (u8, u8, u8) {
+        assert_eq!(r.status, Status::CheckCondition);
+        if r.sense[0] & 0x7F == 0x72 {
+            (r.sense[1], r.sense[2], r.sense[3])
+        } else {
+            (r.sense[2], r.sense[12], r.sense[13])
+        }
+    }
+
+    const TUR: [u8; 6] = [0; 6];
+    const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    const WRITE10: [u8; 10] = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+
+    #[test]
+    fn is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<DiskLu>();
+    }
+
+    #[test]
+    fn unit_attention_after_login_except_inquiry() {
+        let lu = DiskLu::new(identity());
+        lu.nexus_added(A);
+        let r = respond(lu.plan(A, &[0x12, 0, 0, 0, 36, 0]));
+        assert_eq!(r.status, Status::Good);
+        assert_eq!(sense_of(&respond(lu.plan(A, &TUR))), (6, 0x29, 0));
+        assert_eq!(respond(lu.plan(A, &TUR)).status, Status::Good);
+        assert_eq!(
+            lu.plan(A, &READ10),
+            Plan::Read {
+                offset: 0,
+                len: 512
+            }
+        );
+    }
+
+    #[test]
+    fn unit_attention_pre_empts_invalid_opcode() {
+        let lu = DiskLu::new(identity());
+        lu.nexus_added(A);
+        assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (6, 0x29, 0));
+        assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (5, 0x20, 0));
+    }
+
+    #[test]
+    fn request_sense_returns_and_clears_ua() {
+        let lu = DiskLu::new(identity());
+        lu.nexus_added(A);
+        let r = respond(lu.plan(A, &[0x03, 0, 0, 0, 18, 0]));
+        assert_eq!(r.status, Status::Good);
+        assert_eq!((r.data[0], r.data[2], r.data[12]), (0x70, 6, 0x29));
+        let r = respond(lu.plan(A, &[0x03, 1, 0, 0, 252, 0]));
+        assert_eq!(r.data.as_ref(), &[0x72, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn resets_clear_prevent_and_report_per_kind() {
+        let lu = DiskLu::new(identity());
+        lu.nexus_added(A);
+        lu.nexus_added(B);
+        respond(lu.plan(A, &[0x03, 0, 0, 0, 18, 0]));
+        respond(lu.plan(B, &[0x03, 0, 0, 0, 18, 0]));
+        respond(lu.plan(A, &[0x1E, 0, 0, 0, 1, 0]));
+        let eject = [0x1B, 0, 0, 0, 0x02, 0];
+        assert_eq!(sense_of(&respond(lu.plan(B, &eject))), (5, 0x53, 0x02));
+        lu.reset(ResetKind::LogicalUnit);
+        assert_eq!(sense_of(&respond(lu.plan(A, &TUR))), (6, 0x29, 0x03));
+        assert_eq!(sense_of(&respond(lu.plan(B, &TUR))), (6, 0x29, 0x03));
+        assert_eq!(sense_of(&respond(lu.plan(B, &eject))), (5, 0x24, 0));
+        lu.reset(ResetKind::TargetWarm);
+        assert_eq!(sense_of(&respond(lu.plan(A, &TUR))), (6, 0x29, 0x02));
+        lu.reset(ResetKind::TargetCold);
+        assert_eq!(sense_of(&respond(lu.plan(A, &TUR))), (6, 0x29, 0x01));
+    }
+
+    #[test]
+    fn nexus_loss_releases_prevent() {
+        let lu = DiskLu::new(identity());
+        respond(lu.plan(A, &[0x1E, 0, 0, 0, 1, 0]));
+        let eject = [0x1B, 0, 0, 0, 0x02, 0];
+        assert_eq!(sense_of(&respond(lu.plan(A, &eject))), (5, 0x53, 0x02));
+        lu.nexus_removed(A);
+        assert_eq!(sense_of(&respond(lu.plan(B, &eject))), (5, 0x24, 0));
+    }
+
+    #[test]
+    fn start_stop_unit_variants() {
+        let lu = DiskLu::new(identity());
+        for b4 in [0x00, 0x01, 0x03, 0x11, 0x71, 0xA0] {
+            assert_eq!(
+                respond(lu.plan(A, &[0x1B, 0, 0, 0, b4, 0])).status,
+                Status::Good
+            );
+        }
+        let r = respond(lu.plan(A, &[0x1B, 0, 0, 0, 0x40, 0]));
+        assert_eq!(sense_of(&r), (5, 0x24, 0));
+        assert_eq!(&r.sense[15..18], &[0x80 | 0x40 | 0x08 | 7, 0, 4]);
+    }
+
+    #[test]
+    fn mode_select_swp_protects_writes_and_notifies_others() {
+        let lu = DiskLu::new(identity());
+        lu.nexus_added(A);
+        lu.nexus_added(B);
+        respond(lu.plan(A, &TUR));
+        respond(lu.plan(B, &TUR));
+        let select = [0x15, 0x10, 0, 0, 16, 0];
+        assert_eq!(lu.plan(A, &select), Plan::Parameters { len: 16 });
+        let data = [
+            0, 0, 0, 0, 0x0A, 0x0A, 0x02, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+        ];
+        assert_eq!(lu.apply_parameters(A, &select, &data).status, Status::Good);
+        assert_eq!(
+            lu.plan(A, &READ10),
+            Plan::Read {
+                offset: 0,
+                len: 512
+            }
+        );
+        assert_eq!(sense_of(&respond(lu.plan(A, &WRITE10))), (7, 0x27, 0x02));
+        assert_eq!(sense_of(&respond(lu.plan(B, &TUR))), (6, 0x2A, 0x01));
+        let ms = respond(lu.plan(A, &[0x1A, 0x08, 0x0A, 0, 255, 0]));
+        assert_eq!(ms.data[2], 0x90, "WP and DPOFUA");
+        let mut clear = data;
+        clear[8] = 0;
+        assert_eq!(lu.apply_parameters(A, &select, &clear).status, Status::Good);
+        assert!(matches!(lu.plan(A, &WRITE10), Plan::Write { .. }));
+    }
+
+    #[test]
+    fn d_sense_switches_sense_format() {
+        let lu = DiskLu::new(identity());
+        let select = [0x15, 0x10, 0, 0, 16, 0];
+        let data = [
+            0, 0, 0, 0, 0x0A, 0x0A, 0x06, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+        ];
+        assert_eq!(lu.apply_parameters(A, &select, &data).status, Status::Good);
+        let mut read16 = [0u8; 16];
+        read16[0] = 0x88;
+        read16[2..10].copy_from_slice(&[0xFF; 8]);
+        read16[13] = 1;
+        let r = respond(lu.plan(A, &read16));
+        assert_eq!(r.sense[0], 0x72);
+        assert_eq!(sense_of(&r), (5, 0x21, 0));
+        let bad = [
+            0, 0, 0, 0, 0x0A, 0x0A, 0x07, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+        ];
+        let r = lu.apply_parameters(A, &select, &bad);
+        assert_eq!(sense_of(&r), (5, 0x26, 0));
+    }
+
+    #[test]
+    fn read_only_identity() {
+        let lu = DiskLu::new(DiskIdentity {
+            read_only: true,
+            ..identity()
+        });
+        assert_eq!(sense_of(&respond(lu.plan(A, &WRITE10))), (7, 0x27, 0));
+        let wv = [0x2E, 0x02, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(sense_of(&respond(lu.plan(A, &wv))), (7, 0x27, 0));
+        let ms = respond(lu.plan(A, &[0x1A, 0, 0x3F, 0, 255, 0]));
+        assert_eq!(ms.data[2] & 0x80, 0x80);
+    }
+
+    #[test]
+    fn miscompare_reports_first_difference() {
+        let lu = DiskLu::new(identity());
+        assert_eq!(
+            compare_result(&lu, &[1, 2, 3], &[1, 2, 3]).status,
+            Status::Good
+        );
+        let r = compare_result(&lu, &[1, 2, 3, 4], &[1, 2, 9, 4]);
+        assert_eq!(sense_of(&r), (0x0E, 0x1D, 0));
+        assert_eq!(r.sense[0], 0xF0);
+        assert_eq!(&r.sense[3..7], &[0, 0, 0, 2]);
+        let r = compare_result(&lu, &[1, 2], &[1]);
+        assert_eq!(&r.sense[3..7], &[0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn unsupported_and_malformed_commands_never_panic() {
+        let lu = DiskLu::new(identity());
+        assert_eq!(sense_of(&respond(lu.plan(A, &[]))), (5, 0x20, 0));
+        assert_eq!(sense_of(&respond(lu.plan(A, &[0x42; 10]))), (5, 0x20, 0));
+        for len in 0..16 {
+            for op in 0..=255u8 {
+                let mut cdb = vec![0xFFu8; len];
+                if let Some(b) = cdb.first_mut() {
+                    *b = op;
+                }
+                let _ = lu.plan(A, &cdb);
+                let _ = lu.apply_parameters(A, &cdb, &cdb);
+            }
+        }
+    }
+
+    #[test]
+    fn report_luns_on_the_lu_validates() {
+        let lu = DiskLu::new(identity());
+        let r = respond(lu.plan(A, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]));
+        assert_eq!(sense_of(&r), (5, 0x24, 0));
+    }
+}

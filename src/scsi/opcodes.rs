@@ -1,0 +1,344 @@
+//! The one table of supported commands. Dispatch, CDB validation and REPORT SUPPORTED
+//! OPERATION CODES all read it, so what the LU says it supports and what it accepts cannot
+//! drift apart: a bit set in a CDB outside the entry's usage mask is rejected with INVALID
+//! FIELD IN CDB, and the same mask is reported as CDB USAGE DATA.
+
+use super::cdb::Cdb;
+use super::sense::Sense;
+
+/// Every command a disk LU implements, by what it does rather than its opcode value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Command {
+    TestUnitReady,
+    RequestSense,
+    Read6,
+    Write6,
+    Inquiry,
+    ModeSelect6,
+    ModeSense6,
+    StartStopUnit,
+    PreventAllowMediumRemoval,
+    ReadCapacity10,
+    Read10,
+    Write10,
+    WriteAndVerify10,
+    Verify10,
+    PreFetch10,
+    SynchronizeCache10,
+    ModeSelect10,
+    ModeSense10,
+    Read16,
+    Write16,
+    WriteAndVerify16,
+    Verify16,
+    PreFetch16,
+    SynchronizeCache16,
+    ReadCapacity16,
+    ReportLuns,
+    ReportSupportedOperationCodes,
+    Read12,
+    Write12,
+    WriteAndVerify12,
+    Verify12,
+}
+
+/// One supported (operation code, service action) pair.
+#[derive(Debug)]
+pub struct OpInfo {
+    pub opcode: u8,
+    /// Service action in CDB byte 1 bits 4..0, for opcodes that multiplex commands.
+    pub service_action: Option<u8>,
+    pub command: Command,
+    /// CDB USAGE DATA (SPC-4 §6.35.3): byte 0 is the opcode, every other byte marks the bits
+    /// the device server looks at. Its length is the CDB length.
+    pub usage: &'static [u8],
+    /// Recommended command timeout in seconds, for the RCTD timeouts descriptor.
+    pub timeout_secs: u32,
+}
+
+impl OpInfo {
+    pub fn cdb_len(&self) -> usize {
+        self.usage.len()
+    }
+}
+
+const fn op(opcode: u8, command: Command, usage: &'static [u8], timeout_secs: u32) -> OpInfo {
+    OpInfo {
+        opcode,
+        service_action: None,
+        command,
+        usage,
+        timeout_secs,
+    }
+}
+
+const fn sa(
+    opcode: u8,
+    service_action: u8,
+    command: Command,
+    usage: &'static [u8],
+    timeout_secs: u32,
+) -> OpInfo {
+    OpInfo {
+        opcode,
+        service_action: Some(service_action),
+        command,
+        usage,
+        timeout_secs,
+    }
+}
+
+// Usage masks. The CONTROL byte is always 00h: NACA (ACA) and LINK are not supported, so any
+// bit there is an invalid field. DPO/FUA/FUA_NV are accepted because the mode header reports
+// DPOFUA=1; RDPROTECT/WRPROTECT/VRPROTECT are left out because there is no protection
+// information, which makes a non-zero value an invalid field.
+const RW6: &[u8] = &[0, 0x1F, 0xFF, 0xFF, 0xFF, 0x00];
+const RW10: &[u8] = &[0, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x00];
+const RW12: &[u8] = &[
+    0, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00,
+];
+const RW16: &[u8] = &[
+    0, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00,
+];
+// VERIFY and WRITE AND VERIFY: DPO and the two-bit BYTCHK field.
+const VFY10: &[u8] = &[0, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x00];
+const VFY12: &[u8] = &[
+    0, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00,
+];
+const VFY16: &[u8] = &[
+    0, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00,
+];
+// PRE-FETCH: IMMED only.
+const PF10: &[u8] = &[0, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x00];
+const PF16: &[u8] = &[
+    0, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00,
+];
+// SYNCHRONIZE CACHE: SYNC_NV (obsolete, ignored) and IMMED.
+const SC10: &[u8] = &[0, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x00];
+const SC16: &[u8] = &[
+    0, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00,
+];
+
+/// Sorted by (opcode, service action): REPORT SUPPORTED OPERATION CODES lists it in order.
+pub static OPCODES: &[OpInfo] = &[
+    op(0x00, Command::TestUnitReady, &[0, 0, 0, 0, 0, 0], 5),
+    op(0x03, Command::RequestSense, &[0, 0x01, 0, 0, 0xFF, 0], 5),
+    op(0x08, Command::Read6, RW6, 30),
+    op(0x0A, Command::Write6, RW6, 30),
+    op(0x12, Command::Inquiry, &[0, 0x01, 0xFF, 0xFF, 0xFF, 0], 5),
+    op(0x15, Command::ModeSelect6, &[0, 0x11, 0, 0, 0xFF, 0], 5),
+    op(
+        0x1A,
+        Command::ModeSense6,
+        &[0, 0x08, 0xFF, 0xFF, 0xFF, 0],
+        5,
+    ),
+    op(
+        0x1B,
+        Command::StartStopUnit,
+        &[0, 0x01, 0, 0x0F, 0xF7, 0],
+        30,
+    ),
+    op(
+        0x1E,
+        Command::PreventAllowMediumRemoval,
+        &[0, 0, 0, 0, 0x01, 0],
+        5,
+    ),
+    op(
+        0x25,
+        Command::ReadCapacity10,
+        &[0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0],
+        5,
+    ),
+    op(0x28, Command::Read10, RW10, 30),
+    op(0x2A, Command::Write10, RW10, 30),
+    op(0x2E, Command::WriteAndVerify10, VFY10, 30),
+    op(0x2F, Command::Verify10, VFY10, 30),
+    op(0x34, Command::PreFetch10, PF10, 30),
+    op(0x35, Command::SynchronizeCache10, SC10, 60),
+    op(
+        0x55,
+        Command::ModeSelect10,
+        &[0, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0],
+        5,
+    ),
+    op(
+        0x5A,
+        Command::ModeSense10,
+        &[0, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0],
+        5,
+    ),
+    op(0x88, Command::Read16, RW16, 30),
+    op(0x8A, Command::Write16, RW16, 30),
+    op(0x8E, Command::WriteAndVerify16, VFY16, 30),
+    op(0x8F, Command::Verify16, VFY16, 30),
+    op(0x90, Command::PreFetch16, PF16, 30),
+    op(0x91, Command::SynchronizeCache16, SC16, 60),
+    sa(
+        0x9E,
+        0x10,
+        Command::ReadCapacity16,
+        &[
+            0, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01,
+            0,
+        ],
+        5,
+    ),
+    op(
+        0xA0,
+        Command::ReportLuns,
+        &[0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+        5,
+    ),
+    sa(
+        0xA3,
+        0x0C,
+        Command::ReportSupportedOperationCodes,
+        &[
+            0, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+        ],
+        5,
+    ),
+    op(0xA8, Command::Read12, RW12, 30),
+    op(0xAA, Command::Write12, RW12, 30),
+    op(0xAE, Command::WriteAndVerify12, VFY12, 30),
+    op(0xAF, Command::Verify12, VFY12, 30),
+];
+
+/// Usage data for reporting: byte 0 of every mask above is a placeholder for the opcode.
+pub fn usage_data(info: &OpInfo) -> Vec<u8> {
+    let mut u = info.usage.to_vec();
+    if let Some(first) = u.first_mut() {
+        *first = info.opcode;
+    }
+    u
+}
+
+/// Whether any supported command uses `opcode`, and whether it multiplexes service actions.
+pub fn opcode_has_service_actions(opcode: u8) -> Option<bool> {
+    OPCODES
+        .iter()
+        .find(|o| o.opcode == opcode)
+        .map(|o| o.service_action.is_some())
+}
+
+pub fn find(opcode: u8, service_action: Option<u8>) -> Option<&'static OpInfo> {
+    OPCODES
+        .iter()
+        .find(|o| o.opcode == opcode && o.service_action == service_action)
+}
+
+/// Matches a CDB to its table entry and checks every bit against the usage mask. The returned
+/// [`Cdb`] is cut to the command's length (iSCSI always carries 16 bytes, padded).
+pub(crate) fn decode(cdb: &[u8]) -> Result<(&'static OpInfo, Cdb<'_>), Sense> {
+    let Some(&opcode) = cdb.first() else {
+        return Err(Sense::INVALID_OPCODE);
+    };
+    let has_sa = opcode_has_service_actions(opcode).ok_or(Sense::INVALID_OPCODE)?;
+    let info = if has_sa {
+        let action = cdb.get(1).ok_or(Sense::invalid_cdb_field(1, Some(4)))? & 0x1F;
+        // SPC-4: an unsupported service action of a supported opcode is an invalid field, and
+        // initiators (libiscsi among them) read a pointer to byte 1 as "not implemented".
+        find(opcode, Some(action)).ok_or(Sense::invalid_cdb_field(1, Some(4)))?
+    } else {
+        find(opcode, None).ok_or(Sense::INVALID_OPCODE)?
+    };
+    let len = info.cdb_len();
+    let Some(bytes) = cdb.get(..len) else {
+        // A CDB shorter than its command: point at the first byte that is missing.
+        return Err(Sense::invalid_cdb_field(cdb.len() as u16, None));
+    };
+    for (i, (&b, &mask)) in bytes.iter().zip(info.usage).enumerate().skip(1) {
+        let allowed = if i == 1 && has_sa { mask | 0x1F } else { mask };
+        let bad = b & !allowed;
+        if bad != 0 {
+            // The CONTROL byte is made of one-bit fields (NACA, LINK): no widening there.
+            let bit = if i == len - 1 {
+                7 - bad.leading_zeros() as u8
+            } else {
+                field_msb(bad, allowed)
+            };
+            return Err(Sense::invalid_cdb_field(i as u16, Some(bit)));
+        }
+    }
+    Ok((info, Cdb::new(bytes)))
+}
+
+/// The bit pointer for a bad multi-bit field names its most significant bit (SPC-4
+/// §4.5.2.4.2): walk up from the highest offending bit while the bits above are also outside
+/// the mask, i.e. part of the same unsupported field.
+fn field_msb(bad: u8, allowed: u8) -> u8 {
+    let mut bit = 7 - bad.leading_zeros() as u8;
+    while bit < 7 && allowed & (1 << (bit + 1)) == 0 {
+        bit += 1;
+    }
+    bit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::sense::SenseKey;
+
+    #[test]
+    fn table_is_sorted_and_unique() {
+        for w in OPCODES.windows(2) {
+            assert!((w[0].opcode, w[0].service_action) < (w[1].opcode, w[1].service_action));
+        }
+    }
+
+    #[test]
+    fn control_byte_is_never_usable() {
+        for o in OPCODES {
+            assert_eq!(*o.usage.last().unwrap(), 0, "{:?}", o.command);
+            assert!(matches!(o.cdb_len(), 6 | 10 | 12 | 16));
+        }
+    }
+
+    #[test]
+    fn unknown_opcode_is_invalid_opcode() {
+        assert_eq!(decode(&[0xFF; 16]).unwrap_err(), Sense::INVALID_OPCODE);
+        assert_eq!(decode(&[]).unwrap_err(), Sense::INVALID_OPCODE);
+    }
+
+    #[test]
+    fn unknown_service_action_points_at_byte_1() {
+        let e = decode(&[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]).unwrap_err();
+        assert_eq!((e.key, e.asc), (SenseKey::IllegalRequest, 0x24));
+        assert_eq!(e.field.unwrap().byte, 1);
+    }
+
+    #[test]
+    fn naca_points_at_the_control_byte() {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x28;
+        cdb[9] = 0x04;
+        let e = decode(&cdb).unwrap_err();
+        let f = e.field.unwrap();
+        assert_eq!((f.byte, f.bit), (9, Some(2)));
+    }
+
+    #[test]
+    fn protect_field_pointer_names_its_msb() {
+        let e = decode(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0]).unwrap_err();
+        let f = e.field.unwrap();
+        assert_eq!((f.byte, f.bit), (1, Some(7)));
+    }
+
+    #[test]
+    fn short_cdb_is_an_error_not_a_panic() {
+        let e = decode(&[0x88, 0, 0]).unwrap_err();
+        assert_eq!(e.asc, 0x24);
+        assert_eq!(e.field.unwrap().byte, 3);
+    }
+
+    #[test]
+    fn padding_after_the_command_is_ignored() {
+        let mut cdb = [0xEEu8; 16];
+        cdb[..6].copy_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let (info, c) = decode(&cdb).unwrap();
+        assert_eq!(info.command, Command::TestUnitReady);
+        assert_eq!(c.bytes().len(), 6);
+    }
+}

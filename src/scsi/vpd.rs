@@ -1,0 +1,150 @@
+//! Vital product data pages (SPC-4 §7.8, SBC-3 §6.6). Everything is derived from the
+//! [`DiskIdentity`] alone so that the same LU looks identical from every path and after every
+//! restart: ESXi keys its device database on page 83h.
+
+use super::cdb::put_ascii;
+use super::disk::DiskIdentity;
+
+/// Largest single READ/WRITE/VERIFY we accept, in bytes. 8 MiB keeps one command's buffer
+/// bounded and is above what ESXi issues (it splits at 4 MiB with default settings).
+pub(crate) const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+/// What we tell initiators is efficient; 1 MiB matches the backend's natural I/O size.
+pub(crate) const OPTIMAL_TRANSFER_BYTES: u32 = 1 << 20;
+
+pub(crate) fn max_transfer_blocks(id: &DiskIdentity) -> u32 {
+    MAX_TRANSFER_BYTES / id.block_size.max(1)
+}
+
+/// Supported pages, ascending as SPC-4 requires for page 00h.
+const SUPPORTED: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+
+/// The whole page `code`, or None if we do not implement it.
+pub(crate) fn page(id: &DiskIdentity, code: u8) -> Option<Vec<u8>> {
+    let body = match code {
+        0x00 => SUPPORTED.to_vec(),
+        0x80 => unit_serial_number(id),
+        0x83 => device_identification(id),
+        0x86 => extended_inquiry(),
+        0xB0 => block_limits(id),
+        0xB1 => block_device_characteristics(),
+        0xB2 => logical_block_provisioning(),
+        _ => return None,
+    };
+    let mut p = Vec::with_capacity(4 + body.len());
+    p.push(0x00); // qualifier 000b, device type 00h
+    p.push(code);
+    p.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    p.extend_from_slice(&body);
+    Some(p)
+}
+
+fn unit_serial_number(id: &DiskIdentity) -> Vec<u8> {
+    // Serials are ASCII by definition; anything else is replaced rather than leaked raw.
+    let mut s = vec![0u8; id.serial.len().min(251)];
+    put_ascii(&mut s, &id.serial);
+    s
+}
+
+fn device_identification(id: &DiskIdentity) -> Vec<u8> {
+    let mut d = Vec::with_capacity(28);
+    // NAA designator, LU association, binary code set. PIV=0 so no protocol identifier.
+    d.extend_from_slice(&[0x01, 0x03, 0x00, 16]);
+    d.extend_from_slice(&id.naa);
+    // Relative target port designator: target-port association, PIV=1 with protocol iSCSI.
+    d.extend_from_slice(&[0x51, 0x94, 0x00, 4, 0, 0]);
+    d.extend_from_slice(&id.relative_port.to_be_bytes());
+    d
+}
+
+fn extended_inquiry() -> Vec<u8> {
+    let mut d = vec![0u8; 0x3C];
+    d[1] = 0x01; // SIMPSUP: simple task attribute
+    d[2] = 0x01; // V_SUP: there is a volatile cache (WCE=1), SYNCHRONIZE CACHE matters
+    d[3] = 0x01; // LUICLR: unit attentions are cleared per I_T nexus
+    d
+}
+
+fn block_limits(id: &DiskIdentity) -> Vec<u8> {
+    let bs = id.block_size.max(1);
+    let mut d = vec![0u8; 0x3C];
+    // [0] WSNZ=0, [1] MAXIMUM COMPARE AND WRITE LENGTH 0: no COMPARE AND WRITE yet.
+    // OPTIMAL TRANSFER LENGTH GRANULARITY: 4 KiB, the smallest unaligned-free unit.
+    let granularity = (4096 / bs).max(1) as u16;
+    d[2..4].copy_from_slice(&granularity.to_be_bytes());
+    d[4..8].copy_from_slice(&max_transfer_blocks(id).to_be_bytes());
+    d[8..12].copy_from_slice(&(OPTIMAL_TRANSFER_BYTES / bs).to_be_bytes());
+    // MAXIMUM PREFETCH LENGTH: what PRE-FETCH reports CONDITION MET for.
+    d[12..16].copy_from_slice(&max_transfer_blocks(id).to_be_bytes());
+    // UNMAP and WRITE SAME limits stay 0 until those commands exist (libiscsi checks this).
+    d
+}
+
+fn block_device_characteristics() -> Vec<u8> {
+    let mut d = vec![0u8; 0x3C];
+    d[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE: non-rotating
+    d
+}
+
+fn logical_block_provisioning() -> Vec<u8> {
+    // THRESHOLD EXPONENT 0, LBPU=LBPWS=LBPWS10=0, PROVISIONING TYPE 0 (fully provisioned).
+    vec![0u8; 4]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::disk::tests::identity;
+
+    #[test]
+    fn supported_pages_are_sorted_and_all_readable() {
+        let id = identity();
+        let p = page(&id, 0).unwrap();
+        assert_eq!(&p[..4], &[0, 0, 0, 7]);
+        assert!(p[4..].windows(2).all(|w| w[0] < w[1]));
+        for &code in &p[4..] {
+            let q = page(&id, code).unwrap();
+            assert_eq!(q[1], code);
+            assert_eq!(usize::from(u16::from_be_bytes([q[2], q[3]])) + 4, q.len());
+        }
+        assert!(page(&id, 0x89).is_none());
+    }
+
+    #[test]
+    fn serial_page() {
+        let p = page(&identity(), 0x80).unwrap();
+        assert_eq!(
+            &p,
+            &[0, 0x80, 0, 8, b'S', b'N', b'0', b'0', b'0', b'0', b'4', b'2']
+        );
+    }
+
+    #[test]
+    fn device_identification_is_naa_plus_relative_port() {
+        let id = identity();
+        let p = page(&id, 0x83).unwrap();
+        assert_eq!(&p[..8], &[0, 0x83, 0, 28, 0x01, 0x03, 0, 16]);
+        assert_eq!(&p[8..24], &id.naa);
+        assert_eq!(&p[24..], &[0x51, 0x94, 0, 4, 0, 0, 0x00, 0x03]);
+        assert_eq!(p, page(&identity(), 0x83).unwrap(), "must be stable");
+    }
+
+    #[test]
+    fn block_limits_is_sbc3_sized_with_transfer_limits() {
+        let p = page(&identity(), 0xB0).unwrap();
+        assert_eq!(p.len(), 64);
+        assert_eq!(p[3], 0x3C);
+        assert_eq!(p[5], 0, "no COMPARE AND WRITE");
+        assert_eq!(&p[6..8], &[0, 8]);
+        assert_eq!(u32::from_be_bytes(p[8..12].try_into().unwrap()), 16384);
+        assert_eq!(u32::from_be_bytes(p[12..16].try_into().unwrap()), 2048);
+        assert_eq!(&p[20..28], &[0; 8], "no UNMAP");
+    }
+
+    #[test]
+    fn characteristics_and_provisioning() {
+        let id = identity();
+        assert_eq!(&page(&id, 0xB1).unwrap()[4..6], &[0, 1]);
+        assert_eq!(page(&id, 0xB2).unwrap(), vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
+        assert_eq!(&page(&id, 0x86).unwrap()[4..8], &[0, 1, 1, 1]);
+    }
+}
