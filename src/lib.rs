@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod array;
 pub mod config;
+pub mod initiator;
 pub mod iscsi;
 pub mod net;
 pub mod scsi;

@@ -1,1 +1,121 @@
-fn main() {}
+//! `vvold`: the array daemon. With no arguments it serves the embedded lab array on
+//! 127.0.0.1:3260 with its data under ./vvold-data.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tracing::{error, info};
+use vvold::array::Array;
+use vvold::config::Config;
+use vvold::net::server::Server;
+use vvold::net::{session::Sessions, Shared};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "vvold: an iSCSI target serving VMware Virtual Volumes")]
+struct Args {
+    /// TOML configuration (see target-config/lab.toml); the embedded lab array without it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Portal to listen on, ADDRESS:PORT (repeatable; replaces the configured portals).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Directory for LUN images and the array identity [default: ./vvold-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
+    /// "vvold=debug" (RUST_LOG is used when this is absent).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+/// Exit status for a configuration that cannot be used.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match &args.log_level {
+        Some(l) => tracing_subscriber::EnvFilter::try_new(l),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .or_else(|_| tracing_subscriber::EnvFilter::try_new("info")),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vvold: --log-level: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+
+    let cfg = match &args.config {
+        None => Config::lab_default(),
+        Some(path) => match std::fs::read_to_string(path) {
+            Err(e) => {
+                eprintln!("vvold: cannot read {}: {e}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            Ok(text) => match Config::parse(&text) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("vvold: config error in {}: {e}", path.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+        },
+    };
+    let listen = if args.listen.is_empty() {
+        cfg.listen_addrs().expect("validated")
+    } else {
+        args.listen.clone()
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| cfg.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("vvold-data"));
+
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vvold: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let array = match Array::open(&cfg, &data_dir) {
+            Ok(a) => a,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("vvold: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let policy = Arc::new(vvold::net::policy::login_policy(&cfg, &listen));
+        let shared = Arc::new(Shared { array, policy, sessions: Sessions::new(), iscsi: cfg.iscsi.clone() });
+        let server = match Server::bind(&listen, shared).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!("{e}");
+                eprintln!("vvold: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(data_dir = %data_dir.display(), "vvold {} ready", env!("CARGO_PKG_VERSION"));
+        tokio::select! {
+            _ = server.run() => {}
+            _ = shutdown_signal() => info!("shutting down"),
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -4,13 +4,14 @@
 pub mod connection;
 pub mod exec;
 pub mod frame;
+pub mod policy;
 pub mod server;
 pub mod session;
 pub mod writer;
 
 use crate::array::Array;
 use crate::config::IscsiConfig;
-use crate::iscsi::login::LoginPolicy;
+use crate::iscsi::policy::LoginPolicy;
 use std::sync::Arc;
 
 /// What every connection of the daemon shares.

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Run libiscsi's iscsi-test-cu conformance suite against a freshly started vvold.
+#   scripts/conformance.sh [PATH-TO-vvold]
+# Starts the daemon on a free loopback port with its own data directory, runs each family,
+# prints passed/failed/skipped per family, stops the daemon by PID, and exits non-zero if any
+# test failed. A test that logs "[FAILED]" counts as failed even where CUnit counts it passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+VVOLD=${1:-target/release/vvold}
+WORK=$(mktemp -d /tmp/vvold-conformance.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+IQN=iqn.2026-11.io.vvold:conformance
+cat > "$WORK/vvold.toml" <<TOML
+listen = ["127.0.0.1:$PORT"]
+[iscsi]
+nop_interval_secs = 0
+[[target]]
+name = "$IQN"
+[[target.lun]]
+id = 0
+backend = "file"
+path = "lun0.img"
+size = "256MiB"
+[[target.lun]]
+id = 1
+backend = "file"
+path = "lun1.img"
+size = "64MiB"
+read_only = true
+[[target.lun]]
+id = 2
+backend = "ram"
+size = "64MiB"
+block_size = 4096
+TOML
+"$VVOLD" --config "$WORK/vvold.toml" --data-dir "$WORK/data" --log-level warn >"$WORK/vvold.log" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
+for _ in $(seq 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+  sleep 0.1
+done
+
+URL=iscsi://127.0.0.1:$PORT/$IQN
+# family pattern, LUN
+FAMILIES=(
+  "iSCSI.*|0"
+  "SCSI.Inquiry.*|0" "SCSI.Mandatory.*|0" "SCSI.ModeSense6.*|0" "SCSI.NoMedia.*|0"
+  "SCSI.Prefetch10.*|0" "SCSI.Prefetch16.*|0" "SCSI.PreventAllow.*|0"
+  "SCSI.Read6.*|0" "SCSI.Read10.*|0" "SCSI.Read12.*|0" "SCSI.Read16.*|0"
+  "SCSI.ReadCapacity10.*|0" "SCSI.ReadCapacity16.*|0" "SCSI.ReadOnly.*|1"
+  "SCSI.ReportSupportedOpcodes.*|0" "SCSI.StartStopUnit.*|0" "SCSI.TestUnitReady.*|0"
+  "SCSI.Verify10.*|0" "SCSI.Verify12.*|0" "SCSI.Verify16.*|0"
+  "SCSI.Write10.*|0" "SCSI.Write12.*|0" "SCSI.Write16.*|0"
+  "SCSI.WriteVerify10.*|0" "SCSI.WriteVerify12.*|0" "SCSI.WriteVerify16.*|0"
+  "SCSI.Read10.*|2" "SCSI.Write10.*|2"
+)
+total_pass=0; total_fail=0; total_skip=0
+printf '%-34s %4s %7s %7s %7s\n' family lun passed failed skipped
+for entry in "${FAMILIES[@]}"; do
+  fam=${entry%|*}; lun=${entry#*|}
+  log="$WORK/$(echo "$fam" | tr -c 'A-Za-z0-9\n' _)-$lun.log"
+  timeout 600 iscsi-test-cu -d -n -t "$fam" "$URL/$lun" >"$log" 2>&1
+  # CUnit's run summary: "tests  <total> <ran> <passed> <failed> <inactive>"
+  read -r ran passed failed < <(awk '/^ *tests /{print $3, $4, $5}' "$log" | tail -1)
+  ran=${ran:-0}; passed=${passed:-0}; failed=${failed:-0}
+  # Tests CUnit counted as passed but that logged [FAILED].
+  hidden=$(grep -c '\[FAILED\]' "$log" || true)
+  skipped=$(grep -c '\[SKIPPED\]' "$log" || true)
+  [ "$hidden" -gt "$failed" ] && { passed=$((passed - hidden + failed)); failed=$hidden; }
+  if [ "$ran" = 0 ]; then failed=$((failed + 1)); echo "no test ran for $fam (see $log)"; fi
+  passed=$((passed - skipped)); [ "$passed" -lt 0 ] && passed=0
+  printf '%-34s %4s %7s %7s %7s\n' "$fam" "$lun" "$passed" "$failed" "$skipped"
+  total_pass=$((total_pass + passed)); total_fail=$((total_fail + failed)); total_skip=$((total_skip + skipped))
+  if [ "$failed" -gt 0 ]; then grep -E '\[FAILED\]|FAILED|Test: .*\.\.\.FAILED' "$log" | head -20 | sed 's/^/    /'; fi
+done
+echo "conformance: $total_pass passed, $total_fail failed, $total_skip skipped (logs in $WORK)"
+[ "$total_fail" = 0 ]

@@ -1,0 +1,466 @@
+//! A small iSCSI initiator: one session, one command at a time. It is what the integration
+//! tests drive the daemon with, what the standalone control service will bind through, and it
+//! can do what stock initiators cannot: address every byte of a two-level LUN, and send
+//! deliberately malformed PDUs.
+
+use crate::iscsi::chap::{self, ChapAlgorithm};
+use crate::iscsi::digest;
+use crate::iscsi::pdu::{op, pad_len, Bhs, BHS_LEN};
+use crate::iscsi::text::{self, KeyValue};
+use crate::scsi::Lun;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitiatorError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("login failed: status {class:#04x}/{detail:#04x}")]
+    LoginFailed { class: u8, detail: u8 },
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("target rejected the PDU (reason {0:#04x})")]
+    Rejected(u8),
+}
+
+pub type Result<T> = std::result::Result<T, InitiatorError>;
+
+fn proto(s: impl Into<String>) -> InitiatorError {
+    InitiatorError::Protocol(s.into())
+}
+
+/// How to log in.
+#[derive(Debug, Clone)]
+pub struct LoginOptions {
+    pub initiator_name: String,
+    /// None: a discovery session.
+    pub target_name: Option<String>,
+    pub isid: [u8; 6],
+    /// (user, secret) for CHAP.
+    pub chap: Option<(String, String)>,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    pub max_recv_data_segment_length: u32,
+}
+
+impl LoginOptions {
+    pub fn new(initiator_name: &str, target_name: Option<&str>) -> LoginOptions {
+        LoginOptions {
+            initiator_name: initiator_name.into(),
+            target_name: target_name.map(Into::into),
+            isid: [0x80, 0x12, 0x34, 0x56, 0x00, 0x01],
+            chap: None,
+            header_digest: false,
+            data_digest: false,
+            immediate_data: true,
+            initial_r2t: false,
+            max_recv_data_segment_length: 262_144,
+        }
+    }
+}
+
+/// The result of a SCSI command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiResult {
+    pub status: u8,
+    pub data: Vec<u8>,
+    pub sense: Vec<u8>,
+    /// Residual count and its kind: 0x02 underflow, 0x04 overflow (flags as on the wire).
+    pub residual_flags: u8,
+    pub residual: u32,
+}
+
+impl ScsiResult {
+    /// (sense key, ASC, ASCQ) of fixed-format sense.
+    pub fn sense_code(&self) -> Option<(u8, u8, u8)> {
+        match self.sense.first()? & 0x7F {
+            0x70 | 0x71 if self.sense.len() >= 14 => {
+                Some((self.sense[2] & 0x0F, self.sense[12], self.sense[13]))
+            }
+            0x72 | 0x73 if self.sense.len() >= 4 => Some((self.sense[1] & 0x0F, self.sense[2], self.sense[3])),
+            _ => None,
+        }
+    }
+}
+
+/// A received PDU.
+#[derive(Debug, Clone)]
+pub struct RxPdu {
+    pub bhs: Bhs,
+    pub data: Vec<u8>,
+}
+
+pub struct Session {
+    stream: TcpStream,
+    itt: u32,
+    pub cmdsn: u32,
+    pub expstatsn: u32,
+    pub maxcmdsn: u32,
+    header_digest: bool,
+    data_digest: bool,
+    /// What the target accepts per PDU (its declared MaxRecvDataSegmentLength).
+    target_max_recv: usize,
+    first_burst: usize,
+    max_burst: usize,
+    immediate_data: bool,
+    initial_r2t: bool,
+    pub negotiated: Vec<KeyValue>,
+}
+
+impl Session {
+    /// Connect and log in.
+    pub async fn login(addr: SocketAddr, opts: &LoginOptions) -> Result<Session> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut s = Session {
+            stream,
+            itt: 1,
+            cmdsn: 1,
+            expstatsn: 0,
+            maxcmdsn: 1,
+            header_digest: false,
+            data_digest: false,
+            target_max_recv: 8192,
+            first_burst: 65536,
+            max_burst: 262_144,
+            immediate_data: false,
+            initial_r2t: true,
+            negotiated: Vec::new(),
+        };
+        s.do_login(opts).await?;
+        Ok(s)
+    }
+
+    fn next_itt(&mut self) -> u32 {
+        self.itt = self.itt.wrapping_add(1);
+        if self.itt == 0xFFFF_FFFF {
+            self.itt = 1;
+        }
+        self.itt
+    }
+
+    async fn login_exchange(&mut self, opts: &LoginOptions, csg: u8, nsg: u8, transit: bool, keys: &[KeyValue]) -> Result<(Bhs, Vec<KeyValue>)> {
+        let mut b = Bhs::new(op::LOGIN_REQUEST | 0x40);
+        b.0[1] = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
+        b.0[8..14].copy_from_slice(&opts.isid);
+        b.set_u32(16, self.itt);
+        b.set_u32(24, self.cmdsn);
+        b.set_u32(28, self.expstatsn);
+        let data = text::encode(keys);
+        self.send_raw_pdu(b, &data, false, false).await?;
+        let rx = self.recv_pdu_with(false, false).await?;
+        if rx.bhs.opcode() != op::LOGIN_RESPONSE {
+            return Err(proto(format!("expected a login response, got {:#x}", rx.bhs.opcode())));
+        }
+        let (class, detail) = (rx.bhs.0[36], rx.bhs.0[37]);
+        if class != 0 {
+            return Err(InitiatorError::LoginFailed { class, detail });
+        }
+        self.expstatsn = rx.bhs.u32_at(24).wrapping_add(1);
+        self.maxcmdsn = rx.bhs.u32_at(32);
+        let kv = text::parse(&rx.data).map_err(|e| proto(e.to_string()))?;
+        Ok((rx.bhs, kv))
+    }
+
+    async fn do_login(&mut self, opts: &LoginOptions) -> Result<()> {
+        let mut first = vec![KeyValue::new("InitiatorName", &opts.initiator_name)];
+        match &opts.target_name {
+            Some(t) => {
+                first.push(KeyValue::new("SessionType", "Normal"));
+                first.push(KeyValue::new("TargetName", t));
+            }
+            None => first.push(KeyValue::new("SessionType", "Discovery")),
+        }
+        if let Some((user, secret)) = &opts.chap {
+            first.push(KeyValue::new("AuthMethod", "CHAP,None"));
+            let (_, kv) = self.login_exchange(opts, 0, 0, false, &first).await?;
+            if get(&kv, "AuthMethod") != Some("CHAP") {
+                return Err(proto("target did not choose CHAP"));
+            }
+            let (_, kv) = self.login_exchange(opts, 0, 0, false, &[KeyValue::new("CHAP_A", "7,5")]).await?;
+            let alg = get(&kv, "CHAP_A").and_then(|a| a.parse().ok()).and_then(ChapAlgorithm::from_code).ok_or_else(|| proto("no CHAP_A"))?;
+            let id: u8 = get(&kv, "CHAP_I").and_then(|v| v.parse().ok()).ok_or_else(|| proto("no CHAP_I"))?;
+            let challenge = chap::decode_binary(get(&kv, "CHAP_C").unwrap_or("")).map_err(|e| proto(e.to_string()))?;
+            let response = chap::chap_response(alg, id, secret.as_bytes(), &challenge);
+            let keys = [KeyValue::new("CHAP_N", user), KeyValue::new("CHAP_R", chap::encode_hex(&response))];
+            self.login_exchange(opts, 0, 1, true, &keys).await?;
+        } else {
+            first.push(KeyValue::new("AuthMethod", "None"));
+            let (bhs, _) = self.login_exchange(opts, 0, 1, true, &first).await?;
+            if bhs.0[1] & 0x80 == 0 {
+                return Err(proto("target did not leave the security stage"));
+            }
+        }
+        let yes_no = |b: bool| if b { "Yes" } else { "No" };
+        let digest = |b: bool| if b { "CRC32C" } else { "None" };
+        let mut ops = vec![
+            KeyValue::new("HeaderDigest", digest(opts.header_digest)),
+            KeyValue::new("DataDigest", digest(opts.data_digest)),
+            KeyValue::new("MaxRecvDataSegmentLength", opts.max_recv_data_segment_length.to_string()),
+        ];
+        if opts.target_name.is_some() {
+            ops.extend([
+                KeyValue::new("InitialR2T", yes_no(opts.initial_r2t)),
+                KeyValue::new("ImmediateData", yes_no(opts.immediate_data)),
+                KeyValue::new("MaxBurstLength", "1048576"),
+                KeyValue::new("FirstBurstLength", "262144"),
+                KeyValue::new("MaxOutstandingR2T", "1"),
+                KeyValue::new("ErrorRecoveryLevel", "0"),
+            ]);
+        }
+        let (bhs, kv) = self.login_exchange(opts, 1, 3, true, &ops).await?;
+        if bhs.0[1] & 0x83 != 0x83 {
+            return Err(proto("target did not enter full feature phase"));
+        }
+        let num = |k: &str, d: usize| get(&kv, k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        self.target_max_recv = num("MaxRecvDataSegmentLength", 8192);
+        self.first_burst = num("FirstBurstLength", 65536);
+        self.max_burst = num("MaxBurstLength", 262_144);
+        self.immediate_data = get(&kv, "ImmediateData").map_or(opts.immediate_data, |v| v == "Yes");
+        self.initial_r2t = get(&kv, "InitialR2T").map_or(opts.initial_r2t, |v| v == "Yes");
+        self.header_digest = get(&kv, "HeaderDigest") == Some("CRC32C");
+        self.data_digest = get(&kv, "DataDigest") == Some("CRC32C");
+        self.negotiated = kv;
+        Ok(())
+    }
+
+    /// Send a PDU with this session's digests.
+    pub async fn send_pdu(&mut self, bhs: Bhs, data: &[u8]) -> Result<()> {
+        self.send_raw_pdu(bhs, data, self.header_digest, self.data_digest).await
+    }
+
+    async fn send_raw_pdu(&mut self, mut bhs: Bhs, data: &[u8], hd: bool, dd: bool) -> Result<()> {
+        bhs.set_data_segment_len(data.len());
+        let mut v = Vec::with_capacity(BHS_LEN + 8 + data.len() + 3);
+        v.extend_from_slice(&bhs.0);
+        if hd {
+            v.extend_from_slice(&digest::crc32c(&bhs.0).to_le_bytes());
+        }
+        v.extend_from_slice(data);
+        v.resize(v.len() + pad_len(data.len()), 0);
+        if dd && !data.is_empty() {
+            v.extend_from_slice(&digest::data_digest([data]).to_le_bytes());
+        }
+        self.stream.write_all(&v).await?;
+        Ok(())
+    }
+
+    /// Write raw bytes (malformed-input tests).
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    pub async fn recv_pdu(&mut self) -> Result<RxPdu> {
+        self.recv_pdu_with(self.header_digest, self.data_digest).await
+    }
+
+    async fn recv_pdu_with(&mut self, hd: bool, dd: bool) -> Result<RxPdu> {
+        let mut bhs = Bhs::default();
+        self.stream.read_exact(&mut bhs.0).await?;
+        let mut skip = bhs.total_ahs_len() + if hd { 4 } else { 0 };
+        let mut scratch = vec![0u8; skip];
+        self.stream.read_exact(&mut scratch).await?;
+        let len = bhs.data_segment_len();
+        let mut data = vec![0u8; len];
+        self.stream.read_exact(&mut data).await?;
+        skip = pad_len(len) + if dd && len > 0 { 4 } else { 0 };
+        let mut scratch = vec![0u8; skip];
+        self.stream.read_exact(&mut scratch).await?;
+        if bhs.opcode() != op::LOGIN_RESPONSE {
+            self.maxcmdsn = bhs.u32_at(32);
+        }
+        Ok(RxPdu { bhs, data })
+    }
+
+    /// Wait for the PDU answering `itt`, answering target NOP-In pings meanwhile.
+    async fn recv_for(&mut self, itt: u32) -> Result<RxPdu> {
+        loop {
+            let rx = self.recv_pdu().await?;
+            match rx.bhs.opcode() {
+                op::NOP_IN if rx.bhs.itt().0 == 0xFFFF_FFFF => {
+                    let mut b = Bhs::new(op::NOP_OUT | 0x40);
+                    b.0[1] = 0x80;
+                    b.set_u32(16, 0xFFFF_FFFF);
+                    b.set_u32(20, rx.bhs.u32_at(20));
+                    b.set_u32(24, self.cmdsn);
+                    b.set_u32(28, self.expstatsn);
+                    self.send_pdu(b, &[]).await?;
+                }
+                op::REJECT => return Err(InitiatorError::Rejected(rx.bhs.0[2])),
+                op::ASYNC_MESSAGE => {}
+                _ if rx.bhs.itt().0 == itt => return Ok(rx),
+                other => return Err(proto(format!("unexpected PDU {other:#x} while waiting for ITT {itt}"))),
+            }
+        }
+    }
+
+    fn note_status(&mut self, bhs: &Bhs) {
+        self.expstatsn = bhs.u32_at(24).wrapping_add(1);
+    }
+
+    /// Run one SCSI command on `lun` (all 8 bytes are sent as given).
+    pub async fn command(&mut self, lun: Lun, cdb: &[u8], data_out: Option<&[u8]>, expected_in: u32) -> Result<ScsiResult> {
+        let itt = self.next_itt();
+        let out = data_out.unwrap_or(&[]);
+        let mut b = Bhs::new(op::SCSI_COMMAND);
+        let immediate = if self.immediate_data { out.len().min(self.first_burst).min(self.target_max_recv) } else { 0 };
+        // Unsolicited Data-Out is not used: everything beyond immediate data goes by R2T.
+        b.0[1] = 0x80 | 0x01 | if data_out.is_some() { 0x20 } else { 0 } | if expected_in > 0 { 0x40 } else { 0 };
+        b.set_lun(lun);
+        b.set_u32(16, itt);
+        b.set_u32(20, if data_out.is_some() { out.len() as u32 } else { expected_in });
+        b.set_u32(24, self.cmdsn);
+        b.set_u32(28, self.expstatsn);
+        if cdb.len() > 16 {
+            return Err(proto("CDBs longer than 16 bytes are not supported"));
+        }
+        b.0[32..32 + cdb.len()].copy_from_slice(cdb);
+        self.cmdsn = self.cmdsn.wrapping_add(1);
+        self.send_pdu(b, &out[..immediate]).await?;
+        let mut data = Vec::new();
+        loop {
+            let rx = self.recv_for(itt).await?;
+            match rx.bhs.opcode() {
+                op::R2T => {
+                    let ttt = rx.bhs.u32_at(20);
+                    let offset = rx.bhs.u32_at(40) as usize;
+                    let len = rx.bhs.u32_at(44) as usize;
+                    if offset + len > out.len() {
+                        return Err(proto("R2T beyond the data"));
+                    }
+                    let mut sent = 0;
+                    let mut datasn = 0;
+                    while sent < len {
+                        let n = (len - sent).min(self.target_max_recv);
+                        let mut d = Bhs::new(op::DATA_OUT);
+                        if sent + n == len {
+                            d.0[1] = 0x80;
+                        }
+                        d.set_lun(lun);
+                        d.set_u32(16, itt);
+                        d.set_u32(20, ttt);
+                        d.set_u32(28, self.expstatsn);
+                        d.set_u32(36, datasn);
+                        d.set_u32(40, (offset + sent) as u32);
+                        self.send_pdu(d, &out[offset + sent..offset + sent + n]).await?;
+                        sent += n;
+                        datasn += 1;
+                    }
+                }
+                op::DATA_IN => {
+                    let offset = rx.bhs.u32_at(40) as usize;
+                    if data.len() < offset + rx.data.len() {
+                        data.resize(offset + rx.data.len(), 0);
+                    }
+                    data[offset..offset + rx.data.len()].copy_from_slice(&rx.data);
+                    if rx.bhs.flags() & 0x01 != 0 {
+                        self.note_status(&rx.bhs);
+                        return Ok(ScsiResult {
+                            status: rx.bhs.0[3],
+                            data,
+                            sense: Vec::new(),
+                            residual_flags: rx.bhs.flags() & 0x06,
+                            residual: rx.bhs.u32_at(44),
+                        });
+                    }
+                }
+                op::SCSI_RESPONSE => {
+                    self.note_status(&rx.bhs);
+                    let sense = if rx.data.len() >= 2 {
+                        let n = u16::from_be_bytes([rx.data[0], rx.data[1]]) as usize;
+                        rx.data[2..(2 + n).min(rx.data.len())].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok(ScsiResult {
+                        status: rx.bhs.0[3],
+                        data,
+                        sense,
+                        residual_flags: rx.bhs.flags() & 0x06,
+                        residual: rx.bhs.u32_at(44),
+                    });
+                }
+                other => return Err(proto(format!("unexpected PDU {other:#x}"))),
+            }
+        }
+    }
+
+    /// Task management request; returns the response code.
+    pub async fn task_mgmt(&mut self, function: u8, lun: Lun, referenced_itt: u32) -> Result<u8> {
+        let itt = self.next_itt();
+        let mut b = Bhs::new(op::TASK_MGMT_REQUEST | 0x40);
+        b.0[1] = 0x80 | function;
+        b.set_lun(lun);
+        b.set_u32(16, itt);
+        b.set_u32(20, referenced_itt);
+        b.set_u32(24, self.cmdsn);
+        b.set_u32(28, self.expstatsn);
+        b.set_u32(32, self.cmdsn);
+        self.send_pdu(b, &[]).await?;
+        let rx = self.recv_for(itt).await?;
+        self.note_status(&rx.bhs);
+        Ok(rx.bhs.0[2])
+    }
+
+    /// NOP-Out ping with data; returns the echoed data.
+    pub async fn nop(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        let itt = self.next_itt();
+        let mut b = Bhs::new(op::NOP_OUT | 0x40);
+        b.0[1] = 0x80;
+        b.set_u32(16, itt);
+        b.set_u32(20, 0xFFFF_FFFF);
+        b.set_u32(24, self.cmdsn);
+        b.set_u32(28, self.expstatsn);
+        self.send_pdu(b, data).await?;
+        let rx = self.recv_for(itt).await?;
+        self.note_status(&rx.bhs);
+        Ok(rx.data)
+    }
+
+    /// SendTargets text request; returns the key/value pairs of the whole answer.
+    pub async fn send_targets(&mut self, query: &str) -> Result<Vec<KeyValue>> {
+        let itt = self.next_itt();
+        let mut ttt = 0xFFFF_FFFF;
+        let mut payload = text::encode(&[KeyValue::new("SendTargets", query)]);
+        let mut all = Vec::new();
+        loop {
+            let mut b = Bhs::new(op::TEXT_REQUEST | 0x40);
+            b.0[1] = 0x80;
+            b.set_u32(16, itt);
+            b.set_u32(20, ttt);
+            b.set_u32(24, self.cmdsn);
+            b.set_u32(28, self.expstatsn);
+            self.send_pdu(b, &payload).await?;
+            let rx = self.recv_for(itt).await?;
+            self.note_status(&rx.bhs);
+            all.extend_from_slice(&rx.data);
+            if rx.bhs.flags() & 0x40 == 0 {
+                break;
+            }
+            ttt = rx.bhs.u32_at(20);
+            payload.clear();
+        }
+        text::parse(&all).map_err(|e| proto(e.to_string()))
+    }
+
+    /// Log out (close the session) and wait for the answer.
+    pub async fn logout(mut self) -> Result<u8> {
+        let itt = self.next_itt();
+        let mut b = Bhs::new(op::LOGOUT_REQUEST | 0x40);
+        b.0[1] = 0x80;
+        b.set_u32(16, itt);
+        b.set_u32(24, self.cmdsn);
+        b.set_u32(28, self.expstatsn);
+        self.send_pdu(b, &[]).await?;
+        let rx = self.recv_for(itt).await?;
+        Ok(rx.bhs.0[2])
+    }
+}
+
+fn get<'a>(kv: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    kv.iter().find(|k| k.key == key).map(|k| k.value.as_str())
+}
