@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use super::sense::{Sense, SenseKey};
+use super::sense::Sense;
 use super::NexusId;
 
 /// More than this many distinct conditions for one nexus means the initiator is not
@@ -91,7 +91,6 @@ impl UnitAttentions {
 }
 
 fn push(queue: &mut VecDeque<Sense>, sense: Sense) {
-    debug_assert_eq!(sense.key, SenseKey::UnitAttention);
     if sense.asc == 0x29 {
         // A reset supersedes everything it reset, including older reset reports: SAM-5 says
         // the initiator must assume all state was lost, so older conditions add nothing.
