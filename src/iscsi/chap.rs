@@ -334,7 +334,18 @@ mod tests {
         buf.extend_from_slice(b"secret");
         buf.extend_from_slice(&c);
         assert_eq!(r, Md5::digest(&buf).to_vec());
-        assert_eq!(r.len(), 16);
+        assert_eq!(encode_hex(&r), "0x740e86463bda3a4d7017d6e0fba0699d");
+    }
+
+    #[test]
+    fn sha256_vector() {
+        // SHA-256(0x2a || "topsecret" || 00..1f), computed with Python's hashlib.
+        let c: Vec<u8> = (0u8..32).collect();
+        let r = chap_response(ChapAlgorithm::Sha256, 0x2a, b"topsecret", &c);
+        assert_eq!(
+            encode_hex(&r),
+            "0x7225e84fa93943ed762cdbe108d7dea96905ae7f1d74300ae42217cf6b5f8eab"
+        );
     }
 
     #[test]
