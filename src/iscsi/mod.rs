@@ -3,6 +3,7 @@
 
 pub mod chap;
 pub mod digest;
+pub mod discovery;
 pub mod login;
 pub mod negotiate;
 pub mod params;
