@@ -19,9 +19,16 @@ pub const REVISION: &str = "0001";
 #[derive(Debug, thiserror::Error)]
 pub enum ArrayError {
     #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("target {target} LUN {lun}: {source}")]
-    Backend { target: String, lun: u16, source: crate::backend::BackendError },
+    Backend {
+        target: String,
+        lun: u16,
+        source: crate::backend::BackendError,
+    },
 }
 
 /// A logical unit: SCSI emulation state plus the block device behind it.
@@ -58,8 +65,10 @@ pub struct Array {
 impl Array {
     /// Open every backend (creating sparse image files on first start) under `data_dir`.
     pub fn open(cfg: &Config, data_dir: &Path) -> Result<Array, ArrayError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| ArrayError::DataDir { path: data_dir.into(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| ArrayError::DataDir {
+            path: data_dir.into(),
+            source,
+        })?;
         let array_id = array_id(data_dir)?;
         let targets = cfg
             .targets
@@ -70,7 +79,9 @@ impl Array {
     }
 
     pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
-        self.targets.iter().find(|t| t.name.eq_ignore_ascii_case(name))
+        self.targets
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -85,10 +96,19 @@ fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Targ
         let identity = identity(array_id, &t.name, l, device.size());
         luns.insert(
             l.id,
-            Arc::new(LogicalUnit { id: l.id, lun: Lun::single(l.id), disk: DiskLu::new(identity), device }),
+            Arc::new(LogicalUnit {
+                id: l.id,
+                lun: Lun::single(l.id),
+                disk: DiskLu::new(identity),
+                device,
+            }),
         );
     }
-    Ok(Target { name: t.name.clone(), alias: t.alias.clone(), luns })
+    Ok(Target {
+        name: t.name.clone(),
+        alias: t.alias.clone(),
+        luns,
+    })
 }
 
 fn open_device(l: &LunConfig, data_dir: &Path) -> Result<AnyDevice, crate::backend::BackendError> {
@@ -98,7 +118,11 @@ fn open_device(l: &LunConfig, data_dir: &Path) -> Result<AnyDevice, crate::backe
         BackendKind::Null => AnyDevice::Null(NullDevice::new(size)),
         BackendKind::File => {
             let path = l.path.as_deref().unwrap_or(Path::new("lun.img"));
-            let path = if path.is_absolute() { path.to_path_buf() } else { data_dir.join(path) };
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                data_dir.join(path)
+            };
             AnyDevice::File(FileDevice::open(&path, size, true)?)
         }
     })
@@ -108,11 +132,16 @@ fn open_device(l: &LunConfig, data_dir: &Path) -> Result<AnyDevice, crate::backe
 /// identifiers derive from it, so they are stable across restarts and differ between arrays.
 fn array_id(data_dir: &Path) -> Result<String, ArrayError> {
     let path = data_dir.join("array-id");
-    let io = |source| ArrayError::DataDir { path: path.clone(), source };
+    let io = |source| ArrayError::DataDir {
+        path: path.clone(),
+        source,
+    };
     match std::fs::read_to_string(&path) {
         Ok(s) if s.trim().len() == 16 => return Ok(s.trim().to_string()),
         Ok(_) | Err(_) if path.exists() && std::fs::metadata(&path).map_err(io)?.len() > 0 => {
-            return Err(io(std::io::Error::other("malformed array-id (want 16 hex digits)")))
+            return Err(io(std::io::Error::other(
+                "malformed array-id (want 16 hex digits)",
+            )))
         }
         _ => {}
     }
@@ -129,10 +158,8 @@ pub fn naa_designator(array_id: &str, name: &str) -> [u8; 16] {
     let h = Sha256::digest(format!("{array_id}/{name}").as_bytes());
     let array = u64::from_str_radix(array_id, 16).unwrap_or(0) & 0xF_FFFF_FFFF;
     let ext = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
-    let v: u128 = (6u128 << 124)
-        | ((NAA_COMPANY_ID as u128) << 100)
-        | ((array as u128) << 64)
-        | ext as u128;
+    let v: u128 =
+        (6u128 << 124) | ((NAA_COMPANY_ID as u128) << 100) | ((array as u128) << 64) | ext as u128;
     v.to_be_bytes()
 }
 

@@ -6,8 +6,8 @@
 //! - [`iscsi`]: PDU codec, login and negotiation, session sequencing, pure
 //! - [`net`]: the async edge: sockets, tasks, timers
 
-pub mod backend;
 pub mod array;
+pub mod backend;
 pub mod config;
 pub mod initiator;
 pub mod iscsi;

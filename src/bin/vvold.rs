@@ -13,7 +13,10 @@ use vvold::net::server::Server;
 use vvold::net::{session::Sessions, Shared};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "vvold: an iSCSI target serving VMware Virtual Volumes")]
+#[command(
+    version,
+    about = "vvold: an iSCSI target serving VMware Virtual Volumes"
+)]
 struct Args {
     /// TOML configuration (see target-config/lab.toml); the embedded lab array without it.
     #[arg(long, value_name = "FILE")]
@@ -47,7 +50,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 
     let cfg = match &args.config {
         None => Config::lab_default(),
@@ -76,7 +82,10 @@ fn main() -> ExitCode {
         .or_else(|| cfg.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("vvold-data"));
 
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vvold: cannot start the runtime: {e}");
@@ -93,7 +102,12 @@ fn main() -> ExitCode {
             }
         };
         let policy = Arc::new(vvold::net::policy::login_policy(&cfg, &listen));
-        let shared = Arc::new(Shared { array, policy, sessions: Sessions::new(), iscsi: cfg.iscsi.clone() });
+        let shared = Arc::new(Shared {
+            array,
+            policy,
+            sessions: Sessions::new(),
+            iscsi: cfg.iscsi.clone(),
+        });
         let server = match Server::bind(&listen, shared).await {
             Ok(s) => s,
             Err(e) => {

@@ -80,7 +80,9 @@ impl ScsiResult {
             0x70 | 0x71 if self.sense.len() >= 14 => {
                 Some((self.sense[2] & 0x0F, self.sense[12], self.sense[13]))
             }
-            0x72 | 0x73 if self.sense.len() >= 4 => Some((self.sense[1] & 0x0F, self.sense[2], self.sense[3])),
+            0x72 | 0x73 if self.sense.len() >= 4 => {
+                Some((self.sense[1] & 0x0F, self.sense[2], self.sense[3]))
+            }
             _ => None,
         }
     }
@@ -142,7 +144,14 @@ impl Session {
         self.itt
     }
 
-    async fn login_exchange(&mut self, opts: &LoginOptions, csg: u8, nsg: u8, transit: bool, keys: &[KeyValue]) -> Result<(Bhs, Vec<KeyValue>)> {
+    async fn login_exchange(
+        &mut self,
+        opts: &LoginOptions,
+        csg: u8,
+        nsg: u8,
+        transit: bool,
+        keys: &[KeyValue],
+    ) -> Result<(Bhs, Vec<KeyValue>)> {
         let mut b = Bhs::new(op::LOGIN_REQUEST | 0x40);
         b.0[1] = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
         b.0[8..14].copy_from_slice(&opts.isid);
@@ -153,7 +162,10 @@ impl Session {
         self.send_raw_pdu(b, &data, false, false).await?;
         let rx = self.recv_pdu_with(false, false).await?;
         if rx.bhs.opcode() != op::LOGIN_RESPONSE {
-            return Err(proto(format!("expected a login response, got {:#x}", rx.bhs.opcode())));
+            return Err(proto(format!(
+                "expected a login response, got {:#x}",
+                rx.bhs.opcode()
+            )));
         }
         let (class, detail) = (rx.bhs.0[36], rx.bhs.0[37]);
         if class != 0 {
@@ -180,12 +192,23 @@ impl Session {
             if get(&kv, "AuthMethod") != Some("CHAP") {
                 return Err(proto("target did not choose CHAP"));
             }
-            let (_, kv) = self.login_exchange(opts, 0, 0, false, &[KeyValue::new("CHAP_A", "7,5")]).await?;
-            let alg = get(&kv, "CHAP_A").and_then(|a| a.parse().ok()).and_then(ChapAlgorithm::from_code).ok_or_else(|| proto("no CHAP_A"))?;
-            let id: u8 = get(&kv, "CHAP_I").and_then(|v| v.parse().ok()).ok_or_else(|| proto("no CHAP_I"))?;
-            let challenge = chap::decode_binary(get(&kv, "CHAP_C").unwrap_or("")).map_err(|e| proto(e.to_string()))?;
+            let (_, kv) = self
+                .login_exchange(opts, 0, 0, false, &[KeyValue::new("CHAP_A", "7,5")])
+                .await?;
+            let alg = get(&kv, "CHAP_A")
+                .and_then(|a| a.parse().ok())
+                .and_then(ChapAlgorithm::from_code)
+                .ok_or_else(|| proto("no CHAP_A"))?;
+            let id: u8 = get(&kv, "CHAP_I")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| proto("no CHAP_I"))?;
+            let challenge = chap::decode_binary(get(&kv, "CHAP_C").unwrap_or(""))
+                .map_err(|e| proto(e.to_string()))?;
             let response = chap::chap_response(alg, id, secret.as_bytes(), &challenge);
-            let keys = [KeyValue::new("CHAP_N", user), KeyValue::new("CHAP_R", chap::encode_hex(&response))];
+            let keys = [
+                KeyValue::new("CHAP_N", user),
+                KeyValue::new("CHAP_R", chap::encode_hex(&response)),
+            ];
             self.login_exchange(opts, 0, 1, true, &keys).await?;
         } else {
             first.push(KeyValue::new("AuthMethod", "None"));
@@ -199,7 +222,10 @@ impl Session {
         let mut ops = vec![
             KeyValue::new("HeaderDigest", digest(opts.header_digest)),
             KeyValue::new("DataDigest", digest(opts.data_digest)),
-            KeyValue::new("MaxRecvDataSegmentLength", opts.max_recv_data_segment_length.to_string()),
+            KeyValue::new(
+                "MaxRecvDataSegmentLength",
+                opts.max_recv_data_segment_length.to_string(),
+            ),
         ];
         if opts.target_name.is_some() {
             ops.extend([
@@ -229,7 +255,8 @@ impl Session {
 
     /// Send a PDU with this session's digests.
     pub async fn send_pdu(&mut self, bhs: Bhs, data: &[u8]) -> Result<()> {
-        self.send_raw_pdu(bhs, data, self.header_digest, self.data_digest).await
+        self.send_raw_pdu(bhs, data, self.header_digest, self.data_digest)
+            .await
     }
 
     async fn send_raw_pdu(&mut self, mut bhs: Bhs, data: &[u8], hd: bool, dd: bool) -> Result<()> {
@@ -255,7 +282,8 @@ impl Session {
     }
 
     pub async fn recv_pdu(&mut self) -> Result<RxPdu> {
-        self.recv_pdu_with(self.header_digest, self.data_digest).await
+        self.recv_pdu_with(self.header_digest, self.data_digest)
+            .await
     }
 
     async fn recv_pdu_with(&mut self, hd: bool, dd: bool) -> Result<RxPdu> {
@@ -293,7 +321,11 @@ impl Session {
                 op::REJECT => return Err(InitiatorError::Rejected(rx.bhs.0[2])),
                 op::ASYNC_MESSAGE => {}
                 _ if rx.bhs.itt().0 == itt => return Ok(rx),
-                other => return Err(proto(format!("unexpected PDU {other:#x} while waiting for ITT {itt}"))),
+                other => {
+                    return Err(proto(format!(
+                        "unexpected PDU {other:#x} while waiting for ITT {itt}"
+                    )))
+                }
             }
         }
     }
@@ -303,16 +335,36 @@ impl Session {
     }
 
     /// Run one SCSI command on `lun` (all 8 bytes are sent as given).
-    pub async fn command(&mut self, lun: Lun, cdb: &[u8], data_out: Option<&[u8]>, expected_in: u32) -> Result<ScsiResult> {
+    pub async fn command(
+        &mut self,
+        lun: Lun,
+        cdb: &[u8],
+        data_out: Option<&[u8]>,
+        expected_in: u32,
+    ) -> Result<ScsiResult> {
         let itt = self.next_itt();
         let out = data_out.unwrap_or(&[]);
         let mut b = Bhs::new(op::SCSI_COMMAND);
-        let immediate = if self.immediate_data { out.len().min(self.first_burst).min(self.target_max_recv) } else { 0 };
+        let immediate = if self.immediate_data {
+            out.len().min(self.first_burst).min(self.target_max_recv)
+        } else {
+            0
+        };
         // Unsolicited Data-Out is not used: everything beyond immediate data goes by R2T.
-        b.0[1] = 0x80 | 0x01 | if data_out.is_some() { 0x20 } else { 0 } | if expected_in > 0 { 0x40 } else { 0 };
+        b.0[1] = 0x80
+            | 0x01
+            | if data_out.is_some() { 0x20 } else { 0 }
+            | if expected_in > 0 { 0x40 } else { 0 };
         b.set_lun(lun);
         b.set_u32(16, itt);
-        b.set_u32(20, if data_out.is_some() { out.len() as u32 } else { expected_in });
+        b.set_u32(
+            20,
+            if data_out.is_some() {
+                out.len() as u32
+            } else {
+                expected_in
+            },
+        );
         b.set_u32(24, self.cmdsn);
         b.set_u32(28, self.expstatsn);
         if cdb.len() > 16 {
@@ -346,7 +398,8 @@ impl Session {
                         d.set_u32(28, self.expstatsn);
                         d.set_u32(36, datasn);
                         d.set_u32(40, (offset + sent) as u32);
-                        self.send_pdu(d, &out[offset + sent..offset + sent + n]).await?;
+                        self.send_pdu(d, &out[offset + sent..offset + sent + n])
+                            .await?;
                         sent += n;
                         datasn += 1;
                     }

@@ -10,11 +10,14 @@ use super::Shared;
 use crate::array::LogicalUnit;
 use crate::iscsi::login::{LoginMachine, LoginOutcome, LoginResult};
 use crate::iscsi::params::SessionType;
-use crate::iscsi::pdu::{self, op, Bhs, InitiatorPdu, Itt, RejectReason, ScsiCommand, Seq, TaskMgmt, TmfFunction, TmfResponse};
+use crate::iscsi::pdu::{
+    self, op, Bhs, InitiatorPdu, Itt, RejectReason, ScsiCommand, Seq, TaskMgmt, TmfFunction,
+    TmfResponse,
+};
 use crate::iscsi::transfer::{TransferLimits, WriteTransfer};
 use crate::iscsi::window::{Admission, CmdWindow};
 use crate::scsi::disk::ResetKind;
-use crate::scsi::{self, Plan, Response, Sense};
+use crate::scsi::{self, Plan, Sense};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,7 +72,10 @@ async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Resul
     reader.header_digest = params.header_digest;
     reader.data_digest = params.data_digest;
     reader.max_data = params.max_recv_data_segment_length as usize;
-    let window = Arc::new(Mutex::new(CmdWindow::new(login.expcmdsn, shared.iscsi.queue_depth)));
+    let window = Arc::new(Mutex::new(CmdWindow::new(
+        login.expcmdsn,
+        shared.iscsi.queue_depth,
+    )));
     let (tx, rx) = mpsc::channel(256);
     let wcfg = WriterConfig {
         header_digest: params.header_digest,
@@ -83,7 +89,9 @@ async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Resul
             let mut conn = FullFeature::discovery(&shared, tx, window, &login, local);
             conn.run(&mut reader).await
         }
-        SessionType::Normal => normal_session(&shared, &mut reader, tx, window, &login, local).await,
+        SessionType::Normal => {
+            normal_session(&shared, &mut reader, tx, window, &login, local).await
+        }
     };
     // The writer ends once every sender is gone: all responses queued so far are flushed.
     let _ = writer.await;
@@ -102,7 +110,9 @@ async fn login(
         if h.bhs.opcode() != op::LOGIN_REQUEST {
             // RFC 7143 §6.1: anything but a Login Request before login completes ends the
             // connection.
-            return Err(ConnError::Protocol("PDU other than Login Request during login"));
+            return Err(ConnError::Protocol(
+                "PDU other than Login Request during login",
+            ));
         }
         let (data, _) = reader.read_data_vec(h.bhs.data_segment_len()).await?;
         let Ok(InitiatorPdu::Login(req)) = InitiatorPdu::decode(&h.bhs, &h.ahs) else {
@@ -153,14 +163,18 @@ async fn normal_session(
         closed: watch::channel(false).0,
     });
     if let Some(old) = shared.sessions.insert(session.clone()) {
-        info!(tsih = old.tsih, "session reinstatement: closing the previous session");
+        info!(
+            tsih = old.tsih,
+            "session reinstatement: closing the previous session"
+        );
         old.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), old.wait_closed()).await;
     }
     for lu in target.luns.values() {
         lu.disk.nexus_added(session.nexus);
     }
-    let span = info_span!("session", tsih = session.tsih, initiator = %initiator, target = %target.name);
+    let span =
+        info_span!("session", tsih = session.tsih, initiator = %initiator, target = %target.name);
     async {
         info!("logged in");
         let mut conn = FullFeature::normal(shared, tx, window, login, session.clone(), local);
@@ -190,9 +204,6 @@ struct FullFeature<'a> {
     session: Option<Arc<Session>>,
     ctx: Option<Arc<ConnCtx>>,
     limits: TransferLimits,
-    initiator: String,
-    target: Option<String>,
-    local: SocketAddr,
     max_xmit: usize,
     pending: HashMap<Itt, PendingWrite>,
     next_ttt: u32,
@@ -208,7 +219,13 @@ enum Flow {
 }
 
 impl<'a> FullFeature<'a> {
-    fn base(shared: &'a Arc<Shared>, out: mpsc::Sender<OutPdu>, window: Arc<Mutex<CmdWindow>>, login: &LoginResult, local: SocketAddr) -> Self {
+    fn base(
+        shared: &'a Arc<Shared>,
+        out: mpsc::Sender<OutPdu>,
+        window: Arc<Mutex<CmdWindow>>,
+        login: &LoginResult,
+        local: SocketAddr,
+    ) -> Self {
         let p = &login.params;
         FullFeature {
             shared,
@@ -223,24 +240,41 @@ impl<'a> FullFeature<'a> {
                 initial_r2t: p.initial_r2t,
                 immediate_data: p.immediate_data,
             },
-            initiator: p.initiator_name.clone(),
-            target: login.target.clone(),
-            local,
             max_xmit: p.max_xmit_data_segment_length as usize,
             pending: HashMap::new(),
             next_ttt: 1,
-            text: Default::default(),
+            text: crate::iscsi::discovery::TextResponder::new(
+                shared.policy.clone(),
+                p.initiator_name.clone(),
+                login.target.clone(),
+                local,
+                p.max_recv_data_segment_length,
+                p.max_xmit_data_segment_length,
+            ),
             last_rx: Arc::new(AtomicU64::new(0)),
             ping_ttt: Arc::new(AtomicU32::new(0)),
             epoch: Instant::now(),
         }
     }
 
-    fn discovery(shared: &'a Arc<Shared>, out: mpsc::Sender<OutPdu>, window: Arc<Mutex<CmdWindow>>, login: &LoginResult, local: SocketAddr) -> Self {
+    fn discovery(
+        shared: &'a Arc<Shared>,
+        out: mpsc::Sender<OutPdu>,
+        window: Arc<Mutex<CmdWindow>>,
+        login: &LoginResult,
+        local: SocketAddr,
+    ) -> Self {
         Self::base(shared, out, window, login, local)
     }
 
-    fn normal(shared: &'a Arc<Shared>, out: mpsc::Sender<OutPdu>, window: Arc<Mutex<CmdWindow>>, login: &LoginResult, session: Arc<Session>, local: SocketAddr) -> Self {
+    fn normal(
+        shared: &'a Arc<Shared>,
+        out: mpsc::Sender<OutPdu>,
+        window: Arc<Mutex<CmdWindow>>,
+        login: &LoginResult,
+        session: Arc<Session>,
+        local: SocketAddr,
+    ) -> Self {
         let mut s = Self::base(shared, out.clone(), window, login, local);
         s.ctx = Some(Arc::new(ConnCtx {
             session: session.clone(),
@@ -263,7 +297,8 @@ impl<'a> FullFeature<'a> {
     async fn reject(&self, reason: RejectReason, offending: &Bhs) {
         warn!(?reason, opcode = offending.opcode(), "rejecting PDU");
         let bhs = pdu::reject(reason, self.seq());
-        self.send(bhs, Bytes::copy_from_slice(&offending.0), Numbering::Status).await;
+        self.send(bhs, Bytes::copy_from_slice(&offending.0), Numbering::Status)
+            .await;
     }
 
     fn alloc_ttt(&mut self) -> u32 {
@@ -276,15 +311,20 @@ impl<'a> FullFeature<'a> {
     }
 
     async fn run(&mut self, reader: &mut PduReader<OwnedReadHalf>) -> Result<(), ConnError> {
-        let mut closing = match &self.session {
-            Some(s) => s.closing.subscribe(),
-            None => watch::channel(false).1,
-        };
+        // Discovery sessions have no session object and nothing closes them from outside.
+        let mut closing = self.session.as_ref().map(|s| s.closing.subscribe());
         let pinger = self.spawn_pinger();
         let r = loop {
             let h = tokio::select! {
                 h = reader.read_header() => h,
-                _ = closing.wait_for(|c| *c) => break Ok(()),
+                _ = async {
+                    match closing.as_mut() {
+                        Some(rx) => {
+                            let _ = rx.wait_for(|c| *c).await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                } => break Ok(()),
             };
             let h = match h {
                 Ok(h) => h,
@@ -292,11 +332,14 @@ impl<'a> FullFeature<'a> {
                 Err(FrameError::TooLong { len, limit }) => {
                     // We cannot resynchronise on a segment we refuse to read: reject, close.
                     warn!(len, limit, "data segment exceeds MaxRecvDataSegmentLength");
-                    break Err(ConnError::Protocol("data segment exceeds MaxRecvDataSegmentLength"));
+                    break Err(ConnError::Protocol(
+                        "data segment exceeds MaxRecvDataSegmentLength",
+                    ));
                 }
                 Err(e) => break Err(e.into()),
             };
-            self.last_rx.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.last_rx
+                .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
             match self.on_pdu(reader, h).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) => break Ok(()),
@@ -342,8 +385,18 @@ impl<'a> FullFeature<'a> {
                     ttt = ttt.wrapping_add(1) | 0x8000_0000;
                     ping_ttt.store(ttt, Ordering::Relaxed);
                     sent_at = Some(now);
-                    let bhs = pdu::nop_in(crate::scsi::Lun::default(), Itt::RESERVED, ttt, Seq::default(), 0);
-                    if out.send(OutPdu::new(bhs, Bytes::new(), Numbering::Current)).await.is_err() {
+                    let bhs = pdu::nop_in(
+                        crate::scsi::Lun::default(),
+                        Itt::RESERVED,
+                        ttt,
+                        Seq::default(),
+                        0,
+                    );
+                    if out
+                        .send(OutPdu::new(bhs, Bytes::new(), Numbering::Current))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -351,11 +404,19 @@ impl<'a> FullFeature<'a> {
         })
     }
 
-    async fn discard(&self, reader: &mut PduReader<OwnedReadHalf>, h: &Header) -> Result<bool, ConnError> {
+    async fn discard(
+        &self,
+        reader: &mut PduReader<OwnedReadHalf>,
+        h: &Header,
+    ) -> Result<bool, ConnError> {
         Ok(reader.read_data(&mut [], h.bhs.data_segment_len()).await?)
     }
 
-    async fn on_pdu(&mut self, reader: &mut PduReader<OwnedReadHalf>, h: Header) -> Result<Flow, ConnError> {
+    async fn on_pdu(
+        &mut self,
+        reader: &mut PduReader<OwnedReadHalf>,
+        h: Header,
+    ) -> Result<Flow, ConnError> {
         let pdu = match InitiatorPdu::decode(&h.bhs, &h.ahs) {
             Ok(p) => p,
             Err(e) => {
@@ -394,11 +455,12 @@ impl<'a> FullFeature<'a> {
                 if lock(&self.window).admit_transient(t.cmdsn, t.immediate) == Admission::Ignore {
                     return Ok(Flow::Continue);
                 }
-                let policy = self.shared.policy.clone();
-                let step = self.text.on_request(&policy, &self.initiator, self.target.as_deref(), self.local, self.max_xmit, &t, &data);
-                match step {
-                    Ok((bhs, data)) => self.send(bhs, Bytes::from(data), Numbering::Status).await,
-                    Err(reason) => self.reject(reason, &h.bhs).await,
+                match self.text.on_request(&t, &data, self.seq()) {
+                    Ok(step) => {
+                        self.send(step.bhs, Bytes::from(step.data), Numbering::Status)
+                            .await
+                    }
+                    Err(e) => self.reject(e.reject_reason(), &h.bhs).await,
                 }
             }
             InitiatorPdu::Logout(l) => {
@@ -436,7 +498,12 @@ impl<'a> FullFeature<'a> {
         Ok(Flow::Continue)
     }
 
-    async fn on_command(&mut self, reader: &mut PduReader<OwnedReadHalf>, h: &Header, c: ScsiCommand) -> Result<(), ConnError> {
+    async fn on_command(
+        &mut self,
+        reader: &mut PduReader<OwnedReadHalf>,
+        h: &Header,
+        c: ScsiCommand,
+    ) -> Result<(), ConnError> {
         let (Some(session), Some(ctx)) = (self.session.clone(), self.ctx.clone()) else {
             return Ok(());
         };
@@ -445,7 +512,13 @@ impl<'a> FullFeature<'a> {
             self.discard(reader, h).await?;
             return Ok(());
         }
-        let cmd = CommandInfo { itt: c.itt, lun: c.lun, expected_len: c.expected_len, read: c.read };
+        let cmd = CommandInfo {
+            itt: c.itt,
+            lun: c.lun,
+            expected_len: c.expected_len,
+            read: c.read,
+            write_residual: None,
+        };
         let task = Arc::new(Task::new(c.lun));
         if lock(&session.tasks).insert(c.itt, task.clone()).is_some() {
             warn!(itt = c.itt.0, "ITT reused while its task is still active");
@@ -454,38 +527,71 @@ impl<'a> FullFeature<'a> {
         let target = &session.target;
         let lu = target.resolve(c.lun).cloned();
         let plan = match (&lu, cdb.first()) {
-            (_, Some(&REPORT_LUNS)) => Plan::Respond(scsi::report_luns::report_luns(cdb, &target.inventory())),
+            (_, Some(&REPORT_LUNS)) => {
+                Plan::Respond(scsi::report_luns::report_luns(cdb, &target.inventory()))
+            }
             (None, _) => Plan::Respond(scsi::report_luns::unsupported_lun_response(cdb)),
             (Some(lu), _) => lu.disk.plan(session.nexus, cdb),
         };
         let imm = h.bhs.data_segment_len() as u32;
-        let (Some(lu), Plan::Write { len, .. } | Plan::Compare { len, .. } | Plan::Parameters { len }) = (lu.clone(), &plan) else {
+        let (
+            Some(lu),
+            Plan::Write { len, .. } | Plan::Compare { len, .. } | Plan::Parameters { len },
+        ) = (lu.clone(), &plan)
+        else {
             // No data-out phase: drop any data the initiator sent along.
             self.discard(reader, h).await?;
-            tokio::spawn(exec::run(ctx, cmd, task, lu, cdb.to_vec(), plan, Bytes::new()));
+            tokio::spawn(exec::run(
+                ctx,
+                cmd,
+                task,
+                lu,
+                cdb.to_vec(),
+                plan,
+                Bytes::new(),
+            ));
             return Ok(());
         };
-        let need = *len;
-        if c.expected_len < need || !c.write && need > 0 {
-            // The initiator offers less data than the CDB asks to transfer: refuse rather than
-            // write a partial block range (FCP-4 §9.4.2 option b).
-            self.discard(reader, h).await?;
-            let resp = lu.disk.sense_response(Sense::INVALID_FIELD_IN_INFORMATION_UNIT);
-            let residual = pdu::Residual::Overflow(need - c.expected_len.min(need));
-            ctx.respond(&cmd, &task, resp, Some(residual)).await;
-            return Ok(());
-        }
-        let mut transfer = match WriteTransfer::new(c.expected_len, need, imm, c.final_bit, self.limits) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!("{e}");
+        let mut need = *len;
+        let mut plan = plan.clone();
+        let mut residual = pdu::Residual::of(c.expected_len, need);
+        if c.expected_len < need || !c.write {
+            let block = lu.disk.identity().block_size;
+            let whole_blocks = c.write && c.expected_len % block == 0;
+            if let (true, Plan::Write { len, .. }) = (whole_blocks, &mut plan) {
+                // The initiator offers fewer whole blocks than the CDB names: write just
+                // those and report the overflow (FCP-4 §9.4.2 option a, what libiscsi expects).
+                residual = pdu::Residual::Overflow(need - c.expected_len);
+                *len = c.expected_len;
+                need = c.expected_len;
+            } else {
+                // A partial block cannot be written: refuse without touching the medium
+                // (option b).
                 self.discard(reader, h).await?;
-                self.reject(RejectReason::ProtocolError, &h.bhs).await;
-                lock(&session.tasks).remove(&c.itt);
-                lock(&self.window).complete();
+                let resp = lu
+                    .disk
+                    .sense_response(Sense::INVALID_FIELD_IN_INFORMATION_UNIT);
+                let residual = pdu::Residual::Overflow(need - c.expected_len.min(need));
+                ctx.respond(&cmd, &task, resp, Some(residual)).await;
                 return Ok(());
             }
+        }
+        let cmd = CommandInfo {
+            write_residual: Some(residual),
+            ..cmd
         };
+        let mut transfer =
+            match WriteTransfer::new(c.expected_len, need, imm, c.final_bit, self.limits) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!("{e}");
+                    self.discard(reader, h).await?;
+                    self.reject(RejectReason::ProtocolError, &h.bhs).await;
+                    lock(&session.tasks).remove(&c.itt);
+                    lock(&self.window).complete();
+                    return Ok(());
+                }
+            };
         let mut buf = BytesMut::zeroed(need as usize);
         let place = transfer.place_immediate(imm);
         let dst = &mut buf[place.buffer_offset..place.buffer_offset + place.take];
@@ -493,15 +599,34 @@ impl<'a> FullFeature<'a> {
             self.reject(RejectReason::DataDigestError, &h.bhs).await;
             return Err(ConnError::Protocol("data digest error"));
         }
-        let pending = PendingWrite { cmd, task, lu, cdb: cdb.to_vec(), plan, transfer: transfer.clone(), buf };
+        let pending = PendingWrite {
+            cmd,
+            task,
+            lu,
+            cdb: cdb.to_vec(),
+            plan,
+            transfer: transfer.clone(),
+            buf,
+        };
         let r2ts = transfer.next_r2ts(|| self.alloc_ttt());
-        self.pending.insert(c.itt, PendingWrite { transfer, ..pending });
+        self.pending.insert(
+            c.itt,
+            PendingWrite {
+                transfer,
+                ..pending
+            },
+        );
         self.send_r2ts(c.itt, c.lun, &r2ts).await;
         self.maybe_start(c.itt, &ctx);
         Ok(())
     }
 
-    async fn send_r2ts(&self, itt: Itt, lun: crate::scsi::Lun, r2ts: &[crate::iscsi::transfer::R2tRequest]) {
+    async fn send_r2ts(
+        &self,
+        itt: Itt,
+        lun: crate::scsi::Lun,
+        r2ts: &[crate::iscsi::transfer::R2tRequest],
+    ) {
         for r in r2ts {
             let bhs = pdu::r2t(lun, itt, r.ttt, self.seq(), r.r2tsn, r.offset, r.len);
             self.send(bhs, Bytes::new(), Numbering::Current).await;
@@ -509,15 +634,36 @@ impl<'a> FullFeature<'a> {
     }
 
     fn maybe_start(&mut self, itt: Itt, ctx: &Arc<ConnCtx>) {
-        if !self.pending.get(&itt).is_some_and(|p| p.transfer.is_complete()) {
+        if !self
+            .pending
+            .get(&itt)
+            .is_some_and(|p| p.transfer.is_complete())
+        {
             return;
         }
-        let Some(p) = self.pending.remove(&itt) else { return };
-        tokio::spawn(exec::run(ctx.clone(), p.cmd, p.task, Some(p.lu), p.cdb, p.plan, p.buf.freeze()));
+        let Some(p) = self.pending.remove(&itt) else {
+            return;
+        };
+        tokio::spawn(exec::run(
+            ctx.clone(),
+            p.cmd,
+            p.task,
+            Some(p.lu),
+            p.cdb,
+            p.plan,
+            p.buf.freeze(),
+        ));
     }
 
-    async fn on_data_out(&mut self, reader: &mut PduReader<OwnedReadHalf>, h: &Header, d: pdu::DataOut) -> Result<(), ConnError> {
-        let Some(ctx) = self.ctx.clone() else { return Ok(()) };
+    async fn on_data_out(
+        &mut self,
+        reader: &mut PduReader<OwnedReadHalf>,
+        h: &Header,
+        d: pdu::DataOut,
+    ) -> Result<(), ConnError> {
+        let Some(ctx) = self.ctx.clone() else {
+            return Ok(());
+        };
         let len = h.bhs.data_segment_len() as u32;
         let Some(p) = self.pending.get_mut(&d.itt) else {
             // Data for a task that already ended (error answered early, or aborted).
@@ -531,7 +677,11 @@ impl<'a> FullFeature<'a> {
                 self.discard(reader, h).await?;
                 let p = self.pending.remove(&d.itt).expect("present");
                 // ERL 0 cannot recover a sequence error: end the command.
-                let resp = p.lu.disk.sense_response(Sense::new(crate::scsi::SenseKey::AbortedCommand, 0x0C, 0x0D));
+                let resp = p.lu.disk.sense_response(Sense::new(
+                    crate::scsi::SenseKey::AbortedCommand,
+                    0x0C,
+                    0x0D,
+                ));
                 ctx.respond(&p.cmd, &p.task, resp, None).await;
                 return Ok(());
             }
@@ -553,7 +703,9 @@ impl<'a> FullFeature<'a> {
     }
 
     async fn on_task_mgmt(&mut self, t: TaskMgmt) {
-        let Some(session) = self.session.clone() else { return };
+        let Some(session) = self.session.clone() else {
+            return;
+        };
         if lock(&self.window).admit_transient(t.cmdsn, t.immediate) == Admission::Ignore {
             return;
         }
@@ -571,7 +723,9 @@ impl<'a> FullFeature<'a> {
                 // or disconnects when its aborts are refused.
                 TmfResponse::FunctionComplete
             }
-            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset
+            TmfFunction::AbortTaskSet
+            | TmfFunction::ClearTaskSet
+            | TmfFunction::LogicalUnitReset
                 if lu.is_none() =>
             {
                 TmfResponse::LunDoesNotExist
@@ -592,7 +746,10 @@ impl<'a> FullFeature<'a> {
                     } else {
                         for s in self.shared.sessions.of_target(&target.name) {
                             if s.nexus != session.nexus {
-                                lu.disk.establish_unit_attention(Some(s.nexus), Sense::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR);
+                                lu.disk.establish_unit_attention(
+                                    Some(s.nexus),
+                                    Sense::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
+                                );
                             }
                         }
                     }
@@ -631,7 +788,9 @@ impl<'a> FullFeature<'a> {
                 v.quiesced().await;
             }
             let bhs = pdu::tmf_response(t.itt, response, Seq::default());
-            let _ = out.send(OutPdu::new(bhs, Bytes::new(), Numbering::Status)).await;
+            let _ = out
+                .send(OutPdu::new(bhs, Bytes::new(), Numbering::Status))
+                .await;
             for s in sessions.into_iter().flatten() {
                 s.close();
             }
@@ -641,7 +800,12 @@ impl<'a> FullFeature<'a> {
     /// Forget writes still waiting for data that match; their slots in the window are freed.
     fn drop_pending(&mut self, matches: impl Fn(Itt, crate::scsi::Lun) -> bool) {
         let Some(session) = &self.session else { return };
-        let gone: Vec<Itt> = self.pending.iter().filter(|(i, p)| matches(**i, p.cmd.lun)).map(|(i, _)| *i).collect();
+        let gone: Vec<Itt> = self
+            .pending
+            .iter()
+            .filter(|(i, p)| matches(**i, p.cmd.lun))
+            .map(|(i, _)| *i)
+            .collect();
         for itt in gone {
             if let Some(p) = self.pending.remove(&itt) {
                 p.task.abort();

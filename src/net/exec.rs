@@ -29,32 +29,55 @@ pub struct CommandInfo {
     pub lun: Lun,
     pub expected_len: u32,
     pub read: bool,
+    /// For commands with a data-out phase: the residual decided when the transfer was sized.
+    pub write_residual: Option<Residual>,
 }
 
 impl ConnCtx {
     /// Send the final answer to a command: Data-In (if any) and status. Drops it silently if
     /// the task was aborted. Frees the command's slot in the CmdSN window first, so the
     /// response already advertises the larger MaxCmdSN.
-    pub async fn respond(&self, cmd: &CommandInfo, task: &Task, resp: Response, residual: Option<Residual>) {
+    pub async fn respond(
+        &self,
+        cmd: &CommandInfo,
+        task: &Task,
+        resp: Response,
+        residual: Option<Residual>,
+    ) {
         lock(&self.session.tasks).remove(&cmd.itt);
         lock(&self.session.window).complete();
         if task.is_aborted() {
             debug!(itt = cmd.itt.0, "aborted task: no response");
             return;
         }
-        let data_len = if cmd.read { resp.data.len().min(cmd.expected_len as usize) } else { 0 };
+        let data_len = if cmd.read {
+            resp.data.len().min(cmd.expected_len as usize)
+        } else {
+            0
+        };
         let residual = residual.unwrap_or_else(|| {
-            let moved = if cmd.read || !resp.data.is_empty() { resp.data.len() as u32 } else { 0 };
+            let moved = if cmd.read || !resp.data.is_empty() {
+                resp.data.len() as u32
+            } else {
+                0
+            };
             Residual::of(cmd.expected_len, moved)
         });
         if data_len > 0 {
-            self.send_data_in(cmd, resp.data.slice(..data_len), &resp, residual).await;
+            self.send_data_in(cmd, resp.data.slice(..data_len), &resp, residual)
+                .await;
         } else {
             self.send_scsi_response(cmd, &resp, residual).await;
         }
     }
 
-    async fn send_data_in(&self, cmd: &CommandInfo, data: Bytes, resp: &Response, residual: Residual) {
+    async fn send_data_in(
+        &self,
+        cmd: &CommandInfo,
+        data: Bytes,
+        resp: &Response,
+        residual: Residual,
+    ) {
         let collapse = resp.status == Status::Good;
         let chunk = self.max_xmit.max(512);
         let mut offset = 0usize;
@@ -64,9 +87,27 @@ impl ConnCtx {
             let last = end == data.len();
             let burst_end = (offset / self.max_burst + 1) * self.max_burst <= end;
             let status = (last && collapse).then_some((resp.status as u8, residual));
-            let bhs = pdu::data_in(cmd.lun, cmd.itt, datasn, offset as u32, end - offset, status, last || burst_end, Seq::default());
-            let numbering = if status.is_some() { Numbering::Status } else { Numbering::NoStatSn };
-            if self.out.send(OutPdu::new(bhs, data.slice(offset..end), numbering)).await.is_err() {
+            let bhs = pdu::data_in(
+                cmd.lun,
+                cmd.itt,
+                datasn,
+                offset as u32,
+                end - offset,
+                status,
+                last || burst_end,
+                Seq::default(),
+            );
+            let numbering = if status.is_some() {
+                Numbering::Status
+            } else {
+                Numbering::NoStatSn
+            };
+            if self
+                .out
+                .send(OutPdu::new(bhs, data.slice(offset..end), numbering))
+                .await
+                .is_err()
+            {
                 return;
             }
             offset = end;
@@ -87,20 +128,41 @@ impl ConnCtx {
             b.extend_from_slice(&resp.sense);
             b.freeze()
         };
-        let bhs = pdu::scsi_response(cmd.itt, resp.status as u8, residual, Seq::default(), sense.len());
-        let _ = self.out.send(OutPdu::new(bhs, sense, Numbering::Status)).await;
+        let bhs = pdu::scsi_response(
+            cmd.itt,
+            resp.status as u8,
+            residual,
+            Seq::default(),
+            sense.len(),
+        );
+        let _ = self
+            .out
+            .send(OutPdu::new(bhs, sense, Numbering::Status))
+            .await;
     }
 }
 
 /// Run a plan whose Data-Out (if any) has fully arrived in `data`.
-pub async fn run(ctx: Arc<ConnCtx>, cmd: CommandInfo, task: Arc<Task>, lu: Option<Arc<LogicalUnit>>, cdb: Vec<u8>, plan: Plan, data: Bytes) {
+pub async fn run(
+    ctx: Arc<ConnCtx>,
+    cmd: CommandInfo,
+    task: Arc<Task>,
+    lu: Option<Arc<LogicalUnit>>,
+    cdb: Vec<u8>,
+    plan: Plan,
+    data: Bytes,
+) {
     let nexus = ctx.session.nexus;
     let mut residual = None;
     let lu = match (plan, lu) {
         (Plan::Respond(r), _) => return ctx.respond(&cmd, &task, r, None).await,
         (plan, Some(lu)) => (plan, lu),
         // Only plans of an existing LU touch media.
-        (_, None) => return ctx.respond(&cmd, &task, Response::check(Sense::LUN_NOT_SUPPORTED), None).await,
+        (_, None) => {
+            return ctx
+                .respond(&cmd, &task, Response::check(Sense::LUN_NOT_SUPPORTED), None)
+                .await
+        }
     };
     let (plan, lu) = lu;
     let resp = match plan {
@@ -117,7 +179,7 @@ pub async fn run(ctx: Arc<ConnCtx>, cmd: CommandInfo, task: Arc<Task>, lu: Optio
             }
         }
         Plan::Write { offset, fua, .. } => {
-            residual = Some(Residual::of(cmd.expected_len, data.len() as u32));
+            residual = cmd.write_residual;
             if !task.start() {
                 return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
             }
@@ -129,7 +191,7 @@ pub async fn run(ctx: Arc<ConnCtx>, cmd: CommandInfo, task: Arc<Task>, lu: Optio
             }
         }
         Plan::Compare { offset, len } => {
-            residual = Some(Residual::of(cmd.expected_len, len));
+            residual = cmd.write_residual;
             if !task.start() {
                 return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
             }
@@ -151,8 +213,8 @@ pub async fn run(ctx: Arc<ConnCtx>, cmd: CommandInfo, task: Arc<Task>, lu: Optio
                 Err(e) => lu.disk.sense_response(e.sense(true)),
             }
         }
-        Plan::Parameters { len } => {
-            residual = Some(Residual::of(cmd.expected_len, len));
+        Plan::Parameters { .. } => {
+            residual = cmd.write_residual;
             lu.disk.apply_parameters(nexus, &cdb, &data)
         }
     };

@@ -97,7 +97,8 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     pub async fn read_header(&mut self) -> Result<Header, FrameError> {
         self.fill(BHS_LEN).await?;
         let mut bhs = Bhs::default();
-        bhs.0.copy_from_slice(&self.buf[self.start..self.start + BHS_LEN]);
+        bhs.0
+            .copy_from_slice(&self.buf[self.start..self.start + BHS_LEN]);
         self.start += BHS_LEN;
         let ahs_len = bhs.total_ahs_len();
         // Only the extended-CDB AHS is meaningful to a target; 1 KiB bounds it generously.
@@ -116,7 +117,10 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         }
         let len = bhs.data_segment_len();
         if len > self.max_data {
-            return Err(FrameError::TooLong { len, limit: self.max_data });
+            return Err(FrameError::TooLong {
+                len,
+                limit: self.max_data,
+            });
         }
         Ok(Header { bhs, ahs })
     }
@@ -124,13 +128,13 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     /// Read a data segment of `len` bytes: the first `take.len()` bytes into `take`, the next
     /// `discard` bytes dropped, then padding and the data digest. Returns whether the digest
     /// (if negotiated) matched; the bytes are consumed either way so the stream stays framed.
-    pub async fn read_data(
-        &mut self,
-        take: &mut [u8],
-        discard: usize,
-    ) -> Result<bool, FrameError> {
+    pub async fn read_data(&mut self, take: &mut [u8], discard: usize) -> Result<bool, FrameError> {
         self.read_exact_into(take).await?;
-        let mut crc = if self.data_digest { digest::crc32c(take) } else { 0 };
+        let mut crc = if self.data_digest {
+            digest::crc32c(take)
+        } else {
+            0
+        };
         let mut left = discard;
         let mut scratch = [0u8; 4096];
         while left > 0 {
@@ -204,7 +208,10 @@ mod tests {
         wire[48] ^= 1;
         let mut r = PduReader::new(&wire[..], 8192);
         r.header_digest = true;
-        assert!(matches!(r.read_header().await, Err(FrameError::HeaderDigest)));
+        assert!(matches!(
+            r.read_header().await,
+            Err(FrameError::HeaderDigest)
+        ));
     }
 
     #[tokio::test]
@@ -225,7 +232,10 @@ mod tests {
     async fn oversized_segment_is_refused() {
         let wire = pdu(&[0u8; 600], false, false);
         let mut r = PduReader::new(&wire[..], 512);
-        assert!(matches!(r.read_header().await, Err(FrameError::TooLong { len: 600, .. })));
+        assert!(matches!(
+            r.read_header().await,
+            Err(FrameError::TooLong { len: 600, .. })
+        ));
     }
 
     #[tokio::test]

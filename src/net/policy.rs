@@ -7,13 +7,19 @@ use crate::iscsi::policy::{ChapCredentials, LoginPolicy, Portal, TargetEntry};
 use std::net::SocketAddr;
 
 fn creds(c: &Option<ChapConfig>) -> Option<ChapCredentials> {
-    c.as_ref().map(|c| ChapCredentials { user: c.user.clone(), secret: c.secret.clone() })
+    c.as_ref().map(|c| ChapCredentials {
+        user: c.user.clone(),
+        secret: c.secret.clone(),
+    })
 }
 
 /// Every target is reachable on every portal, in portal group 1.
 pub fn login_policy(cfg: &Config, portals: &[SocketAddr]) -> LoginPolicy {
     let i = &cfg.iscsi;
-    let portals: Vec<Portal> = portals.iter().map(|&addr| Portal { addr, tpgt: 1 }).collect();
+    let portals: Vec<Portal> = portals
+        .iter()
+        .map(|&addr| Portal { addr, tpgt: 1 })
+        .collect();
     LoginPolicy {
         targets: cfg
             .targets

@@ -23,14 +23,19 @@ impl Server {
     pub async fn bind(addrs: &[SocketAddr], shared: Arc<Shared>) -> Result<Server, BindError> {
         let mut listeners = Vec::new();
         for &addr in addrs {
-            let l = TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, source })?;
             listeners.push(l);
         }
         Ok(Server { listeners, shared })
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
     /// Accept connections until the process ends.

@@ -32,7 +32,12 @@ pub struct Task {
 
 impl Task {
     pub fn new(lun: Lun) -> Task {
-        Task { lun, aborted: false.into(), state: AtomicU8::new(PENDING), done: Notify::new() }
+        Task {
+            lun,
+            aborted: false.into(),
+            state: AtomicU8::new(PENDING),
+            done: Notify::new(),
+        }
     }
 
     pub fn abort(&self) {
@@ -130,7 +135,10 @@ impl Sessions {
     /// A TSIH for a new session (never 0, which means "new session" on the wire).
     pub fn alloc_tsih(&self) -> u16 {
         loop {
-            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            let t = self
+                .next_tsih
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
             if t != 0 && !lock(&self.map).values().any(|s| s.tsih == t) {
                 return t;
             }
@@ -157,7 +165,11 @@ impl Sessions {
 
     /// Every session logged in to `target`.
     pub fn of_target(&self, target: &str) -> Vec<Arc<Session>> {
-        lock(&self.map).values().filter(|s| s.target.name == target).cloned().collect()
+        lock(&self.map)
+            .values()
+            .filter(|s| s.target.name == target)
+            .cloned()
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -33,7 +33,11 @@ pub struct OutPdu {
 
 impl OutPdu {
     pub fn new(bhs: Bhs, data: Bytes, numbering: Numbering) -> OutPdu {
-        OutPdu { bhs, data, numbering }
+        OutPdu {
+            bhs,
+            data,
+            numbering,
+        }
     }
 }
 
@@ -127,8 +131,11 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     let mut i = 0;
     while i < segs.len() {
         let n = {
-            let iov: Vec<IoSlice<'_>> =
-                segs[i..].iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+            let iov: Vec<IoSlice<'_>> = segs[i..]
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
             w.write_vectored(&iov).await?
         };
         if n == 0 {
@@ -167,13 +174,23 @@ mod tests {
         };
         let task = tokio::spawn(run(server, rx, window, cfg));
         let b = nop_in(Lun::single(0), Itt(1), 0xFFFF_FFFF, Seq::default(), 0);
-        tx.send(OutPdu::new(b, Bytes::from_static(b"abcde"), Numbering::Status)).await.unwrap();
-        tx.send(OutPdu::new(b, Bytes::new(), Numbering::Current)).await.unwrap();
+        tx.send(OutPdu::new(
+            b,
+            Bytes::from_static(b"abcde"),
+            Numbering::Status,
+        ))
+        .await
+        .unwrap();
+        tx.send(OutPdu::new(b, Bytes::new(), Numbering::Current))
+            .await
+            .unwrap();
         drop(tx);
         task.await.unwrap().unwrap();
         let mut out = Vec::new();
         let mut client = client;
-        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
+            .await
+            .unwrap();
         // 48 + 4 (HD) + 5 + 3 pad + 4 (DD), then 48 + 4.
         assert_eq!(out.len(), 64 + 52);
         let first = Bhs(out[..48].try_into().unwrap());
