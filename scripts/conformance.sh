@@ -60,19 +60,12 @@ printf '%-34s %4s %7s %7s %7s\n' family lun passed failed skipped
 for entry in "${FAMILIES[@]}"; do
   fam=${entry%|*}; lun=${entry#*|}
   log="$WORK/$(echo "$fam" | tr -c 'A-Za-z0-9\n' _)-$lun.log"
-  timeout 600 iscsi-test-cu -d -n -t "$fam" "$URL/$lun" >"$log" 2>&1
-  # CUnit's run summary: "tests  <total> <ran> <passed> <failed> <inactive>"
-  read -r ran passed failed < <(awk '/^ *tests /{print $3, $4, $5}' "$log" | tail -1)
-  ran=${ran:-0}; passed=${passed:-0}; failed=${failed:-0}
-  # Tests CUnit counted as passed but that logged [FAILED].
-  hidden=$(grep -c '\[FAILED\]' "$log" || true)
-  skipped=$(grep -c '\[SKIPPED\]' "$log" || true)
-  [ "$hidden" -gt "$failed" ] && { passed=$((passed - hidden + failed)); failed=$hidden; }
-  if [ "$ran" = 0 ]; then failed=$((failed + 1)); echo "no test ran for $fam (see $log)"; fi
-  passed=$((passed - skipped)); [ "$passed" -lt 0 ] && passed=0
+  timeout 600 iscsi-test-cu -d -v -t "$fam" "$URL/$lun" >"$log" 2>&1
+  read -r passed failed skipped < <(python3 scripts/cu-verdicts.py "$log" 2>"$log.verdicts")
+  if [ $((passed + failed + skipped)) = 0 ]; then failed=1; echo "no test ran for $fam (see $log)"; fi
   printf '%-34s %4s %7s %7s %7s\n' "$fam" "$lun" "$passed" "$failed" "$skipped"
   total_pass=$((total_pass + passed)); total_fail=$((total_fail + failed)); total_skip=$((total_skip + skipped))
-  if [ "$failed" -gt 0 ]; then grep -E '\[FAILED\]|FAILED|Test: .*\.\.\.FAILED' "$log" | head -20 | sed 's/^/    /'; fi
+  cat "$log.verdicts"
 done
 echo "conformance: $total_pass passed, $total_fail failed, $total_skip skipped (logs in $WORK)"
 [ "$total_fail" = 0 ]
