@@ -202,7 +202,7 @@ impl LoginMachine {
         Seq {
             statsn: statsn.0,
             expcmdsn: req.cmdsn.0,
-            maxcmdsn: req.cmdsn.add(window - 1).0,
+            maxcmdsn: req.cmdsn.0.wrapping_add(window - 1),
         }
     }
 

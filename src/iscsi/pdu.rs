@@ -62,9 +62,6 @@ impl SerialNumber {
     pub fn next(self) -> SerialNumber {
         SerialNumber(self.0.wrapping_add(1))
     }
-    pub fn add(self, n: u32) -> SerialNumber {
-        SerialNumber(self.0.wrapping_add(n))
-    }
     /// self < other in serial arithmetic.
     pub fn lt(self, other: SerialNumber) -> bool {
         self.0 != other.0 && (other.0.wrapping_sub(self.0) as i32) > 0

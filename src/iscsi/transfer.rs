@@ -5,6 +5,7 @@
 //! offsets and lengths. The transport does the reading.
 
 use super::pdu::DataOut;
+use crate::scsi::{Sense, SenseKey};
 
 /// Negotiated limits that shape a write's data transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,20 @@ pub enum TransferError {
     UnknownTtt,
     #[error("F bit set before the burst was complete")]
     ShortBurst,
+}
+
+impl TransferError {
+    /// The sense a command ends with after this error: ABORTED COMMAND with the SAM data-phase
+    /// code that names it.
+    pub fn sense(&self) -> Sense {
+        let ascq = match self {
+            TransferError::Offset { .. } => 0x05, // DATA OFFSET ERROR
+            TransferError::UnknownTtt => 0x01,    // INVALID TARGET PORT TRANSFER TAG RECEIVED
+            TransferError::Length => 0x02,        // TOO MUCH WRITE DATA
+            _ => 0x00,                            // DATA PHASE ERROR
+        };
+        Sense::new(SenseKey::AbortedCommand, 0x4B, ascq)
+    }
 }
 
 /// Where the bytes of one Data-Out (or immediate data) go: `take` bytes into the command
