@@ -13,3 +13,4 @@ pub mod initiator;
 pub mod iscsi;
 pub mod net;
 pub mod scsi;
+pub mod vvol;

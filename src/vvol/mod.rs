@@ -1,0 +1,5 @@
+//! Virtual Volumes: Protocol Endpoints (administrative LUs), two-level LUN addressing, the
+//! binding table, storage containers and the VVol catalog, QoS policy values. Pure and
+//! synchronous, like `scsi` and `iscsi`: the daemon glues it to sockets and storage.
+
+pub mod catalog;
