@@ -93,6 +93,16 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         Ok(())
     }
 
+    /// The next BHS, without consuming it (to vet a PDU before reading what its header claims
+    /// follows).
+    pub async fn peek_bhs(&mut self) -> Result<Bhs, FrameError> {
+        self.fill(BHS_LEN).await?;
+        let mut bhs = Bhs::default();
+        bhs.0
+            .copy_from_slice(&self.buf[self.start..self.start + BHS_LEN]);
+        Ok(bhs)
+    }
+
     /// Read the next header (BHS, AHS, header digest).
     pub async fn read_header(&mut self) -> Result<Header, FrameError> {
         self.fill(BHS_LEN).await?;
