@@ -322,7 +322,12 @@ pub async fn login_with(d: &Daemon, o: &LoginOptions) -> Session {
 
 /// A normal session on `T_MAIN`, each LUN's power-on UNIT ATTENTION consumed.
 pub async fn login_main(d: &Daemon) -> Session {
-    let mut s = login_with(d, &opts(Some(T_MAIN))).await;
+    login_main_with(d, &opts(Some(T_MAIN))).await
+}
+
+/// Log in with `o` (a `T_MAIN` login) and consume each LUN's power-on UNIT ATTENTION.
+pub async fn login_main_with(d: &Daemon, o: &LoginOptions) -> Session {
+    let mut s = login_with(d, o).await;
     for lun in MAIN_LUNS {
         clear_power_on_ua(&mut s, lun).await;
     }
@@ -544,4 +549,95 @@ pub async fn read_until_eof(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
     })
     .await;
     all
+}
+
+/// Answer a target NOP-In ping (ITT 0xffffffff) with the NOP-Out it asks for.
+pub async fn answer_ping(s: &mut Session, ping: &RxPdu) {
+    use vvold::iscsi::pdu::{op, Bhs};
+    assert_eq!(ping.bhs.opcode(), op::NOP_IN);
+    let mut b = Bhs::new(op::NOP_OUT | 0x40);
+    b.0[1] = 0x80;
+    b.set_u32(16, 0xFFFF_FFFF);
+    b.set_u32(20, ping.bhs.u32_at(20));
+    b.set_u32(24, s.cmdsn);
+    b.set_u32(28, s.expstatsn);
+    within("answer a ping", s.send_pdu(b, &[]))
+        .await
+        .expect("send NOP-Out");
+}
+
+/// A SCSI Command BHS with the session's current CmdSN/ExpStatSN (CmdSN is not advanced).
+pub fn scsi_command_bhs(
+    s: &Session,
+    l: u16,
+    itt: u32,
+    cdb: &[u8],
+    write_len: u32,
+    read_len: u32,
+) -> vvold::iscsi::pdu::Bhs {
+    use vvold::iscsi::pdu::{op, Bhs};
+    let mut b = Bhs::new(op::SCSI_COMMAND);
+    b.0[1] =
+        0x80 | 0x01 | if write_len > 0 { 0x20 } else { 0 } | if read_len > 0 { 0x40 } else { 0 };
+    b.set_lun(lun(l));
+    b.set_u32(16, itt);
+    b.set_u32(20, write_len.max(read_len));
+    b.set_u32(24, s.cmdsn);
+    b.set_u32(28, s.expstatsn);
+    b.0[32..32 + cdb.len()].copy_from_slice(cdb);
+    b
+}
+
+/// A session that keeps working: a write/read round trip on the RAM LUN and a NOP ping.
+pub async fn assert_session_works(s: &mut Session, seed: u32) {
+    let data = pattern(8192, seed);
+    write_blocks(s, LUN_RAM, 1000 + seed as u64 * 16, 512, &data).await;
+    assert_eq!(
+        read_blocks(s, LUN_RAM, 1000 + seed as u64 * 16, 512, 16).await,
+        data
+    );
+    assert_eq!(
+        within("nop", s.nop(b"still here")).await.unwrap(),
+        b"still here"
+    );
+}
+
+/// Run a command to completion within `d` (killing it if it overruns); its output.
+pub fn run_bounded(mut c: Command, d: Duration) -> std::process::Output {
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(d) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            // SAFETY: kill(2) on the PID of the child spawned above, still unreaped (its
+            // waiter thread has not returned).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("{c:?} did not finish within {d:?}");
+        }
+    }
+}
+
+/// Wait (bounded) until the daemon's log contains `needle`.
+pub fn wait_for_log(d: &Daemon, needle: &str) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !d.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "log never contained {needle:?}:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
