@@ -106,13 +106,13 @@ fn iscsi_swp() {
     let Some(c) = tool("iscsi-swp") else { return };
     let d = Daemon::start();
     let u = url(&d, LUN_RAM);
-    assert!(run(c, &[u.clone()]).contains("SWP:0"));
+    assert!(run(c, std::slice::from_ref(&u)).contains("SWP:0"));
     let out = run(
         tool("iscsi-swp").unwrap(),
         &["-s".into(), "on".into(), u.clone()],
     );
     assert!(out.contains("Turning SWP ON"), "{out}");
-    assert!(run(tool("iscsi-swp").unwrap(), &[u.clone()]).contains("SWP:1"));
+    assert!(run(tool("iscsi-swp").unwrap(), std::slice::from_ref(&u)).contains("SWP:1"));
     // Writes are now refused: SOFTWARE WRITE PROTECTED.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -504,11 +504,8 @@ pub async fn read_blocks(s: &mut Session, l: u16, lba: u64, block: usize, blocks
 pub async fn expect_closed(s: &mut Session) -> Vec<RxPdu> {
     let mut seen = Vec::new();
     within("the target to close the connection", async {
-        loop {
-            match s.recv_pdu().await {
-                Ok(p) => seen.push(p),
-                Err(_) => break,
-            }
+        while let Ok(p) = s.recv_pdu().await {
+            seen.push(p);
         }
     })
     .await;
