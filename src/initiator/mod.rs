@@ -22,6 +22,8 @@ pub enum InitiatorError {
     Protocol(String),
     #[error("target rejected the PDU (reason {0:#04x})")]
     Rejected(u8),
+    #[error("the target failed mutual CHAP authentication")]
+    MutualAuthFailed,
 }
 
 pub type Result<T> = std::result::Result<T, InitiatorError>;
@@ -39,6 +41,10 @@ pub struct LoginOptions {
     pub isid: [u8; 6],
     /// (user, secret) for CHAP.
     pub chap: Option<(String, String)>,
+    /// The CHAP_A list offered, most preferred first ("7,5": SHA-256, then MD5).
+    pub chap_algorithms: String,
+    /// (user, secret) the target must answer with: mutual CHAP. Needs `chap`.
+    pub mutual_chap: Option<(String, String)>,
     pub header_digest: bool,
     pub data_digest: bool,
     pub immediate_data: bool,
@@ -53,6 +59,8 @@ impl LoginOptions {
             target_name: target_name.map(Into::into),
             isid: [0x80, 0x12, 0x34, 0x56, 0x00, 0x01],
             chap: None,
+            chap_algorithms: "7,5".into(),
+            mutual_chap: None,
             header_digest: false,
             data_digest: false,
             immediate_data: true,
@@ -193,7 +201,13 @@ impl Session {
                 return Err(proto("target did not choose CHAP"));
             }
             let (_, kv) = self
-                .login_exchange(opts, 0, 0, false, &[KeyValue::new("CHAP_A", "7,5")])
+                .login_exchange(
+                    opts,
+                    0,
+                    0,
+                    false,
+                    &[KeyValue::new("CHAP_A", &opts.chap_algorithms)],
+                )
                 .await?;
             let alg = get(&kv, "CHAP_A")
                 .and_then(|a| a.parse().ok())
@@ -205,11 +219,28 @@ impl Session {
             let challenge = chap::decode_binary(get(&kv, "CHAP_C").unwrap_or(""))
                 .map_err(|e| proto(e.to_string()))?;
             let response = chap::chap_response(alg, id, secret.as_bytes(), &challenge);
-            let keys = [
+            let mut keys = vec![
                 KeyValue::new("CHAP_N", user),
                 KeyValue::new("CHAP_R", chap::encode_hex(&response)),
             ];
-            self.login_exchange(opts, 0, 1, true, &keys).await?;
+            // Mutual CHAP: our own identifier and challenge for the target to answer.
+            let mut our_challenge = vec![0u8; alg.challenge_len()];
+            let our_id: u8 = rand::random();
+            if opts.mutual_chap.is_some() {
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut our_challenge);
+                keys.push(KeyValue::new("CHAP_I", our_id.to_string()));
+                keys.push(KeyValue::new("CHAP_C", chap::encode_hex(&our_challenge)));
+            }
+            let (_, kv) = self.login_exchange(opts, 0, 1, true, &keys).await?;
+            if let Some((muser, msecret)) = &opts.mutual_chap {
+                let name = get(&kv, "CHAP_N").ok_or_else(|| proto("target sent no CHAP_N"))?;
+                let r = chap::decode_binary(get(&kv, "CHAP_R").unwrap_or(""))
+                    .map_err(|e| proto(format!("target CHAP_R: {e}")))?;
+                let want = chap::chap_response(alg, our_id, msecret.as_bytes(), &our_challenge);
+                if name != muser || !chap::ct_eq(&r, &want) {
+                    return Err(InitiatorError::MutualAuthFailed);
+                }
+            }
         } else {
             first.push(KeyValue::new("AuthMethod", "None"));
             let (bhs, _) = self.login_exchange(opts, 0, 1, true, &first).await?;
@@ -497,7 +528,7 @@ impl Session {
             ttt = rx.bhs.u32_at(20);
             payload.clear();
         }
-        text::parse(&all).map_err(|e| proto(e.to_string()))
+        parse_send_targets(&all)
     }
 
     /// Log out (close the session) and wait for the answer.
@@ -512,6 +543,21 @@ impl Session {
         let rx = self.recv_for(itt).await?;
         Ok(rx.bhs.0[2])
     }
+}
+
+/// A SendTargets answer repeats TargetName and TargetAddress (RFC 7143 Appendix C), which
+/// the negotiation parser rightly refuses: split it leniently instead.
+fn parse_send_targets(data: &[u8]) -> Result<Vec<KeyValue>> {
+    data.split(|&b| b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let kv = std::str::from_utf8(kv).map_err(|_| proto("SendTargets: not UTF-8"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| proto(format!("SendTargets: '{kv}' is not key=value")))?;
+            Ok(KeyValue::new(k, v))
+        })
+        .collect()
 }
 
 fn get<'a>(kv: &'a [KeyValue], key: &str) -> Option<&'a str> {

@@ -106,14 +106,15 @@ async fn login(
 ) -> Result<LoginResult, ConnError> {
     let mut machine = LoginMachine::new(shared.policy.clone(), local, shared.sessions.alloc_tsih());
     loop {
-        let h = reader.read_header().await?;
-        if h.bhs.opcode() != op::LOGIN_REQUEST {
-            // RFC 7143 §6.1: anything but a Login Request before login completes ends the
-            // connection.
+        // RFC 7143 §6.1: anything but a Login Request before login completes ends the
+        // connection. Vet the opcode before reading the AHS the header claims: garbage would
+        // otherwise keep us waiting for bytes that never come.
+        if reader.peek_bhs().await?.opcode() != op::LOGIN_REQUEST {
             return Err(ConnError::Protocol(
                 "PDU other than Login Request during login",
             ));
         }
+        let h = reader.read_header().await?;
         let (data, _) = reader.read_data_vec(h.bhs.data_segment_len()).await?;
         let Ok(InitiatorPdu::Login(req)) = InitiatorPdu::decode(&h.bhs, &h.ahs) else {
             return Err(ConnError::Protocol("undecodable Login Request"));

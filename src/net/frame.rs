@@ -93,6 +93,16 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         Ok(())
     }
 
+    /// The next BHS, without consuming it (to vet a PDU before reading what its header claims
+    /// follows).
+    pub async fn peek_bhs(&mut self) -> Result<Bhs, FrameError> {
+        self.fill(BHS_LEN).await?;
+        let mut bhs = Bhs::default();
+        bhs.0
+            .copy_from_slice(&self.buf[self.start..self.start + BHS_LEN]);
+        Ok(bhs)
+    }
+
     /// Read the next header (BHS, AHS, header digest).
     pub async fn read_header(&mut self) -> Result<Header, FrameError> {
         self.fill(BHS_LEN).await?;
@@ -129,6 +139,10 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
     /// `discard` bytes dropped, then padding and the data digest. Returns whether the digest
     /// (if negotiated) matched; the bytes are consumed either way so the stream stays framed.
     pub async fn read_data(&mut self, take: &mut [u8], discard: usize) -> Result<bool, FrameError> {
+        if take.is_empty() && discard == 0 {
+            // No data segment: no padding and no data digest either (RFC 7143 §11.1).
+            return Ok(true);
+        }
         self.read_exact_into(take).await?;
         let mut crc = if self.data_digest {
             digest::crc32c(take)
@@ -179,7 +193,7 @@ mod tests {
         }
         v.extend_from_slice(data);
         v.extend(std::iter::repeat_n(0, pad_len(data.len())));
-        if dd {
+        if dd && !data.is_empty() {
             v.extend_from_slice(&digest::data_digest([data]).to_le_bytes());
         }
         v
@@ -189,6 +203,7 @@ mod tests {
     async fn reads_headers_and_data_with_digests() {
         let mut wire = pdu(b"hello", true, true);
         wire.extend(pdu(b"", true, true));
+        wire.extend(pdu(b"", true, true));
         let mut r = PduReader::new(&wire[..], 8192);
         r.header_digest = true;
         r.data_digest = true;
@@ -197,6 +212,10 @@ mod tests {
         let mut d = [0u8; 3];
         assert!(r.read_data(&mut d, 2).await.unwrap());
         assert_eq!(&d, b"hel");
+        let h = r.read_header().await.unwrap();
+        assert_eq!(h.bhs.data_segment_len(), 0);
+        // An empty segment has no data digest: the next header follows directly.
+        assert!(r.read_data(&mut [], 0).await.unwrap());
         let h = r.read_header().await.unwrap();
         assert_eq!(h.bhs.data_segment_len(), 0);
         assert!(matches!(r.read_header().await, Err(FrameError::Closed)));

@@ -1,0 +1,88 @@
+//! The `vvold` command line: configuration errors, busy ports, --listen and readiness logging.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn vvold(config: &std::path::Path, listen: &str, data: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vvold"));
+    c.arg("--config")
+        .arg(config)
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data);
+    c
+}
+
+#[test]
+fn bad_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[target]]\nname = \"{T_MAIN}\"\n[[target.lun]]\nid = 0\nbackend = \"ram\"\n\
+             size = \"1MiB\"\nblock_size = 1024\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = run_bounded(vvold(&cfg, &listen, &dir.path().join("data")), EXIT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(
+        stderr.contains("target[0].lun[0].block_size"),
+        "stderr: {stderr}"
+    );
+    // A syntax error too.
+    std::fs::write(&cfg, "listen = [\n").unwrap();
+    let out = run_bounded(vvold(&cfg, &listen, &dir.path().join("data")), EXIT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    // A missing file.
+    let out = run_bounded(
+        vvold(
+            &dir.path().join("nonesuch.toml"),
+            &listen,
+            &dir.path().join("data"),
+        ),
+        EXIT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonesuch.toml"));
+}
+
+#[test]
+fn port_in_use_fails_naming_the_address() {
+    let d = Daemon::start();
+    // The running daemon holds its port; a second one cannot listen there.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_bounded(
+        vvold(
+            d.config_path(),
+            &d.addr.to_string(),
+            &dir.path().join("data"),
+        ),
+        EXIT_TIMEOUT,
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "second daemon exited 0: {all}");
+    assert!(all.contains(&d.addr.to_string()), "output: {all}");
+}
+
+#[test]
+fn listen_flag_is_used_and_logged() {
+    let d = Daemon::start();
+    wait_for_log(&d, &format!("listening on {}", d.addr));
+    // The configured portal (127.0.0.1:1) was replaced, not added.
+    assert!(!d.log_text().contains("listening on 127.0.0.1:1\n"));
+    std::net::TcpStream::connect(d.addr).expect("connect to the --listen portal");
+}

@@ -1,0 +1,640 @@
+//! Shared harness for the integration tests: starts the real `vvold` binary on a free loopback
+//! port with its own data directory and configuration, and stops it by PID. Also the SCSI CDB
+//! builders and assertion helpers the test files share.
+//!
+//! Every test file includes this module but uses only part of it.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use vvold::initiator::{InitiatorError, LoginOptions, RxPdu, ScsiResult, Session};
+use vvold::scsi::Lun;
+
+/// The target most tests use, and its LUNs.
+pub const T_MAIN: &str = "iqn.2026-11.io.vvold.test:main";
+/// A target that requires CHAP (and answers mutual CHAP).
+pub const T_CHAP: &str = "iqn.2026-11.io.vvold.test:chap";
+/// A target that only `ALLOWED_INITIATOR` may log in to.
+pub const T_ACL: &str = "iqn.2026-11.io.vvold.test:acl";
+pub const ALLOWED_INITIATOR: &str = "iqn.2026-11.io.vvold.test:allowed";
+pub const INITIATOR: &str = "iqn.2026-11.io.vvold.test:initiator";
+
+pub const CHAP_USER: &str = "esxi";
+pub const CHAP_SECRET: &str = "initiator-secret";
+pub const MUTUAL_USER: &str = "vvold";
+pub const MUTUAL_SECRET: &str = "target-secret-1";
+
+/// LUNs of `T_MAIN`.
+pub const LUN_FILE: u16 = 0;
+pub const LUN_RAM: u16 = 1;
+pub const LUN_NULL: u16 = 2;
+pub const LUN_FILE_4K: u16 = 3;
+pub const LUN_RO: u16 = 4;
+/// Every LUN of `T_MAIN`, in REPORT LUNS order.
+pub const MAIN_LUNS: [u16; 5] = [LUN_FILE, LUN_RAM, LUN_NULL, LUN_FILE_4K, LUN_RO];
+/// Size of every LUN of `T_MAIN` except the read-only one.
+pub const LUN_BYTES: u64 = 64 << 20;
+pub const RO_BYTES: u64 = 1 << 20;
+
+/// Bound for one network exchange; generous for a loaded 2-core machine.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn config_text(iscsi_extra: &str) -> String {
+    format!(
+        r#"
+listen = ["127.0.0.1:1"]
+
+[iscsi]
+{iscsi_extra}
+
+[[target]]
+name = "{T_MAIN}"
+alias = "integration tests"
+
+[[target.lun]]
+id = {LUN_FILE}
+backend = "file"
+path = "lun0.img"
+size = "{LUN_BYTES}"
+
+[[target.lun]]
+id = {LUN_RAM}
+backend = "ram"
+size = "{LUN_BYTES}"
+
+[[target.lun]]
+id = {LUN_NULL}
+backend = "null"
+size = "{LUN_BYTES}"
+
+[[target.lun]]
+id = {LUN_FILE_4K}
+backend = "file"
+path = "lun3-4k.img"
+size = "{LUN_BYTES}"
+block_size = 4096
+
+[[target.lun]]
+id = {LUN_RO}
+backend = "ram"
+size = "{RO_BYTES}"
+read_only = true
+
+[[target]]
+name = "{T_CHAP}"
+chap = {{ user = "{CHAP_USER}", secret = "{CHAP_SECRET}" }}
+mutual_chap = {{ user = "{MUTUAL_USER}", secret = "{MUTUAL_SECRET}" }}
+
+[[target.lun]]
+id = 0
+backend = "ram"
+size = "1MiB"
+
+[[target]]
+name = "{T_ACL}"
+allowed_initiators = ["{ALLOWED_INITIATOR}"]
+
+[[target.lun]]
+id = 0
+backend = "ram"
+size = "1MiB"
+"#
+    )
+}
+
+/// A free loopback port (bound, read back, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A running daemon. Dropping it stops it (SIGTERM, then SIGKILL if it does not exit).
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// The standard configuration.
+    pub fn start() -> Daemon {
+        Daemon::start_with("")
+    }
+
+    /// The standard configuration with extra lines in its `[iscsi]` table.
+    pub fn start_with(iscsi_extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("vvold.toml");
+        std::fs::write(&config, config_text(iscsi_extra)).expect("write config");
+        let mut d = Daemon {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            config,
+            log: PathBuf::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    fn spawn(&mut self) {
+        // Another process may take the port between the probe and the daemon's bind; retry.
+        for attempt in 0..5 {
+            let port = free_port();
+            self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+            self.log = self.dir.path().join(format!("vvold-{port}.log"));
+            let out = File::create(&self.log).expect("log file");
+            let err = out.try_clone().expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_vvold"))
+                .env("NO_COLOR", "1")
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--listen")
+                .arg(self.addr.to_string())
+                .arg("--data-dir")
+                .arg(self.data_dir())
+                .arg("--log-level")
+                .arg("debug")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn vvold");
+            self.child = Some(child);
+            match self.wait_ready() {
+                Ok(()) => return,
+                Err(status) => {
+                    let log = self.log_text();
+                    if attempt < 4 && log.contains("cannot listen") {
+                        continue;
+                    }
+                    panic!("vvold exited before listening ({status}); log:\n{log}");
+                }
+            }
+        }
+    }
+
+    /// Poll until the port accepts connections; Err if the daemon exits first.
+    fn wait_ready(&mut self) -> Result<(), ExitStatus> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("child")
+                .try_wait()
+                .expect("wait")
+            {
+                self.child = None;
+                return Err(status);
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vvold did not listen within {START_TIMEOUT:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon has logged (stdout and stderr) so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    /// Assert the daemon is still running, printing its log if not.
+    pub fn assert_alive(&mut self) {
+        assert!(self.is_alive(), "vvold died; log:\n{}", self.log_text());
+    }
+
+    fn signal_and_wait(&mut self, sig: i32) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on the PID of a child we spawned and have not yet reaped.
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM and wait for the exit; the exit status.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// SIGKILL (a crash: nothing is flushed by the daemon) and wait.
+    pub fn crash(&mut self) {
+        self.signal_and_wait(libc::SIGKILL);
+    }
+
+    /// Start again on the same data directory and configuration (a new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Start again after `stop` or `crash`.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- vvold log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// Run `f` within `IO_TIMEOUT` or panic naming `what`.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    within_for(IO_TIMEOUT, what, f).await
+}
+
+pub async fn within_for<T>(d: Duration, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(d, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {d:?}: {what}"),
+    }
+}
+
+/// Login options for `target` (None: discovery) as `INITIATOR`.
+pub fn opts(target: Option<&str>) -> LoginOptions {
+    LoginOptions::new(INITIATOR, target)
+}
+
+pub async fn try_login(d: &Daemon, o: &LoginOptions) -> Result<Session, InitiatorError> {
+    within("login", Session::login(d.addr, o)).await
+}
+
+pub async fn login_with(d: &Daemon, o: &LoginOptions) -> Session {
+    try_login(d, o).await.expect("login")
+}
+
+/// A normal session on `T_MAIN`, each LUN's power-on UNIT ATTENTION consumed.
+pub async fn login_main(d: &Daemon) -> Session {
+    login_main_with(d, &opts(Some(T_MAIN))).await
+}
+
+/// Log in with `o` (a `T_MAIN` login) and consume each LUN's power-on UNIT ATTENTION.
+pub async fn login_main_with(d: &Daemon, o: &LoginOptions) -> Session {
+    let mut s = login_with(d, o).await;
+    for lun in MAIN_LUNS {
+        clear_power_on_ua(&mut s, lun).await;
+    }
+    s
+}
+
+pub fn lun(n: u16) -> Lun {
+    Lun::single(n)
+}
+
+/// Run a command within the timeout; protocol errors fail the test.
+pub async fn cmd(
+    s: &mut Session,
+    l: u16,
+    cdb: &[u8],
+    data_out: Option<&[u8]>,
+    expected_in: u32,
+) -> ScsiResult {
+    cmd_lun(s, lun(l), cdb, data_out, expected_in).await
+}
+
+pub async fn cmd_lun(
+    s: &mut Session,
+    l: Lun,
+    cdb: &[u8],
+    data_out: Option<&[u8]>,
+    expected_in: u32,
+) -> ScsiResult {
+    within(
+        &format!("command {:#04x} on {l:?}", cdb[0]),
+        s.command(l, cdb, data_out, expected_in),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("command {:#04x} on {l:?}: {e}", cdb[0]))
+}
+
+pub const GOOD: u8 = 0x00;
+pub const CHECK_CONDITION: u8 = 0x02;
+
+pub fn assert_good(r: &ScsiResult) {
+    assert_eq!(
+        r.status,
+        GOOD,
+        "expected GOOD, got status {:#04x} sense {:?}",
+        r.status,
+        r.sense_code()
+    );
+}
+
+pub fn assert_sense(r: &ScsiResult, key: u8, asc: u8, ascq: u8) {
+    assert_eq!(r.status, CHECK_CONDITION, "expected CHECK CONDITION: {r:?}");
+    assert_eq!(
+        r.sense_code(),
+        Some((key, asc, ascq)),
+        "sense (key, asc, ascq)"
+    );
+}
+
+/// The first command of a new session on a LUN sees POWER ON OCCURRED (6/29/00); consume it.
+pub async fn clear_power_on_ua(s: &mut Session, l: u16) {
+    let r = cmd(s, l, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x29, 0x00);
+    let r = cmd(s, l, &test_unit_ready(), None, 0).await;
+    assert_good(&r);
+}
+
+// ---- CDBs ----
+
+pub fn test_unit_ready() -> [u8; 6] {
+    [0; 6]
+}
+
+pub fn inquiry(evpd: Option<u8>, alloc: u16) -> [u8; 6] {
+    let a = alloc.to_be_bytes();
+    match evpd {
+        Some(page) => [0x12, 0x01, page, a[0], a[1], 0],
+        None => [0x12, 0, 0, a[0], a[1], 0],
+    }
+}
+
+pub fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+    rw10(0x28, lba, blocks, false)
+}
+
+pub fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+    rw10(0x2A, lba, blocks, false)
+}
+
+pub fn write10_fua(lba: u32, blocks: u16) -> [u8; 10] {
+    rw10(0x2A, lba, blocks, true)
+}
+
+fn rw10(op: u8, lba: u32, blocks: u16, fua: bool) -> [u8; 10] {
+    let l = lba.to_be_bytes();
+    let b = blocks.to_be_bytes();
+    let flags = if fua { 0x08 } else { 0 };
+    [op, flags, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0]
+}
+
+pub fn read16(lba: u64, blocks: u32) -> [u8; 16] {
+    rw16(0x88, lba, blocks)
+}
+
+pub fn write16(lba: u64, blocks: u32) -> [u8; 16] {
+    rw16(0x8A, lba, blocks)
+}
+
+fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+pub fn read_capacity16(alloc: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x10;
+    c[10..14].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+pub fn report_luns(alloc: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = 0xA0;
+    c[6..10].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+pub fn synchronize_cache10() -> [u8; 10] {
+    [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+// ---- data and wire helpers ----
+
+/// Deterministic, position-dependent bytes (different for each seed).
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(0x9E37_79B9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Write `data` at `lba` (WRITE(16)) and check GOOD.
+pub async fn write_blocks(s: &mut Session, l: u16, lba: u64, block: usize, data: &[u8]) {
+    let r = cmd(
+        s,
+        l,
+        &write16(lba, (data.len() / block) as u32),
+        Some(data),
+        0,
+    )
+    .await;
+    assert_good(&r);
+}
+
+/// Read `blocks` at `lba` (READ(16)), check GOOD and return the data.
+pub async fn read_blocks(s: &mut Session, l: u16, lba: u64, block: usize, blocks: u32) -> Vec<u8> {
+    let len = block * blocks as usize;
+    let r = cmd(s, l, &read16(lba, blocks), None, len as u32).await;
+    assert_good(&r);
+    assert_eq!(r.data.len(), len, "read length");
+    r.data
+}
+
+/// Receive PDUs until the target closes the connection; the PDUs seen before the close.
+/// Panics if the connection is still open after `IO_TIMEOUT`.
+pub async fn expect_closed(s: &mut Session) -> Vec<RxPdu> {
+    let mut seen = Vec::new();
+    within("the target to close the connection", async {
+        while let Ok(p) = s.recv_pdu().await {
+            seen.push(p);
+        }
+    })
+    .await;
+    seen
+}
+
+/// The next PDU, within the timeout.
+pub async fn recv(s: &mut Session) -> RxPdu {
+    within("a PDU", s.recv_pdu()).await.expect("receive a PDU")
+}
+
+/// Assert that nothing arrives for `d`.
+pub async fn expect_silence(s: &mut Session, d: Duration) {
+    if let Ok(r) = tokio::time::timeout(d, s.recv_pdu()).await {
+        panic!("expected no PDU, got {r:?}");
+    }
+}
+
+/// A plain TCP connection to the daemon (for bytes that are not a login at all).
+pub async fn raw_connect(d: &Daemon) -> tokio::net::TcpStream {
+    within("connect", tokio::net::TcpStream::connect(d.addr))
+        .await
+        .expect("connect")
+}
+
+/// Read from a raw stream until EOF; the bytes received. Panics if it stays open.
+pub async fn read_until_eof(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    within("the target to close the connection", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    all
+}
+
+/// Answer a target NOP-In ping (ITT 0xffffffff) with the NOP-Out it asks for.
+pub async fn answer_ping(s: &mut Session, ping: &RxPdu) {
+    use vvold::iscsi::pdu::{op, Bhs};
+    assert_eq!(ping.bhs.opcode(), op::NOP_IN);
+    let mut b = Bhs::new(op::NOP_OUT | 0x40);
+    b.0[1] = 0x80;
+    b.set_u32(16, 0xFFFF_FFFF);
+    b.set_u32(20, ping.bhs.u32_at(20));
+    b.set_u32(24, s.cmdsn);
+    b.set_u32(28, s.expstatsn);
+    within("answer a ping", s.send_pdu(b, &[]))
+        .await
+        .expect("send NOP-Out");
+}
+
+/// A SCSI Command BHS with the session's current CmdSN/ExpStatSN (CmdSN is not advanced).
+pub fn scsi_command_bhs(
+    s: &Session,
+    l: u16,
+    itt: u32,
+    cdb: &[u8],
+    write_len: u32,
+    read_len: u32,
+) -> vvold::iscsi::pdu::Bhs {
+    use vvold::iscsi::pdu::{op, Bhs};
+    let mut b = Bhs::new(op::SCSI_COMMAND);
+    b.0[1] =
+        0x80 | 0x01 | if write_len > 0 { 0x20 } else { 0 } | if read_len > 0 { 0x40 } else { 0 };
+    b.set_lun(lun(l));
+    b.set_u32(16, itt);
+    b.set_u32(20, write_len.max(read_len));
+    b.set_u32(24, s.cmdsn);
+    b.set_u32(28, s.expstatsn);
+    b.0[32..32 + cdb.len()].copy_from_slice(cdb);
+    b
+}
+
+/// A session that keeps working: a write/read round trip on the RAM LUN and a NOP ping.
+pub async fn assert_session_works(s: &mut Session, seed: u32) {
+    let data = pattern(8192, seed);
+    write_blocks(s, LUN_RAM, 1000 + seed as u64 * 16, 512, &data).await;
+    assert_eq!(
+        read_blocks(s, LUN_RAM, 1000 + seed as u64 * 16, 512, 16).await,
+        data
+    );
+    assert_eq!(
+        within("nop", s.nop(b"still here")).await.unwrap(),
+        b"still here"
+    );
+}
+
+/// Run a command to completion within `d` (killing it if it overruns); its output.
+pub fn run_bounded(mut c: Command, d: Duration) -> std::process::Output {
+    let child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(d) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            // SAFETY: kill(2) on the PID of the child spawned above, still unreaped (its
+            // waiter thread has not returned).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("{c:?} did not finish within {d:?}");
+        }
+    }
+}
+
+/// Wait (bounded) until the daemon's log contains `needle`.
+pub fn wait_for_log(d: &Daemon, needle: &str) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while !d.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "log never contained {needle:?}:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

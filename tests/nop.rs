@@ -1,0 +1,54 @@
+//! Target NOP-In pings: an initiator that never answers loses its connection, one that
+//! answers keeps it.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use vvold::iscsi::pdu::op;
+
+const PINGS: &str = "nop_interval_secs = 1\nnop_timeout_secs = 1";
+
+#[tokio::test]
+async fn unanswered_pings_drop_the_connection() {
+    let d = Daemon::start_with(PINGS);
+    let mut s = login_main(&d).await;
+    let seen = within_for(
+        Duration::from_secs(20),
+        "the unanswered connection to be dropped",
+        expect_closed(&mut s),
+    )
+    .await;
+    assert!(!seen.is_empty(), "the target pinged before dropping us");
+    for p in &seen {
+        assert_eq!(p.bhs.opcode(), op::NOP_IN, "{:?}", p.bhs);
+        assert_eq!(p.bhs.u32_at(16), 0xFFFF_FFFF, "a ping has the reserved ITT");
+        assert_ne!(
+            p.bhs.u32_at(20),
+            0xFFFF_FFFF,
+            "a ping asks for an answer (TTT)"
+        );
+    }
+    wait_for_log(&d, "NOP-In ping unanswered");
+}
+
+#[tokio::test]
+async fn answered_pings_keep_the_connection() {
+    let d = Daemon::start_with(PINGS);
+    let mut s = login_main(&d).await;
+    let start = Instant::now();
+    let mut answered = 0;
+    while start.elapsed() < Duration::from_secs(6) {
+        match tokio::time::timeout(Duration::from_millis(500), s.recv_pdu()).await {
+            Err(_) => continue,
+            Ok(Ok(p)) => {
+                assert_eq!(p.bhs.opcode(), op::NOP_IN, "{:?}", p.bhs);
+                answer_ping(&mut s, &p).await;
+                answered += 1;
+            }
+            Ok(Err(e)) => panic!("connection lost after {answered} answered pings: {e}"),
+        }
+    }
+    assert!(answered >= 2, "expected repeated pings, got {answered}");
+    assert_session_works(&mut s, 1).await;
+}
