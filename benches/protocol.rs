@@ -26,10 +26,23 @@ fn pdu_codec(c: &mut Criterion) {
     c.bench_function("bhs_decode_scsi_command", |b| {
         b.iter(|| InitiatorPdu::decode(black_box(&cmd), &[]).unwrap())
     });
-    let seq = Seq { statsn: 1, expcmdsn: 2, maxcmdsn: 3 };
+    let seq = Seq {
+        statsn: 1,
+        expcmdsn: 2,
+        maxcmdsn: 3,
+    };
     c.bench_function("bhs_encode_data_in_with_status", |b| {
         b.iter(|| {
-            pdu::data_in(Lun::single(0), Itt(black_box(42)), 0, 0, 4096, Some((0, Residual::None)), true, seq)
+            pdu::data_in(
+                Lun::single(0),
+                Itt(black_box(42)),
+                0,
+                0,
+                4096,
+                Some((0, Residual::None)),
+                true,
+                seq,
+            )
         })
     });
 }
@@ -60,8 +73,12 @@ fn cdb_plan(c: &mut Criterion) {
     });
     let read10 = [0x28u8, 0, 0, 0, 0x10, 0, 0, 0, 8, 0];
     let write16 = [0x8Au8, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 8, 0, 0];
-    c.bench_function("plan_read10", |b| b.iter(|| lu.plan(NexusId(1), black_box(&read10))));
-    c.bench_function("plan_write16", |b| b.iter(|| lu.plan(NexusId(1), black_box(&write16))));
+    c.bench_function("plan_read10", |b| {
+        b.iter(|| lu.plan(NexusId(1), black_box(&read10)))
+    });
+    c.bench_function("plan_write16", |b| {
+        b.iter(|| lu.plan(NexusId(1), black_box(&write16)))
+    });
 }
 
 fn cmd_window(c: &mut Criterion) {

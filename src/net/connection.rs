@@ -33,6 +33,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Login PDUs carry at most 8192 bytes of data (the default MaxRecvDataSegmentLength).
 const LOGIN_MAX_DATA: usize = 8192;
 const REPORT_LUNS: u8 = 0xA0;
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
@@ -67,7 +68,10 @@ enum ConnError {
 async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Result<(), ConnError> {
     let (rd, mut wr) = stream.into_split();
     let mut reader = PduReader::new(rd, LOGIN_MAX_DATA);
-    let login = login(&mut reader, &mut wr, local, &shared).await?;
+    // A peer that never finishes logging in must not hold a connection forever.
+    let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&mut reader, &mut wr, local, &shared))
+        .await
+        .map_err(|_| ConnError::Protocol("login did not complete in time"))??;
     let params = &login.params;
     reader.header_digest = params.header_digest;
     reader.data_digest = params.data_digest;
@@ -314,7 +318,9 @@ impl<'a> FullFeature<'a> {
     async fn run(&mut self, reader: &mut PduReader<OwnedReadHalf>) -> Result<(), ConnError> {
         // Discovery sessions have no session object and nothing closes them from outside.
         let mut closing = self.session.as_ref().map(|s| s.closing.subscribe());
-        let pinger = self.spawn_pinger();
+        // The pinger closes this connection (session or discovery) when a ping goes unanswered.
+        let (dead_tx, mut dead_rx) = watch::channel(false);
+        let pinger = self.spawn_pinger(dead_tx);
         let r = loop {
             let h = tokio::select! {
                 h = reader.read_header() => h,
@@ -326,6 +332,9 @@ impl<'a> FullFeature<'a> {
                         None => std::future::pending().await,
                     }
                 } => break Ok(()),
+                _ = dead_rx.wait_for(|d| *d) => {
+                    break Err(ConnError::Protocol("NOP-In ping unanswered"));
+                }
             };
             let h = match h {
                 Ok(h) => h,
@@ -352,14 +361,13 @@ impl<'a> FullFeature<'a> {
     }
 
     /// Send NOP-In pings on an idle connection and close it when a ping goes unanswered.
-    fn spawn_pinger(&self) -> tokio::task::JoinHandle<()> {
+    fn spawn_pinger(&self, dead: watch::Sender<bool>) -> tokio::task::JoinHandle<()> {
         let interval = self.shared.iscsi.nop_interval_secs;
         let timeout = self.shared.iscsi.nop_timeout_secs.max(1);
         let out = self.out.clone();
         let last_rx = self.last_rx.clone();
         let ping_ttt = self.ping_ttt.clone();
         let epoch = self.epoch;
-        let closer = self.session.clone();
         tokio::spawn(async move {
             if interval == 0 {
                 return;
@@ -376,10 +384,7 @@ impl<'a> FullFeature<'a> {
                         sent_at = None;
                     } else if now.saturating_sub(at) > timeout * 1000 && idle > timeout * 1000 {
                         warn!("NOP-In ping unanswered: dropping the connection");
-                        match &closer {
-                            Some(s) => s.close(),
-                            None => return,
-                        }
+                        let _ = dead.send(true);
                         return;
                     }
                 } else if idle > interval * 1000 {
