@@ -19,6 +19,21 @@ id = 0
 backend = "file"
 path = "lab-lun0.img"
 size = "4GiB"
+
+[[target.pe]]
+id = 254
+
+[[target.pe]]
+id = 255
+
+[[container]]
+name = "lab"
+backend = "file"
+capacity = "100GiB"
+
+[control]
+listen = "127.0.0.1:8080"
+initiators = ["iqn.2026-11.io.vvold:control"]
 "#;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,7 +50,7 @@ fn err(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Portals (address:port) to listen on.
@@ -47,6 +62,78 @@ pub struct Config {
     pub iscsi: IscsiConfig,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+    /// Storage containers VVols are created in.
+    #[serde(default, rename = "container")]
+    pub containers: Vec<ContainerConfig>,
+    /// The control service (VASA-provider role).
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// HTTP API address; None: no API.
+    pub listen: Option<String>,
+    /// Bearer token the API requires. Required unless the API listens on loopback only.
+    pub token: Option<String>,
+    /// Initiators allowed to send in-band binding commands to Protocol Endpoints.
+    pub initiators: Vec<String>,
+    /// REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh, the default) or SUBSIDIARY BINDING CHANGED
+    /// (3Fh/1Ah) as the unit attention a bind or unbind raises.
+    pub bind_unit_attention: BindUnitAttention,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: None,
+            token: None,
+            initiators: Vec::new(),
+            bind_unit_attention: BindUnitAttention::ReportedLunsChanged,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BindUnitAttention {
+    ReportedLunsChanged,
+    SubsidiaryBindingChanged,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    pub name: String,
+    /// "file" (sparse files under data_dir/containers/NAME) or "ram".
+    pub backend: crate::vvol::catalog::ContainerBackend,
+    /// Thin capacity: "100GiB".
+    pub capacity: String,
+    /// How far the sum of VVol sizes may exceed the capacity.
+    #[serde(default = "default_overcommit")]
+    pub overcommit_ratio: f64,
+    /// IOPS limits given to new VVols.
+    #[serde(default)]
+    pub default_upper_iops: Option<u32>,
+    #[serde(default)]
+    pub default_lower_iops: Option<u32>,
+    #[serde(default)]
+    pub default_weight: Option<u32>,
+}
+
+fn default_overcommit() -> f64 {
+    2.0
+}
+
+/// A Protocol Endpoint: an administrative LU through which bound VVols are reached.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeConfig {
+    pub id: u16,
+    /// Host initiator names that may use this PE (empty: any host).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_listen() -> Vec<String> {
@@ -110,6 +197,8 @@ pub struct TargetConfig {
     pub mutual_chap: Option<ChapConfig>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunConfig>,
+    #[serde(default, rename = "pe")]
+    pub pes: Vec<PeConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -286,7 +375,87 @@ impl Config {
         if let Some(c) = &i.discovery_chap {
             chap_ok("iscsi.discovery_chap", c)?;
         }
+        self.validate_vvol_parts()
+    }
+
+    fn validate_vvol_parts(&self) -> Result<(), ConfigError> {
+        let mut pe_count = 0;
+        for (t, target) in self.targets.iter().enumerate() {
+            for (p, pe) in target.pes.iter().enumerate() {
+                let key = format!("target[{t}].pe[{p}]");
+                if pe.id > 16383 {
+                    return Err(err(format!("{key}.id"), "must be 0..16383"));
+                }
+                if target.luns.iter().any(|l| l.id == pe.id)
+                    || target.pes[..p].iter().any(|o| o.id == pe.id)
+                {
+                    return Err(err(format!("{key}.id"), format!("LUN {} is already used", pe.id)));
+                }
+                for (h, host) in pe.allowed_hosts.iter().enumerate() {
+                    if !valid_iscsi_name(host) {
+                        return Err(err(format!("{key}.allowed_hosts[{h}]"), format!("'{host}' is not an iSCSI name")));
+                    }
+                }
+                pe_count += 1;
+            }
+        }
+        // Like the NEC M-series: at most eight PEs per array.
+        if pe_count > 8 {
+            return Err(err("target.pe", format!("{pe_count} PEs configured; at most 8 per array")));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (c, cont) in self.containers.iter().enumerate() {
+            let key = format!("container[{c}]");
+            crate::vvol::catalog::validate_container_name(&cont.name)
+                .map_err(|e| err(format!("{key}.name"), e.to_string()))?;
+            if !names.insert(cont.name.clone()) {
+                return Err(err(format!("{key}.name"), format!("duplicate container '{}'", cont.name)));
+            }
+            let cap = parse_size(&cont.capacity).map_err(|r| err(format!("{key}.capacity"), r))?;
+            if cap == 0 {
+                return Err(err(format!("{key}.capacity"), "must be positive"));
+            }
+            if !(cont.overcommit_ratio >= 1.0 && cont.overcommit_ratio <= 100.0) {
+                return Err(err(format!("{key}.overcommit_ratio"), "must be 1.0..=100.0"));
+            }
+            cont.default_limits()
+                .validate()
+                .map_err(|e| err(format!("{key}.default_*_iops"), e.to_string()))?;
+        }
+        let ctl = &self.control;
+        if let Some(l) = &ctl.listen {
+            let addr: SocketAddr =
+                l.parse().map_err(|_| err("control.listen", format!("'{l}' is not ADDRESS:PORT")))?;
+            if ctl.token.is_none() && !addr.ip().is_loopback() {
+                return Err(err(
+                    "control.token",
+                    "required when the control API listens beyond loopback",
+                ));
+            }
+        }
+        if ctl.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(err("control.token", "must be at least 16 characters"));
+        }
+        for (n, ini) in ctl.initiators.iter().enumerate() {
+            if !valid_iscsi_name(ini) {
+                return Err(err(format!("control.initiators[{n}]"), format!("'{ini}' is not an iSCSI name")));
+            }
+        }
         Ok(())
+    }
+}
+
+impl ContainerConfig {
+    pub fn capacity_bytes(&self) -> u64 {
+        parse_size(&self.capacity).unwrap_or(0)
+    }
+
+    pub fn default_limits(&self) -> crate::vvol::catalog::IoLimits {
+        crate::vvol::catalog::IoLimits {
+            upper: self.default_upper_iops,
+            lower: self.default_lower_iops,
+            weight: self.default_weight,
+        }
     }
 }
 
@@ -434,6 +603,24 @@ mod tests {
         assert!(valid_iscsi_name("eui.0123456789ABCDEF"));
         assert!(!valid_iscsi_name("lab"));
         assert!(!valid_iscsi_name("iqn.26-11.x"));
+    }
+
+    #[test]
+    fn pe_may_not_reuse_a_lun() {
+        let t = LAB_DEFAULT.replace("id = 254", "id = 0");
+        assert_eq!(Config::parse(&t).unwrap_err().key, "target[0].pe[0].id");
+    }
+
+    #[test]
+    fn control_token_required_beyond_loopback() {
+        let t = LAB_DEFAULT.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"");
+        assert_eq!(Config::parse(&t).unwrap_err().key, "control.token");
+    }
+
+    #[test]
+    fn container_limits_validated() {
+        let t = LAB_DEFAULT.replace("capacity = \"100GiB\"", "capacity = \"100GiB\"\ndefault_upper_iops = 5");
+        assert!(Config::parse(&t).unwrap_err().key.starts_with("container[0]"));
     }
 
     #[test]
