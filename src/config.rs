@@ -389,11 +389,17 @@ impl Config {
                 if target.luns.iter().any(|l| l.id == pe.id)
                     || target.pes[..p].iter().any(|o| o.id == pe.id)
                 {
-                    return Err(err(format!("{key}.id"), format!("LUN {} is already used", pe.id)));
+                    return Err(err(
+                        format!("{key}.id"),
+                        format!("LUN {} is already used", pe.id),
+                    ));
                 }
                 for (h, host) in pe.allowed_hosts.iter().enumerate() {
                     if !valid_iscsi_name(host) {
-                        return Err(err(format!("{key}.allowed_hosts[{h}]"), format!("'{host}' is not an iSCSI name")));
+                        return Err(err(
+                            format!("{key}.allowed_hosts[{h}]"),
+                            format!("'{host}' is not an iSCSI name"),
+                        ));
                     }
                 }
                 pe_count += 1;
@@ -401,7 +407,10 @@ impl Config {
         }
         // Like the NEC M-series: at most eight PEs per array.
         if pe_count > 8 {
-            return Err(err("target.pe", format!("{pe_count} PEs configured; at most 8 per array")));
+            return Err(err(
+                "target.pe",
+                format!("{pe_count} PEs configured; at most 8 per array"),
+            ));
         }
         let mut names = std::collections::HashSet::new();
         for (c, cont) in self.containers.iter().enumerate() {
@@ -409,14 +418,20 @@ impl Config {
             crate::vvol::catalog::validate_container_name(&cont.name)
                 .map_err(|e| err(format!("{key}.name"), e.to_string()))?;
             if !names.insert(cont.name.clone()) {
-                return Err(err(format!("{key}.name"), format!("duplicate container '{}'", cont.name)));
+                return Err(err(
+                    format!("{key}.name"),
+                    format!("duplicate container '{}'", cont.name),
+                ));
             }
             let cap = parse_size(&cont.capacity).map_err(|r| err(format!("{key}.capacity"), r))?;
             if cap == 0 {
                 return Err(err(format!("{key}.capacity"), "must be positive"));
             }
             if !(cont.overcommit_ratio >= 1.0 && cont.overcommit_ratio <= 100.0) {
-                return Err(err(format!("{key}.overcommit_ratio"), "must be 1.0..=100.0"));
+                return Err(err(
+                    format!("{key}.overcommit_ratio"),
+                    "must be 1.0..=100.0",
+                ));
             }
             cont.default_limits()
                 .validate()
@@ -424,8 +439,9 @@ impl Config {
         }
         let ctl = &self.control;
         if let Some(l) = &ctl.listen {
-            let addr: SocketAddr =
-                l.parse().map_err(|_| err("control.listen", format!("'{l}' is not ADDRESS:PORT")))?;
+            let addr: SocketAddr = l
+                .parse()
+                .map_err(|_| err("control.listen", format!("'{l}' is not ADDRESS:PORT")))?;
             if ctl.token.is_none() && !addr.ip().is_loopback() {
                 return Err(err(
                     "control.token",
@@ -438,7 +454,10 @@ impl Config {
         }
         for (n, ini) in ctl.initiators.iter().enumerate() {
             if !valid_iscsi_name(ini) {
-                return Err(err(format!("control.initiators[{n}]"), format!("'{ini}' is not an iSCSI name")));
+                return Err(err(
+                    format!("control.initiators[{n}]"),
+                    format!("'{ini}' is not an iSCSI name"),
+                ));
             }
         }
         Ok(())
@@ -619,8 +638,14 @@ mod tests {
 
     #[test]
     fn container_limits_validated() {
-        let t = LAB_DEFAULT.replace("capacity = \"100GiB\"", "capacity = \"100GiB\"\ndefault_upper_iops = 5");
-        assert!(Config::parse(&t).unwrap_err().key.starts_with("container[0]"));
+        let t = LAB_DEFAULT.replace(
+            "capacity = \"100GiB\"",
+            "capacity = \"100GiB\"\ndefault_upper_iops = 5",
+        );
+        assert!(Config::parse(&t)
+            .unwrap_err()
+            .key
+            .starts_with("container[0]"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod array;
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod initiator;
 pub mod iscsi;
 pub mod net;
