@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::address::{SecondaryId, MAX_FIRST_LEVEL};
-use crate::scsi::{Sense, SenseKey};
+use crate::scsi::Sense;
 
 /// Bound VVols one host may hold on one PE: 2^14 - 1, what Pure documents per host per PE
 /// (reference §6 Q2); it also keeps a REPORT LUNS answer at a PE below 128 KiB.
@@ -119,25 +119,18 @@ pub enum BindError {
     InvalidHost(String),
 }
 
-/// 5h/20h/0Dh NOT AN ADMINISTRATIVE LOGICAL UNIT.
-pub const NOT_AN_ADMINISTRATIVE_LU: Sense = Sense::new(SenseKey::IllegalRequest, 0x20, 0x0D);
-/// 5h/55h/11h INSUFFICIENT RESOURCES TO BIND.
-pub const INSUFFICIENT_RESOURCES_TO_BIND: Sense = Sense::new(SenseKey::IllegalRequest, 0x55, 0x11);
-/// 2h/04h/07h LOGICAL UNIT NOT READY, OPERATION IN PROGRESS.
-pub const NOT_READY_OPERATION_IN_PROGRESS: Sense = Sense::new(SenseKey::NotReady, 0x04, 0x07);
-
 /// Byte of the in-band parameter list holding the HOST NAME (see `inband.rs`).
 const HOST_NAME_OFFSET: u16 = 20;
 
 impl BindError {
     pub fn sense(&self) -> Sense {
         match self {
-            BindError::UnknownPe(_) => NOT_AN_ADMINISTRATIVE_LU,
+            BindError::UnknownPe(_) => Sense::NOT_AN_ADMINISTRATIVE_LU,
             BindError::UnknownVvol(_) | BindError::NotBound { .. } => {
                 Sense::invalid_param_field(0, None)
             }
-            BindError::Busy { .. } => NOT_READY_OPERATION_IN_PROGRESS,
-            BindError::NoResources(_) => INSUFFICIENT_RESOURCES_TO_BIND,
+            BindError::Busy { .. } => Sense::NOT_READY_OPERATION_IN_PROGRESS,
+            BindError::NoResources(_) => Sense::INSUFFICIENT_RESOURCES_TO_BIND,
             BindError::InvalidHost(_) => Sense::invalid_param_field(HOST_NAME_OFFSET, None),
         }
     }

@@ -5,3 +5,4 @@
 pub mod address;
 pub mod binding;
 pub mod catalog;
+pub mod report;
