@@ -5,4 +5,5 @@
 pub mod address;
 pub mod binding;
 pub mod catalog;
+pub mod inband;
 pub mod report;
