@@ -226,7 +226,9 @@ impl BindingTable {
 
     /// Binds `vvol` for `host`. `pe` None lets the table choose: a PE where the VVol already
     /// has an id (so hosts share it), else the PE with the fewest bound VVols, ties to the
-    /// lowest LUN.
+    /// lowest LUN. Errors: [`BindError::InvalidHost`], [`BindError::UnknownPe`] (also when
+    /// `pe` is None and the table has no PE at all, reported as PE 0), [`BindError::Busy`],
+    /// [`BindError::NoResources`].
     pub fn bind(
         &mut self,
         vvol: Uuid,
