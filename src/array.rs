@@ -178,6 +178,9 @@ fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64) -> DiskIdent
         num_blocks: size / l.block_size as u64,
         read_only: l.read_only,
         relative_port: 1,
+        // Ordinary LUs; Protocol Endpoints are built by the vvol layer.
+        conglomerate: false,
+        administrative: false,
     }
 }
 

@@ -34,6 +34,12 @@ pub struct DiskIdentity {
     pub read_only: bool,
     /// Relative target port identifier reported in VPD page 83h.
     pub relative_port: u16,
+    /// Member of a logical unit conglomerate (a Protocol Endpoint, or a VVol behind one):
+    /// standard INQUIRY LU_CONG = 1 and VPD 86h LU_COLL_TYPE = 001b.
+    pub conglomerate: bool,
+    /// Administrative LU (a Protocol Endpoint): it has no data of its own, so media access
+    /// commands fail with LBA OUT OF RANGE; READ CAPACITY reports the configured tiny size.
+    pub administrative: bool,
 }
 
 /// Which reset the transport's task management function performed.
@@ -329,6 +335,8 @@ pub(crate) mod tests {
             num_blocks: 2048,
             read_only: false,
             relative_port: 3,
+            conglomerate: false,
+            administrative: false,
         }
     }
 
@@ -504,6 +512,27 @@ pub(crate) mod tests {
         assert_eq!(sense_of(&respond(lu.plan(A, &wv))), (7, 0x27, 0));
         let ms = respond(lu.plan(A, &[0x1A, 0, 0x3F, 0, 255, 0]));
         assert_eq!(ms.data[2] & 0x80, 0x80);
+    }
+
+    #[test]
+    fn protocol_endpoint_identity() {
+        let lu = DiskLu::new(DiskIdentity {
+            conglomerate: true,
+            administrative: true,
+            num_blocks: 1,
+            ..identity()
+        });
+        let inq = respond(lu.plan(A, &[0x12, 0, 0, 0, 96, 0]));
+        assert_eq!(&inq.data[..2], &[0x00, 0x40]);
+        let vpd = respond(lu.plan(A, &[0x12, 1, 0x86, 0, 64, 0]));
+        assert_eq!(vpd.data[8] >> 5, 0b001);
+        let rc = respond(lu.plan(A, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(rc.data.as_ref(), &[0, 0, 0, 0, 0, 0, 2, 0]);
+        assert_eq!(sense_of(&respond(lu.plan(A, &READ10))), (5, 0x21, 0));
+        assert_eq!(sense_of(&respond(lu.plan(A, &WRITE10))), (5, 0x21, 0));
+        let sync = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(sense_of(&respond(lu.plan(A, &sync))), (5, 0x21, 0));
+        assert_eq!(respond(lu.plan(A, &TUR)).status, Status::Good);
     }
 
     #[test]

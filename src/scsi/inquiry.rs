@@ -19,6 +19,10 @@ const STANDARD_LEN: usize = 96;
 /// PERIPHERAL DEVICE TYPE 00h: direct-access block device.
 const PDT_DISK: u8 = 0x00;
 
+/// Byte 1 bit 6: the LU is a member of a logical unit conglomerate (SPC-5); the bit ESXi is
+/// believed to read to recognize a Protocol Endpoint.
+const LU_CONG: u8 = 0x40;
+
 /// Standard INQUIRY data. `peripheral` is byte 0 (qualifier and device type), which is all
 /// that differs for a LUN with no logical unit behind it.
 pub(crate) fn standard_data(
@@ -55,7 +59,11 @@ pub(crate) fn inquiry(id: &DiskIdentity, cdb: Cdb<'_>) -> Result<Bytes, Sense> {
     } else if page != 0 {
         return Err(Sense::invalid_cdb_field(2, Some(7)));
     } else {
-        standard_data(PDT_DISK, &id.vendor, &id.product, &id.revision)
+        let mut d = standard_data(PDT_DISK, &id.vendor, &id.product, &id.revision);
+        if id.conglomerate {
+            d[1] |= LU_CONG;
+        }
+        d
     };
     Ok(trim(data, alloc))
 }
@@ -83,6 +91,14 @@ mod tests {
             &d[58..66],
             &[0x00, 0xA0, 0x09, 0x60, 0x04, 0x60, 0x04, 0xC0]
         );
+    }
+
+    #[test]
+    fn lu_cong_follows_the_identity() {
+        let mut id = identity();
+        assert_eq!(inquiry(&id, Cdb::new(&cdb(false, 0, 96))).unwrap()[1], 0x00);
+        id.conglomerate = true;
+        assert_eq!(inquiry(&id, Cdb::new(&cdb(false, 0, 96))).unwrap()[1], 0x40);
     }
 
     #[test]

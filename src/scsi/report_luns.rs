@@ -24,27 +24,41 @@ pub fn report_luns(cdb: &[u8], luns: &[Lun]) -> Response {
 }
 
 fn build(cdb: &[u8], luns: &[Lun]) -> Result<Bytes, Sense> {
-    let (info, cdb) = opcodes::decode(cdb)?;
-    if info.command != Command::ReportLuns {
-        return Err(Sense::INVALID_OPCODE);
-    }
-    let wanted: fn(&Lun) -> bool = match cdb.u8(2) {
+    let (select, alloc) = parse_cdb(cdb)?;
+    let wanted: fn(&Lun) -> bool = match select {
         0x00 => |l| !is_well_known(l),
         0x01 => is_well_known,
         0x02 => |_| true,
         _ => return Err(Sense::invalid_cdb_field(2, Some(7))),
     };
+    Ok(encode_list(luns.iter().copied().filter(wanted), alloc))
+}
+
+/// Validates a REPORT LUNS CDB (opcode, reserved fields, ALLOCATION LENGTH of at least 16)
+/// and returns (SELECT REPORT, ALLOCATION LENGTH). SELECT REPORT is left to the caller: which
+/// values are valid depends on the logical unit addressed.
+pub fn parse_cdb(cdb: &[u8]) -> Result<(u8, usize), Sense> {
+    let (info, cdb) = opcodes::decode(cdb)?;
+    if info.command != Command::ReportLuns {
+        return Err(Sense::INVALID_OPCODE);
+    }
     let alloc = cdb.be32(6) as usize;
     if alloc < 16 {
         return Err(Sense::invalid_cdb_field(6, Some(7)));
     }
+    Ok((cdb.u8(2), alloc))
+}
+
+/// REPORT LUNS parameter data for `luns`: LUN LIST LENGTH is 8 × the number of LUNs (never
+/// reduced by truncation), then the list, all cut to `alloc` bytes.
+pub fn encode_list(luns: impl IntoIterator<Item = Lun>, alloc: usize) -> Bytes {
     let mut d = vec![0u8; 8];
-    for lun in luns.iter().filter(|l| wanted(l)) {
+    for lun in luns {
         d.extend_from_slice(&lun.to_bytes());
     }
     let list_len = u32::try_from(d.len() - 8).unwrap_or(u32::MAX);
     d[0..4].copy_from_slice(&list_len.to_be_bytes());
-    Ok(trim(d, alloc))
+    trim(d, alloc)
 }
 
 /// The answer for any command addressed to a LUN with no logical unit (the caller handles

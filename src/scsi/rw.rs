@@ -95,6 +95,11 @@ pub(crate) fn plan(
         _ => Layout::Sixteen,
     };
     let (lba, blocks, len_at) = layout.decode(cdb);
+    // A Protocol Endpoint has no data of its own (reference §6 Q10): every media access is
+    // outside its (empty) medium, whatever the CDB says.
+    if id.administrative {
+        return Err(Sense::LBA_OUT_OF_RANGE);
+    }
     match command {
         Read6 | Read10 | Read12 | Read16 => {
             check_transfer_length(id, blocks, len_at)?;
@@ -178,6 +183,49 @@ mod tests {
     fn run(cdb: &[u8], wp: Option<Sense>) -> Result<Plan, Sense> {
         let (info, c) = decode(cdb)?;
         plan(&identity(), info.command, c, wp)
+    }
+
+    #[test]
+    fn administrative_lu_refuses_all_media_access() {
+        let id = DiskIdentity {
+            administrative: true,
+            ..identity()
+        };
+        let ops: [(u8, usize); 18] = [
+            (0x08, 6),
+            (0x0A, 6),
+            (0x28, 10),
+            (0x2A, 10),
+            (0x2E, 10),
+            (0x2F, 10),
+            (0x34, 10),
+            (0x35, 10),
+            (0xA8, 12),
+            (0xAA, 12),
+            (0xAE, 12),
+            (0xAF, 12),
+            (0x88, 16),
+            (0x8A, 16),
+            (0x8E, 16),
+            (0x8F, 16),
+            (0x90, 16),
+            (0x91, 16),
+        ];
+        for (op, len) in ops {
+            let mut cdb = vec![0u8; len];
+            cdb[0] = op;
+            // One block at LBA 0: valid on any real medium.
+            cdb[len - 2] = if len == 6 { 0 } else { 1 };
+            if len == 6 {
+                cdb[4] = 1;
+            }
+            let (info, c) = decode(&cdb).unwrap();
+            assert_eq!(
+                plan(&id, info.command, c, None),
+                Err(Sense::LBA_OUT_OF_RANGE),
+                "{op:02x}"
+            );
+        }
     }
 
     fn cdb10(op: u8, b1: u8, lba: u32, len: u16) -> Vec<u8> {

@@ -109,6 +109,13 @@ impl Sense {
     pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Sense =
         Sense::new(SenseKey::UnitAttention, 0x2F, 0x00);
     pub const LOGICAL_UNIT_NOT_READY_STOPPED: Sense = Sense::new(SenseKey::NotReady, 0x04, 0x02);
+    /// 2h/04h/07h: a retryable "try again later" (e.g. a binding is being torn down).
+    pub const NOT_READY_OPERATION_IN_PROGRESS: Sense = Sense::new(SenseKey::NotReady, 0x04, 0x07);
+    /// 5h/20h/0Dh: a conglomerate-only request reached an LU that is not a Protocol Endpoint.
+    pub const NOT_AN_ADMINISTRATIVE_LU: Sense = Sense::new(SenseKey::IllegalRequest, 0x20, 0x0D);
+    /// 5h/55h/11h: no room for another subsidiary LU binding.
+    pub const INSUFFICIENT_RESOURCES_TO_BIND: Sense =
+        Sense::new(SenseKey::IllegalRequest, 0x55, 0x11);
 
     /// Fixed-format sense data (response code 70h), 18 bytes.
     pub fn to_fixed(&self) -> [u8; 18] {

@@ -24,7 +24,7 @@ pub(crate) fn page(id: &DiskIdentity, code: u8) -> Option<Vec<u8>> {
         0x00 => SUPPORTED.to_vec(),
         0x80 => unit_serial_number(id),
         0x83 => device_identification(id),
-        0x86 => extended_inquiry(),
+        0x86 => extended_inquiry(id),
         0xB0 => block_limits(id),
         0xB1 => block_device_characteristics(),
         0xB2 => logical_block_provisioning(),
@@ -56,11 +56,15 @@ fn device_identification(id: &DiskIdentity) -> Vec<u8> {
     d
 }
 
-fn extended_inquiry() -> Vec<u8> {
+fn extended_inquiry(id: &DiskIdentity) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     d[1] = 0x01; // SIMPSUP: simple task attribute
     d[2] = 0x01; // V_SUP: there is a volatile cache (WCE=1), SYNCHRONIZE CACHE matters
     d[3] = 0x01; // LUICLR: unit attentions are cleared per I_T nexus
+    if id.conglomerate {
+        // Page byte 8 bits 7..5 LU_COLL_TYPE = 001b: member of a conglomerate (SPC-5).
+        d[4] = 0x20;
+    }
     d
 }
 
@@ -146,5 +150,15 @@ mod tests {
         assert_eq!(&page(&id, 0xB1).unwrap()[4..6], &[0, 1]);
         assert_eq!(page(&id, 0xB2).unwrap(), vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
         assert_eq!(&page(&id, 0x86).unwrap()[4..8], &[0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn lu_coll_type_follows_the_identity() {
+        let mut id = identity();
+        assert_eq!(page(&id, 0x86).unwrap()[8], 0x00);
+        id.conglomerate = true;
+        let p = page(&id, 0x86).unwrap();
+        assert_eq!(p[8], 0x20);
+        assert_eq!(p.len(), 64);
     }
 }
