@@ -187,6 +187,8 @@ impl Store {
 
     /// Grows a VVol to `new_size` bytes. The same size again is a no-op (so a caller may
     /// retry a resize that a crash interrupted); smaller is [`StoreError::Shrink`].
+    ///
+    /// On NoSpace, `available` is the largest size this VVol could grow to.
     pub fn resize_vvol(&self, id: Uuid, new_size: u64) -> Result<Vvol, StoreError> {
         let (old, backend) = self.resize_begin(id, new_size)?;
         if backend == ContainerBackend::File && new_size > old.size {
