@@ -51,11 +51,16 @@ pub(super) fn create_sparse(path: &Path, size: u64) -> Result<(), StoreError> {
     sync_dir(dir)
 }
 
-/// Removes a file; a missing one is fine (the step may have run before a crash).
+/// Removes a file; a missing one is fine (the step may have run before a crash), and so is a
+/// parent that is not a directory (then the file cannot exist either).
 pub(super) fn remove(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) => {}
         Err(e) => return Err(io_at(path)(e)),
     }
     match parent(path) {

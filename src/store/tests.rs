@@ -64,7 +64,10 @@ fn containers_are_ensured_once() {
     assert_eq!(names, ["lab", "mem"]);
     assert!(matches!(
         store.container("nope"),
-        Err(StoreError::NotFound { what: "container", .. })
+        Err(StoreError::NotFound {
+            what: "container",
+            ..
+        })
     ));
     assert!(matches!(
         store.ensure_container(&container("a/b", ContainerBackend::File, GIB)),
@@ -91,7 +94,10 @@ fn create_list_show_delete() {
     assert_eq!(v.metadata.len(), 1);
     assert_eq!(store.vvol(v.id).unwrap(), v);
     let path = store.vvol_path("lab", v.id);
-    assert_eq!(path, dir.path().join(format!("containers/lab/{}.img", v.id)));
+    assert_eq!(
+        path,
+        dir.path().join(format!("containers/lab/{}.img", v.id))
+    );
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * GIB);
 
     let w = data(&store, GIB).unwrap();
@@ -129,7 +135,10 @@ fn bad_input_is_refused_without_leftovers() {
     ));
     assert!(matches!(
         store.create_vvol("nope", VvolType::Data, GIB, 512, None, BTreeMap::new()),
-        Err(StoreError::NotFound { what: "container", .. })
+        Err(StoreError::NotFound {
+            what: "container",
+            ..
+        })
     ));
     let bad = IoLimits {
         upper: Some(100),
@@ -299,7 +308,10 @@ fn bindings_and_counters() {
     store.save_binding(a.id, "esx2", 2, 1, false).unwrap();
     assert!(matches!(
         store.save_binding(b.id, "esx1", 1, 1, false),
-        Err(StoreError::Exists { what: "binding", .. })
+        Err(StoreError::Exists {
+            what: "binding",
+            ..
+        })
     ));
     // The same binding again updates its state in place.
     store.save_binding(a.id, "esx1", 1, 1, true).unwrap();
