@@ -27,15 +27,12 @@ impl Store {
     /// store (the config only seeds the default container on first start).
     pub fn ensure_container(&self, c: &Container) -> Result<bool, StoreError> {
         validate(c)?;
-        let conn = self.conn();
-        insert(&conn, c, "INSERT OR IGNORE")
+        insert_if_absent(&self.conn(), c)
     }
 
     /// Inserts a new container; [`StoreError::Exists`] if the name is taken.
     pub fn create_container(&self, c: &Container) -> Result<(), StoreError> {
-        validate(c)?;
-        let conn = self.conn();
-        if insert(&conn, c, "INSERT OR IGNORE")? {
+        if self.ensure_container(c)? {
             Ok(())
         } else {
             Err(StoreError::Exists {
@@ -102,9 +99,11 @@ fn validate(c: &Container) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn insert(conn: &Connection, c: &Container, verb: &str) -> Result<bool, StoreError> {
+fn insert_if_absent(conn: &Connection, c: &Container) -> Result<bool, StoreError> {
     let n = conn.execute(
-        &format!("{verb} INTO containers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        &format!(
+            "INSERT OR IGNORE INTO containers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        ),
         params![
             c.name,
             backend_str(c.backend),
