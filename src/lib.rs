@@ -14,4 +14,5 @@ pub mod initiator;
 pub mod iscsi;
 pub mod net;
 pub mod scsi;
+pub mod store;
 pub mod vvol;
