@@ -70,6 +70,8 @@ fn cdb_plan(c: &mut Criterion) {
         num_blocks: 1 << 23,
         read_only: false,
         relative_port: 1,
+        conglomerate: false,
+        administrative: false,
     });
     let read10 = [0x28u8, 0, 0, 0, 0x10, 0, 0, 0, 8, 0];
     let write16 = [0x8Au8, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 8, 0, 0];

@@ -380,15 +380,15 @@ impl Config {
 
     fn validate_vvol_parts(&self) -> Result<(), ConfigError> {
         let mut pe_count = 0;
+        // PE numbers identify PEs array-wide (bindings name the PE by its LUN number).
+        let mut pe_ids = std::collections::HashSet::new();
         for (t, target) in self.targets.iter().enumerate() {
             for (p, pe) in target.pes.iter().enumerate() {
                 let key = format!("target[{t}].pe[{p}]");
                 if pe.id > 16383 {
                     return Err(err(format!("{key}.id"), "must be 0..16383"));
                 }
-                if target.luns.iter().any(|l| l.id == pe.id)
-                    || target.pes[..p].iter().any(|o| o.id == pe.id)
-                {
+                if target.luns.iter().any(|l| l.id == pe.id) || !pe_ids.insert(pe.id) {
                     return Err(err(
                         format!("{key}.id"),
                         format!("LUN {} is already used", pe.id),

@@ -65,7 +65,8 @@ pub trait BlockDevice: Send + Sync + 'static {
 
 /// Every backend the daemon can serve, dispatched without boxing.
 pub enum AnyDevice {
-    Ram(RamDevice),
+    /// Shared so a RAM VVol keeps its data while its logical unit is closed and reopened.
+    Ram(std::sync::Arc<RamDevice>),
     Null(NullDevice),
     File(FileDevice),
 }

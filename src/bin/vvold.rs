@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing::{error, info};
 use vvold::array::Array;
+use vvold::backend::BlockDevice;
 use vvold::config::Config;
+use vvold::control::embedded::Embedded;
+use vvold::net::hooks::NetHooks;
 use vvold::net::server::Server;
 use vvold::net::{session::Sessions, Shared};
 
@@ -29,8 +32,20 @@ struct Args {
     data_dir: Option<PathBuf>,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
     /// "vvold=debug" (RUST_LOG is used when this is absent).
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
+    /// Address of the control API (replaces `control.listen` of the configuration).
+    #[arg(long, value_name = "ADDR:PORT")]
+    control_listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Run the control service standalone (a VASA provider on a management host): lifecycle
+    /// requests go to the array's API, binds and unbinds go in-band over iSCSI to its PEs.
+    Control(vvold::control::standalone::Args),
 }
 
 /// Exit status for a configuration that cannot be used.
@@ -102,13 +117,18 @@ fn main() -> ExitCode {
             }
         };
         let policy = Arc::new(vvold::net::policy::login_policy(&cfg, &listen));
+        let engine = array.engine.clone();
         let shared = Arc::new(Shared {
             array,
             policy,
             sessions: Sessions::new(),
             iscsi: cfg.iscsi.clone(),
         });
-        let server = match Server::bind(&listen, shared).await {
+        engine.set_hooks(Arc::new(NetHooks {
+            shared: Arc::downgrade(&shared),
+            bind_ua: cfg.control.bind_unit_attention,
+        }));
+        let server = match Server::bind(&listen, shared.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 error!("{e}");
@@ -116,11 +136,47 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let control_addr = args
+            .control_listen
+            .or_else(|| cfg.control.listen.as_deref().and_then(|l| l.parse().ok()));
+        if let Some(addr) = control_addr {
+            if cfg.control.token.is_none() && !addr.ip().is_loopback() {
+                eprintln!(
+                    "vvold: control API on {addr}: control.token is required beyond loopback"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let ops = Arc::new(Embedded {
+                engine: engine.clone(),
+            });
+            let app = vvold::control::api::router(ops, cfg.control.token.clone());
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("vvold: cannot listen on {addr} (control API): {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            info!("control API listening on {addr}");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    error!("control API stopped: {e}");
+                }
+            });
+        }
         info!(data_dir = %data_dir.display(), "vvold {} ready", env!("CARGO_PKG_VERSION"));
         tokio::select! {
             _ = server.run() => {}
             _ = shutdown_signal() => info!("shutting down"),
         }
+        // Page-cache data reaches the disk on its own, but an orderly stop should not leave
+        // that to chance.
+        for t in &shared.array.targets {
+            for lu in t.luns.values() {
+                let _ = lu.device.flush().await;
+            }
+        }
+        engine.flush().await;
         ExitCode::SUCCESS
     })
 }

@@ -3,5 +3,7 @@
 //! bind and unbind travels in-band over its own iSCSI session.
 
 pub mod api;
+pub mod embedded;
 pub mod error;
 pub mod model;
+pub mod standalone;

@@ -2,8 +2,9 @@
 //! commands through the CmdSN window, gathers write data into the command's own buffer and
 //! hands complete commands to tasks. Everything the connection sends goes through its writer.
 
-use super::exec::{self, CommandInfo, ConnCtx};
+use super::exec::{self, CommandInfo, ConnCtx, Job};
 use super::frame::{FrameError, Header, PduReader};
+use super::route;
 use super::session::{lock, Session, SessionKey, Task};
 use super::writer::{self, Numbering, OutPdu, WriterConfig};
 use super::Shared;
@@ -17,7 +18,7 @@ use crate::iscsi::pdu::{
 use crate::iscsi::transfer::{TransferLimits, WriteTransfer};
 use crate::iscsi::window::{Admission, CmdWindow};
 use crate::scsi::disk::ResetKind;
-use crate::scsi::{self, Plan, Sense};
+use crate::scsi::{Plan, Sense};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +33,6 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Login PDUs carry at most 8192 bytes of data (the default MaxRecvDataSegmentLength).
 const LOGIN_MAX_DATA: usize = 8192;
-const REPORT_LUNS: u8 = 0xA0;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
@@ -175,7 +175,7 @@ async fn normal_session(
         old.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), old.wait_closed()).await;
     }
-    for lu in target.luns.values() {
+    for lu in session_lus(shared, &session) {
         lu.disk.nexus_added(session.nexus);
     }
     let span =
@@ -191,13 +191,27 @@ async fn normal_session(
     .await
 }
 
+/// Every logical unit a session can reach: the target's LUs and PEs, and the VVols bound for
+/// its initiator.
+fn session_lus(shared: &Shared, session: &Session) -> Vec<Arc<LogicalUnit>> {
+    let engine = &shared.array.engine;
+    let mut lus: Vec<Arc<LogicalUnit>> = session.target.luns.values().cloned().collect();
+    lus.extend(
+        engine
+            .pes()
+            .iter()
+            .filter(|p| p.target.eq_ignore_ascii_case(&session.target.name))
+            .map(|p| p.lu.clone()),
+    );
+    lus.extend(engine.bound_lus(&session.initiator));
+    lus
+}
+
 /// A write command waiting for its Data-Out.
 struct PendingWrite {
-    cmd: CommandInfo,
-    task: Arc<Task>,
+    job: Job,
+    /// The logical unit whose sense format errors are reported in.
     lu: Arc<LogicalUnit>,
-    cdb: Vec<u8>,
-    plan: Plan,
     transfer: WriteTransfer,
     buf: BytesMut,
 }
@@ -286,6 +300,7 @@ impl<'a> FullFeature<'a> {
             out,
             max_xmit: s.max_xmit,
             max_burst: login.params.max_burst_length as usize,
+            engine: shared.array.engine.clone(),
         }));
         s.session = Some(session);
         s
@@ -530,41 +545,35 @@ impl<'a> FullFeature<'a> {
             warn!(itt = c.itt.0, "ITT reused while its task is still active");
         }
         let cdb = c.cdb.as_slice();
-        let target = &session.target;
-        let lu = target.resolve(c.lun).cloned();
-        let plan = match (&lu, cdb.first()) {
-            (_, Some(&REPORT_LUNS)) => {
-                Plan::Respond(scsi::report_luns::report_luns(cdb, &target.inventory()))
-            }
-            (None, _) => Plan::Respond(scsi::report_luns::unsupported_lun_response(cdb)),
-            (Some(lu), _) => lu.disk.plan(session.nexus, cdb),
-        };
+        let routed = route::route(self.shared, &session, c.lun, cdb);
         let imm = h.bhs.data_segment_len() as u32;
-        let (
-            Some(lu),
-            Plan::Write { len, .. } | Plan::Compare { len, .. } | Plan::Parameters { len },
-        ) = (lu.clone(), &plan)
-        else {
+        let mut job = Job {
+            cmd,
+            task,
+            lu: routed.lu,
+            cdb: cdb.to_vec(),
+            plan: routed.plan,
+            completion: routed.completion,
+            guard: routed.guard,
+        };
+        let data_len = match &job.plan {
+            Plan::Write { len, .. } | Plan::Compare { len, .. } | Plan::Parameters { len } => {
+                Some(*len)
+            }
+            _ => None,
+        };
+        let (Some(lu), Some(len)) = (job.lu.clone(), data_len) else {
             // No data-out phase: drop any data the initiator sent along.
             self.discard(reader, h).await?;
-            tokio::spawn(exec::run(
-                ctx,
-                cmd,
-                task,
-                lu,
-                cdb.to_vec(),
-                plan,
-                Bytes::new(),
-            ));
+            tokio::spawn(exec::run(ctx, job, Bytes::new()));
             return Ok(());
         };
-        let mut need = *len;
-        let mut plan = plan.clone();
+        let mut need = len;
         let mut residual = pdu::Residual::of(c.expected_len, need);
         if c.expected_len < need || !c.write {
             let block = lu.disk.identity().block_size;
             let whole_blocks = c.write && c.expected_len % block == 0;
-            if let (true, Plan::Write { len, .. }) = (whole_blocks, &mut plan) {
+            if let (true, Plan::Write { len, .. }) = (whole_blocks, &mut job.plan) {
                 // The initiator offers fewer whole blocks than the CDB names: write just
                 // those and report the overflow (FCP-4 §9.4.2 option a, what libiscsi expects).
                 residual = pdu::Residual::Overflow(need - c.expected_len);
@@ -578,14 +587,11 @@ impl<'a> FullFeature<'a> {
                     .disk
                     .sense_response(Sense::INVALID_FIELD_IN_INFORMATION_UNIT);
                 let residual = pdu::Residual::Overflow(need - c.expected_len.min(need));
-                ctx.respond(&cmd, &task, resp, Some(residual)).await;
+                ctx.respond(&job.cmd, &job.task, resp, Some(residual)).await;
                 return Ok(());
             }
         }
-        let cmd = CommandInfo {
-            write_residual: Some(residual),
-            ..cmd
-        };
+        job.cmd.write_residual = Some(residual);
         let mut transfer =
             match WriteTransfer::new(c.expected_len, need, imm, c.final_bit, self.limits) {
                 Ok(t) => t,
@@ -605,21 +611,14 @@ impl<'a> FullFeature<'a> {
             self.reject(RejectReason::DataDigestError, &h.bhs).await;
             return Err(ConnError::Protocol("data digest error"));
         }
-        let pending = PendingWrite {
-            cmd,
-            task,
-            lu,
-            cdb: cdb.to_vec(),
-            plan,
-            transfer: transfer.clone(),
-            buf,
-        };
         let r2ts = transfer.next_r2ts(|| self.alloc_ttt());
         self.pending.insert(
             c.itt,
             PendingWrite {
+                job,
+                lu,
                 transfer,
-                ..pending
+                buf,
             },
         );
         self.send_r2ts(c.itt, c.lun, &r2ts).await;
@@ -650,15 +649,7 @@ impl<'a> FullFeature<'a> {
         let Some(p) = self.pending.remove(&itt) else {
             return;
         };
-        tokio::spawn(exec::run(
-            ctx.clone(),
-            p.cmd,
-            p.task,
-            Some(p.lu),
-            p.cdb,
-            p.plan,
-            p.buf.freeze(),
-        ));
+        tokio::spawn(exec::run(ctx.clone(), p.job, p.buf.freeze()));
     }
 
     async fn on_data_out(
@@ -688,7 +679,7 @@ impl<'a> FullFeature<'a> {
                     0x0C,
                     0x0D,
                 ));
-                ctx.respond(&p.cmd, &p.task, resp, None).await;
+                ctx.respond(&p.job.cmd, &p.job.task, resp, None).await;
                 return Ok(());
             }
         };
@@ -697,7 +688,7 @@ impl<'a> FullFeature<'a> {
             self.reject(RejectReason::DataDigestError, &h.bhs).await;
             return Err(ConnError::Protocol("data digest error"));
         }
-        let lun = p.cmd.lun;
+        let lun = p.job.cmd.lun;
         let mut transfer = p.transfer.clone();
         let r2ts = transfer.next_r2ts(|| self.alloc_ttt());
         if let Some(p) = self.pending.get_mut(&d.itt) {
@@ -716,7 +707,7 @@ impl<'a> FullFeature<'a> {
             return;
         }
         let target = session.target.clone();
-        let lu = target.resolve(t.lun).cloned();
+        let lu = route::task_lu(self.shared, &session, t.lun);
         let mut victims = Vec::new();
         let mut close_after = false;
         let response = match t.function {
@@ -773,7 +764,7 @@ impl<'a> FullFeature<'a> {
                 } else {
                     ResetKind::TargetWarm
                 };
-                for lu in target.luns.values() {
+                for lu in session_lus(self.shared, &session) {
                     lu.disk.reset(kind);
                 }
                 TmfResponse::FunctionComplete
@@ -809,12 +800,12 @@ impl<'a> FullFeature<'a> {
         let gone: Vec<Itt> = self
             .pending
             .iter()
-            .filter(|(i, p)| matches(**i, p.cmd.lun))
+            .filter(|(i, p)| matches(**i, p.job.cmd.lun))
             .map(|(i, _)| *i)
             .collect();
         for itt in gone {
             if let Some(p) = self.pending.remove(&itt) {
-                p.task.abort();
+                p.job.task.abort();
                 lock(&session.tasks).remove(&itt);
                 lock(&self.window).complete();
             }
@@ -829,7 +820,7 @@ impl<'a> FullFeature<'a> {
             t.abort();
         }
         self.shared.sessions.remove(session);
-        for lu in session.target.luns.values() {
+        for lu in session_lus(self.shared, session) {
             lu.disk.nexus_removed(session.nexus);
         }
         let _ = session.closed.send(true);

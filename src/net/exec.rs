@@ -2,12 +2,15 @@
 //! Data-In PDUs that point at the backend's buffer, status collapsed into the last one when it
 //! is GOOD, exact residuals, and no response at all for an aborted task.
 
+use super::route::Completion;
 use super::session::{lock, Session, Task};
 use super::writer::{Numbering, OutPdu, OutSender};
+use crate::array::engine::{Engine, InflightGuard};
 use crate::array::LogicalUnit;
 use crate::backend::BlockDevice;
 use crate::iscsi::pdu::{self, Itt, Residual, Seq};
 use crate::scsi::{self, Lun, Plan, Response, Sense, Status};
+use crate::vvol::inband::{self, InbandRequest};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tracing::debug;
@@ -20,6 +23,7 @@ pub struct ConnCtx {
     pub max_xmit: usize,
     /// Data-In sequences end (F bit) every MaxBurstLength bytes.
     pub max_burst: usize,
+    pub engine: Arc<Engine>,
 }
 
 /// The iSCSI facts of one command the answer depends on.
@@ -34,6 +38,25 @@ pub struct CommandInfo {
 }
 
 impl ConnCtx {
+    /// Carry out an in-band binding request from this session's (control) initiator.
+    async fn inband(&self, pe: u16, req: InbandRequest) -> Result<(), Sense> {
+        let r = match req {
+            InbandRequest::Bind { vvol, host, any_pe } => self
+                .engine
+                .bind(vvol, &host, if any_pe { None } else { Some(pe) })
+                .await
+                .map(drop),
+            InbandRequest::Unbind { vvol, host } => self.engine.unbind(vvol, &host).await.map(drop),
+            InbandRequest::UnbindAllForHost { host } => {
+                self.engine.unbind_all(&host).await.map(drop)
+            }
+        };
+        r.map_err(|e| {
+            tracing::info!("in-band request refused: {e}");
+            e.sense()
+        })
+    }
+
     /// Send the final answer to a command: Data-In (if any) and status. Drops it silently if
     /// the task was aborted. Frees the command's slot in the CmdSN window first, so the
     /// response already advertises the larger MaxCmdSN.
@@ -142,16 +165,29 @@ impl ConnCtx {
     }
 }
 
-/// Run a plan whose Data-Out (if any) has fully arrived in `data`.
-pub async fn run(
-    ctx: Arc<ConnCtx>,
-    cmd: CommandInfo,
-    task: Arc<Task>,
-    lu: Option<Arc<LogicalUnit>>,
-    cdb: Vec<u8>,
-    plan: Plan,
-    data: Bytes,
-) {
+/// A command ready to run once its Data-Out (if any) has arrived.
+pub struct Job {
+    pub cmd: CommandInfo,
+    pub task: Arc<Task>,
+    pub lu: Option<Arc<LogicalUnit>>,
+    pub cdb: Vec<u8>,
+    pub plan: Plan,
+    pub completion: Completion,
+    /// Keeps a bound VVol's binding from finishing an unbind while this command runs.
+    pub guard: Option<InflightGuard>,
+}
+
+/// Run a job whose Data-Out (if any) has fully arrived in `data`.
+pub async fn run(ctx: Arc<ConnCtx>, job: Job, data: Bytes) {
+    let Job {
+        cmd,
+        task,
+        lu,
+        cdb,
+        plan,
+        completion,
+        guard,
+    } = job;
     let nexus = ctx.session.nexus;
     let mut residual = None;
     let lu = match (plan, lu) {
@@ -159,12 +195,21 @@ pub async fn run(
         (plan, Some(lu)) => (plan, lu),
         // Only plans of an existing LU touch media.
         (_, None) => {
-            return ctx
-                .respond(&cmd, &task, Response::check(Sense::LUN_NOT_SUPPORTED), None)
-                .await
+            let r = Response::check(Sense::LUN_NOT_SUPPORTED);
+            return ctx.respond(&cmd, &task, r, None).await;
         }
     };
     let (plan, lu) = lu;
+    if let Completion::Inband { pe, service } = completion {
+        let resp = match inband::parse_params(service, &data) {
+            Ok(req) => match ctx.inband(pe, req).await {
+                Ok(()) => Response::good_empty(),
+                Err(sense) => lu.disk.sense_response(sense),
+            },
+            Err(sense) => lu.disk.sense_response(sense),
+        };
+        return ctx.respond(&cmd, &task, resp, cmd.write_residual).await;
+    }
     let resp = match plan {
         Plan::Respond(r) => r,
         Plan::Read { offset, len } => {
@@ -219,4 +264,5 @@ pub async fn run(
         }
     };
     ctx.respond(&cmd, &task, resp, residual).await;
+    drop(guard);
 }

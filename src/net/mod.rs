@@ -4,7 +4,9 @@
 pub mod connection;
 pub mod exec;
 pub mod frame;
+pub mod hooks;
 pub mod policy;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod writer;

@@ -172,6 +172,10 @@ impl Sessions {
             .collect()
     }
 
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        lock(&self.map).values().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         lock(&self.map).len()
     }

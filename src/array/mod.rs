@@ -1,6 +1,8 @@
 //! The array as configured: targets, their logical units, and the backends behind them. Built
 //! once at start-up from the [`Config`]; the transport resolves LUNs against it.
 
+pub mod engine;
+
 use crate::backend::{AnyDevice, BlockDevice, FileDevice, NullDevice, RamDevice};
 use crate::config::{BackendKind, Config, LunConfig, TargetConfig};
 use crate::scsi::disk::{DiskIdentity, DiskLu};
@@ -23,6 +25,8 @@ pub enum ArrayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("VVol catalog: {0}")]
+    Engine(#[from] engine::EngineError),
     #[error("target {target} LUN {lun}: {source}")]
     Backend {
         target: String,
@@ -60,6 +64,8 @@ impl Target {
 
 pub struct Array {
     pub targets: Vec<Arc<Target>>,
+    /// VVols, Protocol Endpoints and bindings.
+    pub engine: Arc<engine::Engine>,
 }
 
 impl Array {
@@ -75,7 +81,20 @@ impl Array {
             .iter()
             .map(|t| open_target(t, data_dir, &array_id).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Array { targets })
+        let pes = cfg
+            .targets
+            .iter()
+            .flat_map(|t| {
+                t.pes
+                    .iter()
+                    .map(|p| Arc::new(protocol_endpoint(&array_id, t, p)))
+            })
+            .collect::<Vec<_>>();
+        let engine = engine::Engine::open(cfg, data_dir, &array_id, pes)?;
+        Ok(Array {
+            targets,
+            engine: Arc::new(engine),
+        })
     }
 
     pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
@@ -111,10 +130,46 @@ fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Targ
     })
 }
 
+/// Protocol Endpoints are tiny: 1 MiB that nobody may read or write.
+const PE_SIZE: u64 = 1 << 20;
+
+fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConfig) -> engine::Pe {
+    let naa = naa_designator(array_id, &format!("{}/pe/{}", t.name, p.id));
+    let identity = DiskIdentity {
+        vendor: VENDOR.into(),
+        product: PRODUCT.into(),
+        revision: REVISION.into(),
+        serial: format!("{}pe{:04x}", &array_id[..8], p.id),
+        naa,
+        block_size: 512,
+        num_blocks: PE_SIZE / 512,
+        read_only: true,
+        relative_port: 1,
+        conglomerate: true,
+        administrative: true,
+    };
+    engine::Pe {
+        target: t.name.clone(),
+        lun: p.id,
+        naa,
+        allowed_hosts: p
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        lu: Arc::new(LogicalUnit {
+            id: p.id,
+            lun: crate::vvol::address::pe_lun(p.id),
+            disk: DiskLu::new(identity),
+            device: AnyDevice::Null(NullDevice::new(PE_SIZE)),
+        }),
+    }
+}
+
 fn open_device(l: &LunConfig, data_dir: &Path) -> Result<AnyDevice, crate::backend::BackendError> {
     let size = l.size_bytes();
     Ok(match l.backend {
-        BackendKind::Ram => AnyDevice::Ram(RamDevice::new(size)),
+        BackendKind::Ram => AnyDevice::Ram(Arc::new(RamDevice::new(size))),
         BackendKind::Null => AnyDevice::Null(NullDevice::new(size)),
         BackendKind::File => {
             let path = l.path.as_deref().unwrap_or(Path::new("lun.img"));

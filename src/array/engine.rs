@@ -1,0 +1,674 @@
+//! The VVol engine: the one place where VVols are created, resized and deleted and where
+//! bindings change, whether a request arrives from the HTTP API or in-band on a Protocol
+//! Endpoint. It keeps the binding table and the catalog store in step, opens the backends of
+//! bound VVols, drains I/O before an unbind completes, and publishes an immutable routing
+//! snapshot that the data path reads without locks.
+
+use super::{naa_designator, LogicalUnit, PRODUCT, REVISION, VENDOR};
+use crate::backend::{AnyDevice, FileDevice, RamDevice};
+use crate::config::Config;
+use crate::scsi::disk::{DiskIdentity, DiskLu};
+use crate::scsi::Sense;
+use crate::store::{BindingRecord, Store, StoreError};
+use crate::vvol::address::{secondary_lun, SecondaryId};
+use crate::vvol::binding::{BindError, Binding, BindingState, BindingTable};
+use crate::vvol::catalog::{Container, ContainerBackend, IoLimits, Vvol, VvolType};
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// How long an unbind waits for in-flight commands before it proceeds anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("VVol {0} is bound; unbind it first")]
+    Bound(Uuid),
+    #[error("host {host} may not use PE {pe}")]
+    PeNotAllowed { host: String, pe: u16 },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("cannot open the backend of VVol {vvol}: {reason}")]
+    Backend { vvol: Uuid, reason: String },
+}
+
+impl EngineError {
+    /// The sense an in-band request ends with.
+    pub fn sense(&self) -> Sense {
+        match self {
+            EngineError::Bind(b) => b.sense(),
+            EngineError::Store(StoreError::NotFound { .. }) => Sense::invalid_param_field(0, None),
+            EngineError::PeNotAllowed { .. } => Sense::invalid_param_field(20, None),
+            EngineError::Bound(_)
+            | EngineError::Store(_)
+            | EngineError::Backend { .. }
+            | EngineError::Unsupported(_) => Sense::INTERNAL_TARGET_FAILURE,
+        }
+    }
+}
+
+/// A Protocol Endpoint of the array.
+pub struct Pe {
+    pub target: String,
+    pub lun: u16,
+    pub naa: [u8; 16],
+    /// Lowercased host names allowed to use it; empty = any.
+    pub allowed_hosts: Vec<String>,
+    pub lu: Arc<LogicalUnit>,
+}
+
+impl Pe {
+    pub fn allows(&self, host: &str) -> bool {
+        self.allowed_hosts.is_empty()
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    pub fn naa_string(&self) -> String {
+        naa_string(&self.naa)
+    }
+}
+
+pub fn naa_string(naa: &[u8; 16]) -> String {
+    let mut s = String::from("naa.");
+    for b in naa {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Counts the commands running on one binding, so an unbind can wait for them.
+#[derive(Default)]
+pub struct Inflight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by the data path for the life of one command on a bound VVol.
+pub struct InflightGuard(Arc<Inflight>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A binding as the data path sees it.
+pub struct BoundLu {
+    pub vvol: Uuid,
+    pub lu: Arc<LogicalUnit>,
+    pub draining: bool,
+    /// Shared by every snapshot entry of the same binding, so commands that started under an
+    /// older snapshot are still counted when an unbind waits.
+    inflight: Arc<Inflight>,
+}
+
+/// host → (PE, secondary) → binding: read lock-free on every command to a secondary LUN.
+type Routes = HashMap<String, HashMap<(u16, SecondaryId), Arc<BoundLu>>>;
+
+/// What the transport does when bindings change; set once by the daemon.
+pub trait EngineHooks: Send + Sync {
+    /// `host`'s bindings on `pe` changed: raise the bind unit attention on its sessions.
+    fn bindings_changed(&self, host: &str, pe: u16);
+    /// A bound VVol's logical unit was replaced (resize): tell its hosts the capacity changed.
+    fn lu_replaced(&self, hosts: &[String], lu: &Arc<LogicalUnit>);
+}
+
+pub struct Engine {
+    store: Store,
+    array_id: String,
+    pes: Vec<Arc<Pe>>,
+    table: Mutex<BindingTable>,
+    routes: ArcSwap<Routes>,
+    /// Open logical units of VVols with at least one binding.
+    open: Mutex<HashMap<Uuid, Arc<LogicalUnit>>>,
+    /// Ram VVols keep their device for the life of the process.
+    ram: Mutex<HashMap<Uuid, Arc<RamDevice>>>,
+    /// Serialises binding changes (the control plane is not a hot path).
+    ops: tokio::sync::Mutex<()>,
+    hooks: OnceLock<Arc<dyn EngineHooks>>,
+    control_initiators: Vec<String>,
+}
+
+impl Engine {
+    /// Open the catalog, create the configured containers, restore bindings exactly as they
+    /// were (same PE, same secondary id) and open the backends of bound VVols.
+    pub fn open(
+        cfg: &Config,
+        data_dir: &Path,
+        array_id: &str,
+        pes: Vec<Arc<Pe>>,
+    ) -> Result<Engine, EngineError> {
+        let store = Store::open(data_dir)?;
+        for c in &cfg.containers {
+            store.ensure_container(&Container {
+                name: c.name.clone(),
+                backend: c.backend,
+                capacity: c.capacity_bytes(),
+                overcommit_ratio: c.overcommit_ratio,
+                default_limits: c.default_limits(),
+            })?;
+        }
+        for p in store.problems() {
+            warn!("catalog: {p}");
+        }
+        let pe_luns: Vec<u16> = pes.iter().map(|p| p.lun).collect();
+        let records: Vec<Binding> = store
+            .bindings()?
+            .into_iter()
+            .filter_map(|r| {
+                let secondary = SecondaryId::new(r.secondary)?;
+                let state = if r.draining {
+                    BindingState::Draining
+                } else {
+                    BindingState::Active
+                };
+                Some(Binding {
+                    vvol: r.vvol,
+                    host: r.host,
+                    pe: r.pe,
+                    secondary,
+                    state,
+                })
+            })
+            .collect();
+        let table =
+            BindingTable::from_records(pe_luns, records, store.next_ids()?).map_err(|e| {
+                EngineError::Store(StoreError::InvalidValue(format!(
+                    "stored bindings do not match the configured PEs: {e}"
+                )))
+            })?;
+        let engine = Engine {
+            store,
+            array_id: array_id.to_string(),
+            pes,
+            table: Mutex::new(table),
+            routes: ArcSwap::from_pointee(Routes::new()),
+            open: Mutex::new(HashMap::new()),
+            ram: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            hooks: OnceLock::new(),
+            control_initiators: cfg
+                .control
+                .initiators
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+        };
+        // An unbind interrupted by a crash had stopped new I/O already: finish it.
+        let draining: Vec<Binding> = lock(&engine.table)
+            .bindings(None)
+            .into_iter()
+            .filter(|b| b.state == BindingState::Draining)
+            .collect();
+        for b in draining {
+            lock(&engine.table).finish_unbind(b.vvol, &b.host, b.pe)?;
+            engine.store.remove_binding(b.vvol, &b.host, b.pe)?;
+        }
+        let bound: Vec<Uuid> = lock(&engine.table)
+            .bindings(None)
+            .iter()
+            .map(|b| b.vvol)
+            .collect();
+        for vvol in bound {
+            engine.open_lu(vvol)?;
+        }
+        engine.publish();
+        let n = lock(&engine.table).bindings(None).len();
+        info!(bindings = n, "VVol catalog ready");
+        Ok(engine)
+    }
+
+    pub fn set_hooks(&self, hooks: Arc<dyn EngineHooks>) {
+        let _ = self.hooks.set(hooks);
+    }
+
+    pub fn pes(&self) -> &[Arc<Pe>] {
+        &self.pes
+    }
+
+    pub fn pe(&self, target: &str, lun: u16) -> Option<&Arc<Pe>> {
+        self.pes
+            .iter()
+            .find(|p| p.lun == lun && p.target.eq_ignore_ascii_case(target))
+    }
+
+    pub fn is_control_initiator(&self, initiator: &str) -> bool {
+        self.control_initiators
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(initiator))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The data path's lookup of a secondary LUN for `host`. Draining bindings are refused,
+    /// and so is a PE the host may not use. The guard counts the command as in flight.
+    pub fn route(
+        &self,
+        host: &str,
+        pe: u16,
+        id: SecondaryId,
+    ) -> Option<(Arc<LogicalUnit>, InflightGuard)> {
+        let routes = self.routes.load();
+        let b = routes.get(&host.to_ascii_lowercase())?.get(&(pe, id))?;
+        if b.draining {
+            return None;
+        }
+        b.inflight.count.fetch_add(1, Ordering::AcqRel);
+        Some((b.lu.clone(), InflightGuard(b.inflight.clone())))
+    }
+
+    /// Secondary LUNs bound for `host` at `pe` (REPORT LUNS at the PE).
+    pub fn secondaries(&self, host: &str, pe: u16) -> Vec<crate::scsi::Lun> {
+        let routes = self.routes.load();
+        let mut v: Vec<_> = routes
+            .get(&host.to_ascii_lowercase())
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, b)| k.0 == pe && !b.draining)
+                    .map(|(k, _)| secondary_lun(pe, k.1))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Logical units of VVols bound for `host` (a new session registers with them).
+    pub fn bound_lus(&self, host: &str) -> Vec<Arc<LogicalUnit>> {
+        let routes = self.routes.load();
+        routes
+            .get(&host.to_ascii_lowercase())
+            .map(|m| m.values().map(|b| b.lu.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn publish(&self) {
+        let table = lock(&self.table);
+        let open = lock(&self.open);
+        let old = self.routes.load();
+        let mut routes = Routes::new();
+        for b in table.bindings(None) {
+            let Some(lu) = open.get(&b.vvol) else {
+                continue;
+            };
+            let draining = b.state == BindingState::Draining;
+            // Keep the in-flight counter of a binding that already existed.
+            let entry = match old.get(&b.host).and_then(|m| m.get(&(b.pe, b.secondary))) {
+                Some(e) if Arc::ptr_eq(&e.lu, lu) && e.draining == draining => e.clone(),
+                Some(e) => Arc::new(BoundLu {
+                    vvol: b.vvol,
+                    lu: lu.clone(),
+                    draining,
+                    inflight: e.inflight.clone(),
+                }),
+                None => Arc::new(BoundLu {
+                    vvol: b.vvol,
+                    lu: lu.clone(),
+                    draining,
+                    inflight: Arc::default(),
+                }),
+            };
+            routes
+                .entry(b.host.clone())
+                .or_default()
+                .insert((b.pe, b.secondary), entry);
+        }
+        self.routes.store(Arc::new(routes));
+    }
+
+    fn open_lu(&self, vvol: Uuid) -> Result<Arc<LogicalUnit>, EngineError> {
+        if let Some(lu) = lock(&self.open).get(&vvol) {
+            return Ok(lu.clone());
+        }
+        let v = self.store.vvol(vvol)?;
+        let lu = Arc::new(self.build_lu(&v)?);
+        lock(&self.open).insert(vvol, lu.clone());
+        Ok(lu)
+    }
+
+    fn build_lu(&self, v: &Vvol) -> Result<LogicalUnit, EngineError> {
+        let container = self.store.container(&v.container)?;
+        let device = match container.backend {
+            ContainerBackend::File => {
+                let path = self.store.vvol_path(&v.container, v.id);
+                AnyDevice::File(FileDevice::open(&path, v.size, false).map_err(|e| {
+                    EngineError::Backend {
+                        vvol: v.id,
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
+            ContainerBackend::Ram => {
+                let dev = lock(&self.ram)
+                    .entry(v.id)
+                    .or_insert_with(|| Arc::new(RamDevice::new(v.size)))
+                    .clone();
+                AnyDevice::Ram(dev)
+            }
+        };
+        let id = v.id.to_string();
+        let identity = DiskIdentity {
+            vendor: VENDOR.into(),
+            product: PRODUCT.into(),
+            revision: REVISION.into(),
+            serial: id.replace('-', "")[..16].to_string(),
+            naa: naa_designator(&self.array_id, &format!("vvol/{id}")),
+            block_size: v.block_size,
+            num_blocks: v.size / v.block_size as u64,
+            read_only: false,
+            relative_port: 1,
+            // A VVol is a subsidiary LU of the conglomerate its PE administers.
+            conglomerate: true,
+            administrative: false,
+        };
+        Ok(LogicalUnit {
+            id: 0,
+            lun: crate::scsi::Lun::default(),
+            disk: DiskLu::new(identity),
+            device,
+        })
+    }
+
+    fn hosts_of(&self, vvol: Uuid) -> Vec<String> {
+        let mut h: Vec<String> = lock(&self.table)
+            .bindings(None)
+            .into_iter()
+            .filter(|b| b.vvol == vvol)
+            .map(|b| b.host)
+            .collect();
+        h.dedup();
+        h
+    }
+
+    // ---- catalog operations -------------------------------------------------------------
+
+    pub fn containers(
+        &self,
+    ) -> Result<Vec<(Container, crate::store::ContainerUsage)>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.store.containers()? {
+            let u = self.store.usage(&c.name)?;
+            out.push((c, u));
+        }
+        Ok(out)
+    }
+
+    pub fn vvols(&self, container: Option<&str>) -> Result<Vec<(Vvol, Vec<String>)>, EngineError> {
+        Ok(self
+            .store
+            .vvols(container)?
+            .into_iter()
+            .map(|v| {
+                let hosts = self.hosts_of(v.id);
+                (v, hosts)
+            })
+            .collect())
+    }
+
+    pub fn vvol(&self, id: Uuid) -> Result<(Vvol, Vec<String>), EngineError> {
+        let v = self.store.vvol(id)?;
+        Ok((v, self.hosts_of(id)))
+    }
+
+    pub fn create_vvol(
+        &self,
+        container: &str,
+        vvol_type: VvolType,
+        size: u64,
+        block_size: u32,
+        limits: Option<IoLimits>,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Vvol, EngineError> {
+        let v = self
+            .store
+            .create_vvol(container, vvol_type, size, block_size, limits, metadata)?;
+        info!(vvol = %v.id, container, size, "VVol created");
+        Ok(v)
+    }
+
+    pub async fn delete_vvol(&self, id: Uuid) -> Result<(), EngineError> {
+        let _ops = self.ops.lock().await;
+        if lock(&self.table).is_bound(id) {
+            return Err(EngineError::Bound(id));
+        }
+        self.store.delete_vvol(id)?;
+        lock(&self.ram).remove(&id);
+        info!(vvol = %id, "VVol deleted");
+        Ok(())
+    }
+
+    pub async fn resize_vvol(&self, id: Uuid, size: u64) -> Result<Vvol, EngineError> {
+        let _ops = self.ops.lock().await;
+        let current = self.store.vvol(id)?;
+        if self.store.container(&current.container)?.backend == ContainerBackend::Ram
+            && size != current.size
+        {
+            // A RAM disk's chunk table is fixed at creation; growing it would mean copying the
+            // whole volume. RAM containers are for labs: say so rather than pretend.
+            return Err(EngineError::Unsupported(
+                "RAM-backed VVols cannot be resized".into(),
+            ));
+        }
+        let v = self.store.resize_vvol(id, size)?;
+        if lock(&self.open).contains_key(&id) {
+            let lu = Arc::new(self.build_lu(&v)?);
+            lock(&self.open).insert(id, lu.clone());
+            self.publish();
+            if let Some(h) = self.hooks.get() {
+                h.lu_replaced(&self.hosts_of(id), &lu);
+            }
+        }
+        Ok(v)
+    }
+
+    pub fn set_metadata(
+        &self,
+        id: Uuid,
+        kv: &BTreeMap<String, String>,
+    ) -> Result<Vvol, EngineError> {
+        let mut v = self.store.vvol(id)?;
+        for (k, val) in kv {
+            v = self.store.set_metadata(id, k, val)?;
+        }
+        Ok(v)
+    }
+
+    pub fn set_limits(&self, id: Uuid, limits: IoLimits) -> Result<Vvol, EngineError> {
+        Ok(self.store.set_limits(id, limits)?)
+    }
+
+    // ---- bindings ------------------------------------------------------------------------
+
+    pub fn bindings(&self, host: Option<&str>) -> Vec<Binding> {
+        lock(&self.table).bindings(host)
+    }
+
+    pub fn bindings_on_pe(&self, pe: u16) -> Vec<Binding> {
+        lock(&self.table).bindings_on_pe(pe)
+    }
+
+    /// Bind `vvol` for `host` on `pe` (None: the least loaded PE the host may use).
+    pub async fn bind(
+        &self,
+        vvol: Uuid,
+        host: &str,
+        pe: Option<u16>,
+    ) -> Result<Binding, EngineError> {
+        let _ops = self.ops.lock().await;
+        self.store.vvol(vvol)?;
+        let pe = match pe {
+            Some(p) => {
+                let allowed = self
+                    .pes
+                    .iter()
+                    .find(|x| x.lun == p)
+                    .is_none_or(|x| x.allows(host));
+                if !allowed {
+                    return Err(EngineError::PeNotAllowed {
+                        host: host.into(),
+                        pe: p,
+                    });
+                }
+                Some(p)
+            }
+            None if self.pes.iter().all(|p| p.allowed_hosts.is_empty()) => None,
+            None => {
+                // Some PEs are restricted: choose among those this host may use.
+                let table = lock(&self.table);
+                self.pes
+                    .iter()
+                    .filter(|p| p.allows(host))
+                    .min_by_key(|p| (table.bindings_on_pe(p.lun).len(), p.lun))
+                    .map(|p| p.lun)
+                    .ok_or(EngineError::PeNotAllowed {
+                        host: host.into(),
+                        pe: 0,
+                    })
+                    .map(Some)?
+            }
+        };
+        let outcome = lock(&self.table).bind(vvol, host, pe)?;
+        let b = outcome.binding.clone();
+        if !outcome.created {
+            return Ok(b);
+        }
+        let persisted = self.open_lu(vvol).and_then(|lu| {
+            // Counter first: a crash between the two writes can then never reuse the id.
+            let next = lock(&self.table)
+                .next_ids()
+                .get(&b.pe)
+                .copied()
+                .unwrap_or(1);
+            self.store.set_next_id(b.pe, next)?;
+            self.store
+                .save_binding(vvol, &b.host, b.pe, b.secondary.get(), false)?;
+            Ok(lu)
+        });
+        match persisted {
+            Ok(_) => {}
+            Err(e) => {
+                let _ = lock(&self.table).finish_unbind(vvol, &b.host, b.pe);
+                return Err(e);
+            }
+        }
+        self.publish();
+        if let Some(h) = self.hooks.get() {
+            h.bindings_changed(&b.host, b.pe);
+        }
+        info!(vvol = %vvol, host = %b.host, pe = b.pe, secondary = %b.secondary, "bound");
+        Ok(b)
+    }
+
+    /// Unbind: refuse new commands on the binding, wait for those in flight, then remove it.
+    pub async fn unbind(&self, vvol: Uuid, host: &str) -> Result<Vec<Binding>, EngineError> {
+        let _ops = self.ops.lock().await;
+        let draining = lock(&self.table).begin_unbind(vvol, host, None)?;
+        self.finish_unbinds(draining).await
+    }
+
+    pub async fn unbind_all(&self, host: &str) -> Result<Vec<Binding>, EngineError> {
+        let _ops = self.ops.lock().await;
+        let draining = lock(&self.table).begin_unbind_all(host);
+        self.finish_unbinds(draining).await
+    }
+
+    async fn finish_unbinds(&self, draining: Vec<Binding>) -> Result<Vec<Binding>, EngineError> {
+        for b in &draining {
+            self.store
+                .save_binding(b.vvol, &b.host, b.pe, b.secondary.get(), true)?;
+        }
+        self.publish();
+        for b in &draining {
+            self.drain(b).await;
+        }
+        let mut done = Vec::new();
+        for b in draining {
+            let removed = lock(&self.table).finish_unbind(b.vvol, &b.host, b.pe)?;
+            self.store.remove_binding(b.vvol, &b.host, b.pe)?;
+            if !lock(&self.table).is_bound(b.vvol) {
+                lock(&self.open).remove(&b.vvol);
+            }
+            info!(vvol = %b.vvol, host = %b.host, pe = b.pe, "unbound");
+            done.push(removed);
+        }
+        self.publish();
+        if let Some(h) = self.hooks.get() {
+            let mut seen = Vec::new();
+            for b in &done {
+                if !seen.contains(&(&b.host, b.pe)) {
+                    seen.push((&b.host, b.pe));
+                    h.bindings_changed(&b.host, b.pe);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    async fn drain(&self, b: &Binding) {
+        let entry = self
+            .routes
+            .load()
+            .get(&b.host)
+            .and_then(|m| m.get(&(b.pe, b.secondary)))
+            .cloned();
+        let Some(entry) = entry else { return };
+        let wait = async {
+            loop {
+                let idle = entry.inflight.idle.notified();
+                if entry.inflight.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, wait).await.is_err() {
+            warn!(vvol = %b.vvol, host = %b.host, "unbind: in-flight commands did not finish in time");
+        }
+    }
+
+    /// Flush the backends of every open VVol (orderly shutdown).
+    pub async fn flush(&self) {
+        let lus: Vec<Arc<LogicalUnit>> = lock(&self.open).values().cloned().collect();
+        for lu in lus {
+            if let Err(e) = crate::backend::BlockDevice::flush(&lu.device).await {
+                warn!("flush at shutdown: {e}");
+            }
+        }
+    }
+
+    /// Convert for the store's persisted form (used by tests and tools).
+    pub fn records(&self) -> Vec<BindingRecord> {
+        lock(&self.table)
+            .bindings(None)
+            .into_iter()
+            .map(|b| BindingRecord {
+                vvol: b.vvol,
+                host: b.host,
+                pe: b.pe,
+                secondary: b.secondary.get(),
+                draining: b.state == BindingState::Draining,
+            })
+            .collect()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,198 @@
+//! Where a command goes: all 8 bytes of its LUN are decoded; a single-level LUN names a normal
+//! LU or a Protocol Endpoint, a PE ‖ secondary-id LUN the VVol bound for this host on that PE.
+//! Nothing ever falls back to the first level. REPORT LUNS follows the conglomerate rules, and
+//! the in-band binding commands on a PE become plans for the binding engine.
+
+use super::session::Session;
+use super::Shared;
+use crate::array::engine::{InflightGuard, Pe};
+use crate::array::LogicalUnit;
+use crate::scsi::{self, Lun, Plan, Response, Sense, SenseKey};
+use crate::vvol::address::LunAddress;
+use crate::vvol::inband::{self, ServiceAction};
+use crate::vvol::report::{self, Addressed, Inventory};
+use std::sync::Arc;
+
+const REPORT_LUNS: u8 = 0xA0;
+
+/// ACCESS DENIED - NO ACCESS RIGHTS: the initiator is not a control initiator.
+const ACCESS_DENIED: Sense = Sense::new(SenseKey::IllegalRequest, 0x20, 0x02);
+
+/// How a command finishes once its data has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// By the SCSI emulation of the logical unit.
+    Scsi,
+    /// By the binding engine: an in-band VVOL BINDING OUT on PE `pe`.
+    Inband { pe: u16, service: ServiceAction },
+}
+
+/// A routed command.
+pub struct Routed {
+    pub lu: Option<Arc<LogicalUnit>>,
+    pub plan: Plan,
+    pub completion: Completion,
+    /// Held while a command runs on a bound VVol, so an unbind waits for it.
+    pub guard: Option<InflightGuard>,
+}
+
+enum Dest {
+    Normal(Arc<LogicalUnit>),
+    Pe(Arc<Pe>),
+    Vvol(Arc<LogicalUnit>, InflightGuard),
+    Missing,
+}
+
+fn visible_pe(shared: &Shared, session: &Session, lun: u16) -> Option<Arc<Pe>> {
+    shared
+        .array
+        .engine
+        .pe(&session.target.name, lun)
+        .filter(|p| p.allows(&session.initiator))
+        .cloned()
+}
+
+fn dest(shared: &Shared, session: &Session, lun: Lun) -> Dest {
+    match LunAddress::decode(lun) {
+        LunAddress::Single(n) => {
+            if let Some(lu) = session.target.luns.get(&n) {
+                return Dest::Normal(lu.clone());
+            }
+            visible_pe(shared, session, n).map_or(Dest::Missing, Dest::Pe)
+        }
+        LunAddress::Secondary { pe, id } => {
+            if visible_pe(shared, session, pe).is_none() {
+                return Dest::Missing;
+            }
+            match shared.array.engine.route(&session.initiator, pe, id) {
+                Some((lu, guard)) => Dest::Vvol(lu, guard),
+                None => Dest::Missing,
+            }
+        }
+        LunAddress::ReportLunsWlun | LunAddress::Unsupported => Dest::Missing,
+    }
+}
+
+/// The logical unit a task management function on `lun` acts on (a bound VVol, a PE or a
+/// normal LU), or None when the LUN addresses nothing for this host.
+pub fn task_lu(shared: &Shared, session: &Session, lun: Lun) -> Option<Arc<LogicalUnit>> {
+    match dest(shared, session, lun) {
+        Dest::Normal(lu) | Dest::Vvol(lu, _) => Some(lu),
+        Dest::Pe(pe) => Some(pe.lu.clone()),
+        Dest::Missing => None,
+    }
+}
+
+/// Route one command: decide the logical unit and the plan.
+pub fn route(shared: &Shared, session: &Session, lun: Lun, cdb: &[u8]) -> Routed {
+    let scsi = |lu: Option<Arc<LogicalUnit>>, plan, guard| Routed {
+        lu,
+        plan,
+        completion: Completion::Scsi,
+        guard,
+    };
+    let d = dest(shared, session, lun);
+    if cdb.first() == Some(&REPORT_LUNS) {
+        return scsi(
+            None,
+            Plan::Respond(report_luns(shared, session, lun, &d, cdb)),
+            None,
+        );
+    }
+    match d {
+        Dest::Normal(lu) => {
+            let plan = lu.disk.plan(session.nexus, cdb);
+            scsi(Some(lu), plan, None)
+        }
+        Dest::Vvol(lu, guard) => {
+            let plan = lu.disk.plan(session.nexus, cdb);
+            scsi(Some(lu), plan, Some(guard))
+        }
+        Dest::Pe(pe) => match cdb.first() {
+            Some(&inband::BINDING_OUT) | Some(&inband::BINDING_IN) => {
+                inband_plan(shared, session, &pe, cdb)
+            }
+            _ => {
+                let plan = pe.lu.disk.plan(session.nexus, cdb);
+                scsi(Some(pe.lu.clone()), plan, None)
+            }
+        },
+        Dest::Missing => scsi(
+            None,
+            Plan::Respond(scsi::report_luns::unsupported_lun_response(cdb)),
+            None,
+        ),
+    }
+}
+
+fn report_luns(shared: &Shared, session: &Session, lun: Lun, d: &Dest, cdb: &[u8]) -> Response {
+    let engine = &shared.array.engine;
+    let pes: Vec<u16> = engine
+        .pes()
+        .iter()
+        .filter(|p| {
+            p.target.eq_ignore_ascii_case(&session.target.name) && p.allows(&session.initiator)
+        })
+        .map(|p| p.lun)
+        .collect();
+    let normal: Vec<u16> = session.target.luns.keys().copied().collect();
+    let (addressed, secondaries) = match d {
+        Dest::Pe(pe) => (
+            Addressed::Pe(pe.lun),
+            engine.secondaries(&session.initiator, pe.lun),
+        ),
+        Dest::Vvol(..) => (Addressed::Secondary, Vec::new()),
+        Dest::Normal(lu) if lu.id != 0 => (Addressed::Normal(lu.id), Vec::new()),
+        // LUN 0, the REPORT LUNS well-known LUN, or a LUN that does not exist: SPC answers
+        // REPORT LUNS there too, so that an initiator can find its LUNs without a LUN 0.
+        _ => (Addressed::Lun0OrWlun, Vec::new()),
+    };
+    let resp = report::report_luns(
+        cdb,
+        addressed,
+        &Inventory {
+            pes,
+            normal,
+            secondaries,
+        },
+    );
+    if let Dest::Pe(pe) = d {
+        // Executing REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED for this nexus.
+        pe.lu.disk.report_luns_sent(session.nexus);
+    }
+    let _ = lun;
+    resp
+}
+
+fn inband_plan(shared: &Shared, session: &Session, pe: &Arc<Pe>, cdb: &[u8]) -> Routed {
+    let respond = |r: Response| Routed {
+        lu: Some(pe.lu.clone()),
+        plan: Plan::Respond(r),
+        completion: Completion::Scsi,
+        guard: None,
+    };
+    if !shared.array.engine.is_control_initiator(&session.initiator) {
+        return respond(pe.lu.disk.sense_response(ACCESS_DENIED));
+    }
+    if cdb[0] == inband::BINDING_IN {
+        return match inband::decode_in(cdb) {
+            Ok(alloc) => {
+                let bindings = shared.array.engine.bindings_on_pe(pe.lun);
+                respond(Response::good(inband::encode_report(&bindings, alloc)))
+            }
+            Err(s) => respond(pe.lu.disk.sense_response(s)),
+        };
+    }
+    match inband::decode_out(cdb) {
+        Ok(out) => Routed {
+            lu: Some(pe.lu.clone()),
+            plan: Plan::Parameters { len: out.param_len },
+            completion: Completion::Inband {
+                pe: pe.lun,
+                service: out.service,
+            },
+            guard: None,
+        },
+        Err(s) => respond(pe.lu.disk.sense_response(s)),
+    }
+}
