@@ -6,8 +6,7 @@ use super::error::ApiError;
 use super::model::*;
 use crate::array::engine::{naa_string, Engine, EngineError};
 use crate::store::StoreError;
-use crate::vvol::address::secondary_lun;
-use crate::vvol::binding::{BindError, Binding, BindingState};
+use crate::vvol::binding::{BindError, Binding};
 use crate::vvol::catalog::{IoLimits, Vvol};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,26 +53,12 @@ fn vvol_info((v, hosts): (Vvol, Vec<String>)) -> VvolInfo {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Describe a binding the way VASA hands it to ESXi.
+/// Describe a binding with its PE's target and NAA.
 pub fn binding_info(engine: &Engine, b: &Binding) -> BindingInfo {
     let pe = engine.pes().iter().find(|p| p.lun == b.pe);
-    BindingInfo {
-        vvol: b.vvol,
-        host: b.host.clone(),
-        target: pe.map(|p| p.target.clone()).unwrap_or_default(),
-        pe_lun: b.pe,
-        pe_naa: pe.map(|p| naa_string(&p.naa)).unwrap_or_default(),
-        secondary_id: b.secondary.to_vasa(),
-        lun: hex(&secondary_lun(b.pe, b.secondary).to_bytes()),
-        state: match b.state {
-            BindingState::Active => "active".into(),
-            BindingState::Draining => "draining".into(),
-        },
-    }
+    let target = pe.map(|p| p.target.as_str()).unwrap_or_default();
+    let naa = pe.map(|p| naa_string(&p.naa)).unwrap_or_default();
+    BindingInfo::new(b, target, &naa)
 }
 
 /// Run blocking catalog work (SQLite, fsync) off the async threads.

@@ -62,6 +62,26 @@ pub struct BindingInfo {
     pub state: String,
 }
 
+impl BindingInfo {
+    /// Describe a binding the way VASA hands it to ESXi.
+    pub fn new(b: &crate::vvol::binding::Binding, target: &str, pe_naa: &str) -> BindingInfo {
+        let lun = crate::vvol::address::secondary_lun(b.pe, b.secondary).to_bytes();
+        BindingInfo {
+            vvol: b.vvol,
+            host: b.host.clone(),
+            target: target.to_string(),
+            pe_lun: b.pe,
+            pe_naa: pe_naa.to_string(),
+            secondary_id: b.secondary.to_vasa(),
+            lun: lun.iter().map(|x| format!("{x:02x}")).collect(),
+            state: match b.state {
+                crate::vvol::binding::BindingState::Active => "active".into(),
+                crate::vvol::binding::BindingState::Draining => "draining".into(),
+            },
+        }
+    }
+}
+
 /// A size given as bytes or as a string with a unit ("10G", "512MiB").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -7,8 +7,8 @@ use super::api::{self, Ops, OpsFuture};
 use super::error::ApiError;
 use super::model::*;
 use crate::initiator::{LoginOptions, ScsiResult, Session};
-use crate::vvol::address::{pe_lun, secondary_lun};
-use crate::vvol::binding::{Binding, BindingState};
+use crate::vvol::address::pe_lun;
+use crate::vvol::binding::Binding;
 use crate::vvol::catalog::IoLimits;
 use crate::vvol::inband::{self, InbandRequest, ReportError};
 use serde::de::DeserializeOwned;
@@ -249,25 +249,8 @@ impl Standalone {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn info(pe: &PeInfo, b: &Binding) -> BindingInfo {
-    BindingInfo {
-        vvol: b.vvol,
-        host: b.host.clone(),
-        target: pe.target.clone(),
-        pe_lun: pe.lun,
-        pe_naa: pe.naa.clone(),
-        secondary_id: b.secondary.to_vasa(),
-        lun: hex(&secondary_lun(pe.lun, b.secondary).to_bytes()),
-        state: if b.state == BindingState::Active {
-            "active".into()
-        } else {
-            "draining".into()
-        },
-    }
+    BindingInfo::new(b, &pe.target, &pe.naa)
 }
 
 fn json(v: impl serde::Serialize) -> Option<serde_json::Value> {
