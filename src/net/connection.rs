@@ -347,7 +347,8 @@ impl<'a> FullFeature<'a> {
                         None => std::future::pending().await,
                     }
                 } => break Ok(()),
-                _ = dead_rx.wait_for(|d| *d) => {
+                // Only a real verdict counts: with pings disabled the pinger ends at once.
+                Ok(_) = dead_rx.wait_for(|d| *d) => {
                     break Err(ConnError::Protocol("NOP-In ping unanswered"));
                 }
             };
