@@ -378,12 +378,12 @@ impl Engine {
             conglomerate: true,
             administrative: false,
         };
-        Ok(LogicalUnit {
-            id: 0,
-            lun: crate::scsi::Lun::default(),
-            disk: DiskLu::new(identity),
+        Ok(LogicalUnit::new(
+            0,
+            crate::scsi::Lun::default(),
+            DiskLu::new(identity),
             device,
-        })
+        ))
     }
 
     fn hosts_of(&self, vvol: Uuid) -> Vec<String> {

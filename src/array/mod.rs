@@ -41,6 +41,21 @@ pub struct LogicalUnit {
     pub lun: Lun,
     pub disk: DiskLu,
     pub device: AnyDevice,
+    /// Writes hold it shared, COMPARE AND WRITE exclusively: that is what makes ATS atomic
+    /// against every other write to the LU.
+    pub write_lock: tokio::sync::RwLock<()>,
+}
+
+impl LogicalUnit {
+    pub fn new(id: u16, lun: Lun, disk: DiskLu, device: AnyDevice) -> LogicalUnit {
+        LogicalUnit {
+            id,
+            lun,
+            disk,
+            device,
+            write_lock: tokio::sync::RwLock::new(()),
+        }
+    }
 }
 
 pub struct Target {
@@ -115,12 +130,12 @@ fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Targ
         let identity = identity(array_id, &t.name, l, device.size());
         luns.insert(
             l.id,
-            Arc::new(LogicalUnit {
-                id: l.id,
-                lun: Lun::single(l.id),
-                disk: DiskLu::new(identity),
+            Arc::new(LogicalUnit::new(
+                l.id,
+                Lun::single(l.id),
+                DiskLu::new(identity),
                 device,
-            }),
+            )),
         );
     }
     Ok(Target {
@@ -157,12 +172,12 @@ fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConf
             .iter()
             .map(|h| h.to_ascii_lowercase())
             .collect(),
-        lu: Arc::new(LogicalUnit {
-            id: p.id,
-            lun: crate::vvol::address::pe_lun(p.id),
-            disk: DiskLu::new(identity),
-            device: AnyDevice::Null(NullDevice::new(PE_SIZE)),
-        }),
+        lu: Arc::new(LogicalUnit::new(
+            p.id,
+            crate::vvol::address::pe_lun(p.id),
+            DiskLu::new(identity),
+            AnyDevice::Null(NullDevice::new(PE_SIZE)),
+        )),
     }
 }
 

@@ -61,6 +61,48 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Make every completed write durable (SYNCHRONIZE CACHE).
     fn flush(&self) -> impl Future<Output = IoResult<()>> + Send;
+
+    /// Whether `discard` really deallocates (thin provisioning: LBPME, LBPU, LBPWS). Where
+    /// it does not, SCSI reports a fully provisioned device.
+    fn thin(&self) -> bool {
+        false
+    }
+
+    /// Deallocate `[offset, offset+len)`; afterwards the range reads as zeros. The default
+    /// writes zeros, which is correct for any device that cannot deallocate.
+    fn discard(&self, offset: u64, len: u64) -> impl Future<Output = IoResult<()>> + Send {
+        async move {
+            check_range(self.size(), offset, len)?;
+            let zeros = Bytes::from(vec![0u8; len.min(1 << 20) as usize]);
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(zeros.len() as u64) as usize;
+                self.write(offset + done, zeros.slice(..n), false).await?;
+                done += n as u64;
+            }
+            Ok(())
+        }
+    }
+
+    /// Allocation state from `offset` on: a list of extents covering at most `len` bytes, in
+    /// order, each (length, mapped). The default reports everything mapped.
+    fn allocation(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = IoResult<Vec<Extent>>> + Send {
+        async move {
+            check_range(self.size(), offset, len)?;
+            Ok(vec![Extent { len, mapped: true }])
+        }
+    }
+}
+
+/// A run of bytes with one allocation state (GET LBA STATUS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub mapped: bool,
 }
 
 /// Every backend the daemon can serve, dispatched without boxing.
@@ -101,6 +143,30 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.flush().await,
             AnyDevice::Null(d) => d.flush().await,
             AnyDevice::File(d) => d.flush().await,
+        }
+    }
+
+    fn thin(&self) -> bool {
+        match self {
+            AnyDevice::Ram(d) => d.thin(),
+            AnyDevice::Null(d) => d.thin(),
+            AnyDevice::File(d) => d.thin(),
+        }
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        match self {
+            AnyDevice::Ram(d) => d.discard(offset, len).await,
+            AnyDevice::Null(d) => d.discard(offset, len).await,
+            AnyDevice::File(d) => d.discard(offset, len).await,
+        }
+    }
+
+    async fn allocation(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>> {
+        match self {
+            AnyDevice::Ram(d) => d.allocation(offset, len).await,
+            AnyDevice::Null(d) => d.allocation(offset, len).await,
+            AnyDevice::File(d) => d.allocation(offset, len).await,
         }
     }
 }

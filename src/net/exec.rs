@@ -189,7 +189,6 @@ pub async fn run(ctx: Arc<ConnCtx>, job: Job, data: Bytes) {
         guard,
     } = job;
     let nexus = ctx.session.nexus;
-    let mut residual = None;
     let lu = match (plan, lu) {
         (Plan::Respond(r), _) => return ctx.respond(&cmd, &task, r, None).await,
         (plan, Some(lu)) => (plan, lu),
@@ -210,59 +209,202 @@ pub async fn run(ctx: Arc<ConnCtx>, job: Job, data: Bytes) {
         };
         return ctx.respond(&cmd, &task, resp, cmd.write_residual).await;
     }
+    let mut plan = plan;
+    let mut data = data;
+    if let Plan::Parameters { .. } = plan {
+        // The parameter list decides what happens next (MODE SELECT answers, UNMAP and
+        // EXTENDED COPY go on to the backend).
+        plan = lu.disk.apply_parameters(nexus, &cdb, &data);
+        data = Bytes::new();
+    }
+    let residual = match plan {
+        Plan::Respond(_) | Plan::Read { .. } | Plan::Flush | Plan::LbaStatus { .. } => None,
+        _ => cmd.write_residual,
+    };
     let resp = match plan {
         Plan::Respond(r) => r,
-        Plan::Read { offset, len } => {
+        Plan::Parameters { .. } => lu.disk.sense_response(Sense::INTERNAL_TARGET_FAILURE),
+        media => {
+            // An aborted task never reaches the backend; one that started is let finish.
             if !task.start() {
                 return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
             }
-            let r = lu.device.read(offset, BytesMut::zeroed(len as usize)).await;
+            let r = ctx.media(&lu, nexus, media, data).await;
             task.finish();
-            match r {
-                Ok(buf) => Response::good(buf.freeze()),
-                Err(e) => lu.disk.sense_response(e.sense(false)),
-            }
-        }
-        Plan::Write { offset, fua, .. } => {
-            residual = cmd.write_residual;
-            if !task.start() {
-                return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
-            }
-            let r = lu.device.write(offset, data, fua).await;
-            task.finish();
-            match r {
-                Ok(()) => Response::good_empty(),
-                Err(e) => lu.disk.sense_response(e.sense(true)),
-            }
-        }
-        Plan::Compare { offset, len } => {
-            residual = cmd.write_residual;
-            if !task.start() {
-                return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
-            }
-            let r = lu.device.read(offset, BytesMut::zeroed(len as usize)).await;
-            task.finish();
-            match r {
-                Ok(actual) => scsi::disk::compare_result(&lu.disk, &data, &actual),
-                Err(e) => lu.disk.sense_response(e.sense(false)),
-            }
-        }
-        Plan::Flush => {
-            if !task.start() {
-                return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
-            }
-            let r = lu.device.flush().await;
-            task.finish();
-            match r {
-                Ok(()) => Response::good_empty(),
-                Err(e) => lu.disk.sense_response(e.sense(true)),
-            }
-        }
-        Plan::Parameters { .. } => {
-            residual = cmd.write_residual;
-            lu.disk.apply_parameters(nexus, &cdb, &data)
+            r
         }
     };
     ctx.respond(&cmd, &task, resp, residual).await;
     drop(guard);
+}
+
+/// Bytes copied per backend request by WRITE SAME and EXTENDED COPY.
+const CHUNK: u64 = 1 << 20;
+
+impl ConnCtx {
+    /// Run a plan that touches the medium.
+    async fn media(
+        &self,
+        lu: &Arc<LogicalUnit>,
+        nexus: crate::scsi::NexusId,
+        plan: Plan,
+        data: Bytes,
+    ) -> Response {
+        let read_err = |e: crate::backend::BackendError| lu.disk.sense_response(e.sense(false));
+        let write_err = |e: crate::backend::BackendError| lu.disk.sense_response(e.sense(true));
+        match plan {
+            Plan::Read { offset, len } => {
+                match lu.device.read(offset, BytesMut::zeroed(len as usize)).await {
+                    Ok(buf) => Response::good(buf.freeze()),
+                    Err(e) => read_err(e),
+                }
+            }
+            Plan::Write { offset, fua, .. } => {
+                let _w = lu.write_lock.read().await;
+                match lu.device.write(offset, data, fua).await {
+                    Ok(()) => Response::good_empty(),
+                    Err(e) => write_err(e),
+                }
+            }
+            Plan::Compare { offset, len } => {
+                match lu.device.read(offset, BytesMut::zeroed(len as usize)).await {
+                    Ok(actual) => scsi::disk::compare_result(&lu.disk, &data, &actual),
+                    Err(e) => read_err(e),
+                }
+            }
+            Plan::Flush => match lu.device.flush().await {
+                Ok(()) => Response::good_empty(),
+                Err(e) => write_err(e),
+            },
+            Plan::CompareAndWrite { offset, len, fua } => {
+                // Exclusive: no other write to this LU runs between the compare and the write.
+                let _w = lu.write_lock.write().await;
+                let (verify, write) = data.split_at(len as usize);
+                let actual = match lu.device.read(offset, BytesMut::zeroed(len as usize)).await {
+                    Ok(a) => a,
+                    Err(e) => return read_err(e),
+                };
+                let cmp = scsi::disk::compare_result(&lu.disk, verify, &actual);
+                if cmp.status != Status::Good {
+                    return cmp;
+                }
+                match lu
+                    .device
+                    .write(offset, Bytes::copy_from_slice(write), fua)
+                    .await
+                {
+                    Ok(()) => Response::good_empty(),
+                    Err(e) => write_err(e),
+                }
+            }
+            Plan::WriteSame {
+                offset,
+                len,
+                block_len,
+                unmap,
+            } => {
+                let _w = lu.write_lock.read().await;
+                let block = if data.is_empty() {
+                    Bytes::from(vec![0u8; block_len.max(1) as usize])
+                } else {
+                    data
+                };
+                let r = if unmap && lu.device.thin() && block.iter().all(|b| *b == 0) {
+                    lu.device.discard(offset, len).await
+                } else {
+                    write_repeated(&lu.device, offset, len, &block).await
+                };
+                match r {
+                    Ok(()) => Response::good_empty(),
+                    Err(e) => write_err(e),
+                }
+            }
+            Plan::Unmap { ranges } => {
+                let _w = lu.write_lock.read().await;
+                for (offset, len) in ranges {
+                    if let Err(e) = lu.device.discard(offset, len).await {
+                        return write_err(e);
+                    }
+                }
+                Response::good_empty()
+            }
+            Plan::LbaStatus {
+                offset,
+                len,
+                alloc_len,
+            } => match lu.device.allocation(offset, len).await {
+                Ok(extents) => lu.disk.lba_status_response(offset, &extents, alloc_len),
+                Err(e) => read_err(e),
+            },
+            Plan::Copy { list_id, segments } => {
+                let r = self.copy(&segments).await;
+                lu.disk.copy_finished(nexus, list_id, r)
+            }
+            Plan::Respond(r) => r,
+            Plan::Parameters { .. } => lu.disk.sense_response(Sense::INTERNAL_TARGET_FAILURE),
+        }
+    }
+
+    /// The logical unit with NAA designator `naa` that this session may copy to or from: the
+    /// target's LUs and the VVols bound for its host.
+    fn lu_by_naa(&self, naa: &[u8; 16]) -> Option<Arc<LogicalUnit>> {
+        let s = &self.session;
+        s.target
+            .luns
+            .values()
+            .cloned()
+            .chain(self.engine.bound_lus(&s.initiator))
+            .find(|lu| &lu.disk.identity().naa == naa)
+    }
+
+    /// EXTENDED COPY: block-to-block segments copied by the backends, never through the
+    /// network path. Returns the bytes copied, or the sense that ends the copy.
+    async fn copy(&self, segments: &[scsi::CopySegment]) -> Result<u64, Sense> {
+        let mut copied = 0;
+        for seg in segments {
+            let (Some(src), Some(dst)) = (
+                self.lu_by_naa(&seg.source),
+                self.lu_by_naa(&seg.destination),
+            ) else {
+                // COPY TARGET DEVICE NOT REACHABLE
+                return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0D, 0x02));
+            };
+            let _w = dst.write_lock.read().await;
+            let mut done = 0;
+            while done < seg.len {
+                let n = (seg.len - done).min(CHUNK);
+                let buf = src
+                    .device
+                    .read(seg.source_offset + done, BytesMut::zeroed(n as usize))
+                    .await
+                    .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x11, 0x00))?;
+                dst.device
+                    .write(seg.destination_offset + done, buf.freeze(), false)
+                    .await
+                    .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0C, 0x00))?;
+                done += n;
+            }
+            copied += seg.len;
+        }
+        Ok(copied)
+    }
+}
+
+/// Fill `[offset, offset+len)` with copies of `block`, a chunk at a time.
+async fn write_repeated(
+    dev: &crate::backend::AnyDevice,
+    offset: u64,
+    len: u64,
+    block: &[u8],
+) -> crate::backend::IoResult<()> {
+    let per_chunk = (CHUNK / block.len() as u64).max(1) * block.len() as u64;
+    let pattern = Bytes::from(block.repeat((per_chunk / block.len() as u64) as usize));
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(per_chunk);
+        dev.write(offset + done, pattern.slice(..n as usize), false)
+            .await?;
+        done += n;
+    }
+    Ok(())
 }

@@ -232,7 +232,62 @@ impl DiskLu {
     }
 
     /// Finishes a [`Plan::Parameters`] command (MODE SELECT) once its data has arrived.
-    pub fn apply_parameters(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Response {
+    pub fn apply_parameters(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Plan {
+        Plan::Respond(self.mode_select(nexus, cdb, data))
+    }
+
+    #[cfg(test)]
+    fn apply_parameters_response(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Response {
+        match self.apply_parameters(nexus, cdb, data) {
+            Plan::Respond(r) => r,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    /// GET LBA STATUS parameter data for `extents` starting at byte `offset`, cut to the
+    /// CDB's allocation length (SBC-3 §5.16).
+    pub fn lba_status_response(
+        &self,
+        offset: u64,
+        extents: &[crate::backend::Extent],
+        alloc_len: u32,
+    ) -> Response {
+        let bs = self.identity.block_size as u64;
+        let mut data = vec![0u8; 8];
+        let mut lba = offset / bs;
+        for e in extents {
+            let blocks = e.len / bs;
+            if blocks == 0 {
+                continue;
+            }
+            let mut d = [0u8; 16];
+            d[0..8].copy_from_slice(&lba.to_be_bytes());
+            d[8..12].copy_from_slice(&(blocks.min(u32::MAX as u64) as u32).to_be_bytes());
+            d[12] = if e.mapped { 0 } else { 1 };
+            data.extend_from_slice(&d);
+            lba += blocks;
+        }
+        let param_len = (data.len() - 4) as u32;
+        data[0..4].copy_from_slice(&param_len.to_be_bytes());
+        data.truncate(alloc_len as usize);
+        Response::good(bytes::Bytes::from(data))
+    }
+
+    /// The outcome of an EXTENDED COPY, for RECEIVE COPY RESULTS.
+    pub fn copy_finished(
+        &self,
+        nexus: NexusId,
+        list_id: u8,
+        result: Result<u64, Sense>,
+    ) -> Response {
+        let _ = (nexus, list_id);
+        match result {
+            Ok(_) => Response::good_empty(),
+            Err(sense) => self.sense_response(sense),
+        }
+    }
+
+    fn mode_select(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Response {
         let (info, _) = match opcodes::decode(cdb) {
             Ok(decoded) => decoded,
             Err(sense) => return self.sense_response(sense),
@@ -461,7 +516,10 @@ pub(crate) mod tests {
         let data = [
             0, 0, 0, 0, 0x0A, 0x0A, 0x02, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
         ];
-        assert_eq!(lu.apply_parameters(A, &select, &data).status, Status::Good);
+        assert_eq!(
+            lu.apply_parameters_response(A, &select, &data).status,
+            Status::Good
+        );
         assert_eq!(
             lu.plan(A, &READ10),
             Plan::Read {
@@ -475,7 +533,10 @@ pub(crate) mod tests {
         assert_eq!(ms.data[2], 0x90, "WP and DPOFUA");
         let mut clear = data;
         clear[8] = 0;
-        assert_eq!(lu.apply_parameters(A, &select, &clear).status, Status::Good);
+        assert_eq!(
+            lu.apply_parameters_response(A, &select, &clear).status,
+            Status::Good
+        );
         assert!(matches!(lu.plan(A, &WRITE10), Plan::Write { .. }));
     }
 
@@ -486,7 +547,10 @@ pub(crate) mod tests {
         let data = [
             0, 0, 0, 0, 0x0A, 0x0A, 0x06, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
         ];
-        assert_eq!(lu.apply_parameters(A, &select, &data).status, Status::Good);
+        assert_eq!(
+            lu.apply_parameters_response(A, &select, &data).status,
+            Status::Good
+        );
         let mut read16 = [0u8; 16];
         read16[0] = 0x88;
         read16[2..10].copy_from_slice(&[0xFF; 8]);
@@ -497,7 +561,7 @@ pub(crate) mod tests {
         let bad = [
             0, 0, 0, 0, 0x0A, 0x0A, 0x07, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
         ];
-        let r = lu.apply_parameters(A, &select, &bad);
+        let r = lu.apply_parameters_response(A, &select, &bad);
         assert_eq!(sense_of(&r), (5, 0x26, 0));
     }
 
@@ -562,7 +626,7 @@ pub(crate) mod tests {
                     *b = op;
                 }
                 let _ = lu.plan(A, &cdb);
-                let _ = lu.apply_parameters(A, &cdb, &cdb);
+                let _ = lu.apply_parameters_response(A, &cdb, &cdb);
             }
         }
     }

@@ -90,6 +90,60 @@ pub enum Plan {
     /// Make all written data durable (SYNCHRONIZE CACHE), then GOOD.
     Flush,
     /// Receive `len` bytes of parameter data (MODE SELECT and friends), then finish with the
-    /// logical unit's `apply_parameters` for the same CDB.
+    /// logical unit's `apply_parameters` for the same CDB, which yields the plan to run next
+    /// (never `Parameters` again).
     Parameters { len: u32 },
+    /// COMPARE AND WRITE: receive `2 * len` bytes (the verify instance, then the write
+    /// instance). Atomically against every other write to the LU: read `len` bytes at `offset`,
+    /// compare with the verify instance ([`disk::compare_result`] gives MISCOMPARE with the
+    /// offset of the first differing byte), and only if equal write the write instance.
+    CompareAndWrite { offset: u64, len: u32, fua: bool },
+    /// WRITE SAME: receive `block_len` bytes (0 with NDOB: a block of zeros) and repeat that
+    /// block over `[offset, offset + len)`. With `unmap` and an all-zero block the backend may
+    /// deallocate the range instead (reads return zeros either way).
+    WriteSame {
+        offset: u64,
+        len: u64,
+        block_len: u32,
+        unmap: bool,
+    },
+    /// Deallocate byte ranges (UNMAP, once its parameter list was parsed).
+    Unmap { ranges: Vec<(u64, u64)> },
+    /// GET LBA STATUS: ask the backend for allocation from `offset` (at most `len` bytes),
+    /// then finish with the LU's `lba_status_response`.
+    LbaStatus {
+        offset: u64,
+        len: u64,
+        alloc_len: u32,
+    },
+    /// EXTENDED COPY (LID1): copy each segment between logical units named by their NAA
+    /// designators, in the backend, then record the result with the LU's `copy_finished`.
+    Copy {
+        list_id: u8,
+        segments: Vec<CopySegment>,
+    },
+}
+
+/// One block-to-block segment of an EXTENDED COPY, in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySegment {
+    pub source: [u8; 16],
+    pub source_offset: u64,
+    pub destination: [u8; 16],
+    pub destination_offset: u64,
+    pub len: u64,
+}
+
+impl Plan {
+    /// Bytes of Data-Out the plan needs before it can run.
+    pub fn data_out_len(&self) -> Option<u32> {
+        match self {
+            Plan::Write { len, .. } | Plan::Compare { len, .. } | Plan::Parameters { len } => {
+                Some(*len)
+            }
+            Plan::CompareAndWrite { len, .. } => Some(len * 2),
+            Plan::WriteSame { block_len, .. } => Some(*block_len),
+            _ => None,
+        }
+    }
 }
