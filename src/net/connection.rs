@@ -34,6 +34,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// Login PDUs carry at most 8192 bytes of data (the default MaxRecvDataSegmentLength).
 const LOGIN_MAX_DATA: usize = 8192;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of write buffers one session may have waiting for Data-Out.
+const MAX_PENDING_WRITE_BYTES: usize = 64 << 20;
 
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
@@ -605,6 +607,19 @@ impl<'a> FullFeature<'a> {
                     return Ok(());
                 }
             };
+        // Write buffers waiting for their Data-Out are what a peer could pile up: bound them
+        // per session and push back with TASK SET FULL beyond that.
+        let waiting: usize = self.pending.values().map(|p| p.buf.len()).sum();
+        if waiting + need as usize > MAX_PENDING_WRITE_BYTES {
+            self.discard(reader, h).await?;
+            let full = crate::scsi::Response {
+                status: crate::scsi::Status::TaskSetFull,
+                data: Bytes::new(),
+                sense: Bytes::new(),
+            };
+            ctx.respond(&job.cmd, &job.task, full, None).await;
+            return Ok(());
+        }
         let mut buf = BytesMut::zeroed(need as usize);
         let place = transfer.place_immediate(imm);
         let dst = &mut buf[place.buffer_offset..place.buffer_offset + place.take];
