@@ -257,8 +257,9 @@ impl Engine {
         &self.store
     }
 
-    /// The data path's lookup of a secondary LUN for `host`. Draining bindings are refused,
-    /// and so is a PE the host may not use. The guard counts the command as in flight.
+    /// The data path's lookup of a secondary LUN for `host`, which must already be lowercase
+    /// (sessions keep their initiator name lowercased, so no command allocates here).
+    /// Draining bindings are refused. The guard counts the command as in flight.
     pub fn route(
         &self,
         host: &str,
@@ -266,7 +267,7 @@ impl Engine {
         id: SecondaryId,
     ) -> Option<(Arc<LogicalUnit>, InflightGuard)> {
         let routes = self.routes.load();
-        let b = routes.get(&host.to_ascii_lowercase())?.get(&(pe, id))?;
+        let b = routes.get(host)?.get(&(pe, id))?;
         if b.draining {
             return None;
         }

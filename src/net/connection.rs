@@ -209,6 +209,16 @@ fn session_lus(shared: &Shared, session: &Session) -> Vec<Arc<LogicalUnit>> {
     lus
 }
 
+/// Connection-unique target transfer tags; 0xffffffff is reserved (RFC 7143 §11.7.4).
+fn alloc_ttt(next: &mut u32) -> u32 {
+    let t = *next;
+    *next = match next.wrapping_add(1) {
+        0 | 0xFFFF_FFFF => 1,
+        n => n,
+    };
+    t
+}
+
 /// A write command waiting for its Data-Out.
 struct PendingWrite {
     job: Job,
@@ -321,15 +331,6 @@ impl<'a> FullFeature<'a> {
         let bhs = pdu::reject(reason, self.seq());
         self.send(bhs, Bytes::copy_from_slice(&offending.0), Numbering::Status)
             .await;
-    }
-
-    fn alloc_ttt(&mut self) -> u32 {
-        let t = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
-        if self.next_ttt == 0xFFFF_FFFF {
-            self.next_ttt = 1;
-        }
-        t
     }
 
     async fn run(&mut self, reader: &mut PduReader<OwnedReadHalf>) -> Result<(), ConnError> {
@@ -627,7 +628,7 @@ impl<'a> FullFeature<'a> {
             self.reject(RejectReason::DataDigestError, &h.bhs).await;
             return Err(ConnError::Protocol("data digest error"));
         }
-        let r2ts = transfer.next_r2ts(|| self.alloc_ttt());
+        let r2ts = transfer.next_r2ts(|| alloc_ttt(&mut self.next_ttt));
         self.pending.insert(
             c.itt,
             PendingWrite {
@@ -705,11 +706,8 @@ impl<'a> FullFeature<'a> {
             return Err(ConnError::Protocol("data digest error"));
         }
         let lun = p.job.cmd.lun;
-        let mut transfer = p.transfer.clone();
-        let r2ts = transfer.next_r2ts(|| self.alloc_ttt());
-        if let Some(p) = self.pending.get_mut(&d.itt) {
-            p.transfer = transfer;
-        }
+        let next_ttt = &mut self.next_ttt;
+        let r2ts = p.transfer.next_r2ts(|| alloc_ttt(next_ttt));
         self.send_r2ts(d.itt, lun, &r2ts).await;
         self.maybe_start(d.itt, &ctx);
         Ok(())

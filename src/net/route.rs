@@ -64,7 +64,7 @@ fn dest(shared: &Shared, session: &Session, lun: Lun) -> Dest {
             if visible_pe(shared, session, pe).is_none() {
                 return Dest::Missing;
             }
-            match shared.array.engine.route(&session.initiator, pe, id) {
+            match shared.array.engine.route(&session.key.initiator, pe, id) {
                 Some((lu, guard)) => Dest::Vvol(lu, guard),
                 None => Dest::Missing,
             }
