@@ -53,7 +53,26 @@ CREATE TABLE pe_counters (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// A VVol bound on a PE has one secondary id there, shared by every host bound to it through
+/// that PE (vMotion). V1's UNIQUE (pe, secondary) refused the second host; an id may only
+/// not name two different VVols, which `save_binding` checks.
+const V2: &str = "
+CREATE TABLE bindings_v2 (
+    vvol TEXT NOT NULL REFERENCES vvols(id),
+    host TEXT NOT NULL,
+    pe INTEGER NOT NULL CHECK (pe BETWEEN 0 AND 65535),
+    secondary INTEGER NOT NULL CHECK (secondary >= 0),
+    state TEXT NOT NULL CHECK (state IN ('active', 'draining')),
+    PRIMARY KEY (vvol, host, pe),
+    UNIQUE (pe, secondary, host)
+);
+INSERT INTO bindings_v2 (vvol, host, pe, secondary, state)
+    SELECT vvol, host, pe, secondary, state FROM bindings;
+DROP TABLE bindings;
+ALTER TABLE bindings_v2 RENAME TO bindings;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
