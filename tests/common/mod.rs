@@ -250,7 +250,8 @@ impl Daemon {
                 self.child = None;
                 return Err(status);
             }
-            let up = |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
             if up(&self.addr) && self.control.as_ref().is_none_or(up) {
                 return Ok(());
             }
