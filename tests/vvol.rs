@@ -303,6 +303,23 @@ async fn bind_is_idempotent_and_two_hosts_share_the_data() {
     let data2 = pattern(8192, 6);
     write_blocks_at(&mut bs, lb, 10, 512, &data2).await;
     assert_eq!(read_blocks_at(&mut a, la, 10, 512, 16).await, data2);
+
+    // vMotion's source and destination see the same LUN: one id per VVol and PE.
+    assert_eq!(
+        (for_b.pe_lun, &for_b.secondary_id),
+        (first.pe_lun, &first.secondary_id)
+    );
+    // The source unbinds; the destination keeps its binding, id and data.
+    api.unbind(v.id, HOST_A);
+    let r = cmd_lun(&mut a, la, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x05, 0x25, 0x00);
+    assert_eq!(read_blocks_at(&mut bs, lb, 10, 512, 16).await, data2);
+    assert_eq!(api.bindings(), vec![for_b.clone()]);
+    // Rebinding A gets the id B still holds.
+    assert_eq!(
+        api.bind(v.id, HOST_A, None).secondary_id,
+        for_b.secondary_id
+    );
 }
 
 // ---- 6. delete while bound -----------------------------------------------------------------
@@ -521,6 +538,9 @@ async fn bindings_survive_a_restart(kill: bool) {
         )
         .expect(200);
     let bnd = api.bind(v.id, HOST_A, Some(PE_2));
+    // Host B shares the id (vMotion): both bindings must come back.
+    let bnd_b = api.bind(v.id, HOST_B, Some(PE_2));
+    assert_eq!(bnd_b.secondary_id, bnd.secondary_id);
     let sec = binding_lun(&bnd);
     let data = pattern(32 * 1024, 9);
     {
@@ -547,17 +567,15 @@ async fn bindings_survive_a_restart(kill: bool) {
         got.metadata.get("VMW_VmID").map(String::as_str),
         Some("vm-42")
     );
-    assert_eq!(got.bound_hosts, vec![HOST_A.to_string()]);
-    let all = api.bindings();
-    assert_eq!(all.len(), 1, "{all:?}");
+    let mut hosts = got.bound_hosts.clone();
+    hosts.sort();
+    assert_eq!(hosts, vec![HOST_A.to_string(), HOST_B.to_string()]);
+    let mut all = api.bindings();
+    all.sort_by(|x, y| x.host.cmp(&y.host));
     assert_eq!(
-        (
-            all[0].vvol,
-            all[0].pe_lun,
-            &all[0].secondary_id,
-            &all[0].lun
-        ),
-        (v.id, PE_2, &bnd.secondary_id, &bnd.lun)
+        all,
+        vec![bnd.clone(), bnd_b.clone()],
+        "bindings restored exactly"
     );
     assert_eq!(all[0].pe_naa, bnd.pe_naa, "the PE keeps its NAA");
 
@@ -986,6 +1004,9 @@ fn libiscsi_read10_on_lun0_of_the_vvol_array() {
     let out = run_bounded(c, Duration::from_secs(300));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let ran = text.matches("Test: ").count();
+    if let Some(summary) = text.find("Run Summary") {
+        eprintln!("iscsi-test-cu SCSI.Read10.*: {}", &text[summary..]);
+    }
     assert!(ran >= 5, "too few tests ran ({ran}):\n{text}");
     assert!(!text.contains("[FAILED]"), "{text}");
     assert!(!text.contains("...FAILED"), "{text}");
