@@ -52,3 +52,14 @@ async fn answered_pings_keep_the_connection() {
     assert!(answered >= 2, "expected repeated pings, got {answered}");
     assert_session_works(&mut s, 1).await;
 }
+
+#[tokio::test]
+async fn pings_disabled_keep_idle_connections() {
+    // nop_interval_secs = 0 means "never ping": the pinger has nothing to do, which must not
+    // read as a dead connection.
+    let d = Daemon::start_with("nop_interval_secs = 0");
+    let mut s = login_main(&d).await;
+    expect_silence(&mut s, Duration::from_secs(3)).await;
+    assert_session_works(&mut s, 1).await;
+    assert!(!d.log_text().contains("NOP-In ping unanswered"));
+}

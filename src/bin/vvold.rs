@@ -69,6 +69,9 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_target(false)
         .init();
+    if let Some(Mode::Control(control)) = args.mode {
+        return vvold::control::standalone::main(control);
+    }
 
     let cfg = match &args.config {
         None => Config::lab_default(),

@@ -350,8 +350,13 @@ impl<'a> FullFeature<'a> {
                         None => std::future::pending().await,
                     }
                 } => break Ok(()),
-                // Only a real verdict counts: with pings disabled the pinger ends at once.
-                Ok(_) = dead_rx.wait_for(|d| *d) => {
+                _ = async {
+                    // The pinger drops its sender when it has nothing to do (pings disabled):
+                    // that is not a dead connection.
+                    if dead_rx.wait_for(|d| *d).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => {
                     break Err(ConnError::Protocol("NOP-In ping unanswered"));
                 }
             };

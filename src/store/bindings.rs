@@ -36,15 +36,17 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Only ready VVols: binding one mid-delete would resurrect it for a host.
         vvols::load(&tx, vvol)?;
-        let taken: Option<(String, String)> = tx
+        // Hosts bound to the same VVol through the same PE share its id there; an id must
+        // never name two VVols.
+        let taken: Option<String> = tx
             .query_row(
-                "SELECT vvol, host FROM bindings WHERE pe = ?1 AND secondary = ?2",
+                "SELECT vvol FROM bindings WHERE pe = ?1 AND secondary = ?2 LIMIT 1",
                 params![pe, secondary_sql],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
             .optional()?;
-        if let Some((v, h)) = taken {
-            if v != vvol.to_string() || h != host {
+        if let Some(v) = taken {
+            if v != vvol.to_string() {
                 return Err(StoreError::Exists {
                     what: "binding",
                     id: format!("pe {pe} secondary {secondary}"),
@@ -65,7 +67,7 @@ impl Store {
         );
         match result {
             Ok(_) => {}
-            // Belt and braces for the check above: UNIQUE (pe, secondary).
+            // Belt and braces for the check above: UNIQUE (pe, secondary, host).
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == ErrorCode::ConstraintViolation =>
             {

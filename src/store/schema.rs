@@ -53,7 +53,26 @@ CREATE TABLE pe_counters (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// A VVol bound on a PE has one secondary id there, shared by every host bound to it through
+/// that PE (vMotion). V1's UNIQUE (pe, secondary) refused the second host; an id may only
+/// not name two different VVols, which `save_binding` checks.
+const V2: &str = "
+CREATE TABLE bindings_v2 (
+    vvol TEXT NOT NULL REFERENCES vvols(id),
+    host TEXT NOT NULL,
+    pe INTEGER NOT NULL CHECK (pe BETWEEN 0 AND 65535),
+    secondary INTEGER NOT NULL CHECK (secondary >= 0),
+    state TEXT NOT NULL CHECK (state IN ('active', 'draining')),
+    PRIMARY KEY (vvol, host, pe),
+    UNIQUE (pe, secondary, host)
+);
+INSERT INTO bindings_v2 (vvol, host, pe, secondary, state)
+    SELECT vvol, host, pe, secondary, state FROM bindings;
+DROP TABLE bindings;
+ALTER TABLE bindings_v2 RENAME TO bindings;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -107,4 +126,67 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tracing::info!("migrated the metadata database from version {found} to {SCHEMA_VERSION}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_bindings_survive_the_v2_migration_and_ids_become_shareable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(V1).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (1);
+                 INSERT INTO containers (name, backend, capacity, overcommit_ratio)
+                     VALUES ('lab', 'file', 1024, 1.0);
+                 INSERT INTO vvols (id, container, type, size, block_size, created, state)
+                     VALUES ('v1', 'lab', 'data', 512, 512, 0, 'ready');
+                 INSERT INTO bindings VALUES ('v1', 'esx1', 5, 7, 'active');",
+            )
+            .unwrap();
+            // V1 refuses a second host on the same id.
+            assert!(c
+                .execute(
+                    "INSERT INTO bindings VALUES ('v1', 'esx2', 5, 7, 'active')",
+                    []
+                )
+                .is_err());
+        }
+        let c = open(&path).unwrap();
+        let v: i64 = c
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let (host, secondary): (String, i64) = c
+            .query_row(
+                "SELECT host, secondary FROM bindings WHERE vvol = 'v1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((host.as_str(), secondary), ("esx1", 7));
+        c.execute(
+            "INSERT INTO bindings VALUES ('v1', 'esx2', 5, 7, 'active')",
+            [],
+        )
+        .unwrap();
+        // Still one row per (pe, secondary, host), and foreign keys still hold.
+        assert!(c
+            .execute(
+                "INSERT INTO bindings VALUES ('v1', 'esx2', 5, 7, 'draining')",
+                []
+            )
+            .is_err());
+        assert!(c
+            .execute(
+                "INSERT INTO bindings VALUES ('nope', 'esx3', 5, 8, 'active')",
+                []
+            )
+            .is_err());
+    }
 }

@@ -306,6 +306,9 @@ fn bindings_and_counters() {
     let b = data(&store, GIB).unwrap();
     store.save_binding(a.id, "esx1", 1, 1, false).unwrap();
     store.save_binding(a.id, "esx2", 2, 1, false).unwrap();
+    // vMotion: a second host bound to the same VVol through the same PE shares its id.
+    store.save_binding(a.id, "esx3", 1, 1, false).unwrap();
+    store.remove_binding(a.id, "esx3", 1).unwrap();
     assert!(matches!(
         store.save_binding(b.id, "esx1", 1, 1, false),
         Err(StoreError::Exists {

@@ -120,9 +120,21 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The embedded control API (VVol configurations only); a new port on every start.
+    pub control: Option<SocketAddr>,
     dir: tempfile::TempDir,
     config: PathBuf,
     log: PathBuf,
+    setup: Setup,
+}
+
+/// What configuration a daemon is started with; written anew on every start.
+#[derive(Clone)]
+enum Setup {
+    /// The standard configuration with extra `[iscsi]` lines.
+    Main(String),
+    /// The VVol array: target `T_VVOL` with PEs, containers and the control API.
+    Vvol(VvolOpts),
 }
 
 impl Daemon {
@@ -133,18 +145,45 @@ impl Daemon {
 
     /// The standard configuration with extra lines in its `[iscsi]` table.
     pub fn start_with(iscsi_extra: &str) -> Daemon {
+        Daemon::start_setup(Setup::Main(iscsi_extra.to_string()))
+    }
+
+    /// The VVol array (see [`vvol_config_text`]).
+    pub fn start_vvol(o: VvolOpts) -> Daemon {
+        Daemon::start_setup(Setup::Vvol(o))
+    }
+
+    fn start_setup(setup: Setup) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("vvold.toml");
-        std::fs::write(&config, config_text(iscsi_extra)).expect("write config");
         let mut d = Daemon {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control: None,
             dir,
             config,
             log: PathBuf::new(),
+            setup,
         };
         d.spawn();
         d
+    }
+
+    fn write_config(&mut self) {
+        let text = match &self.setup {
+            Setup::Main(extra) => config_text(extra),
+            Setup::Vvol(o) => {
+                let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                self.control = Some(control);
+                vvol_config_text(o, control)
+            }
+        };
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// The control API's base URL, `http://127.0.0.1:PORT`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.control.expect("a VVol daemon"))
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -164,6 +203,7 @@ impl Daemon {
         for attempt in 0..5 {
             let port = free_port();
             self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+            self.write_config();
             self.log = self.dir.path().join(format!("vvold-{port}.log"));
             let out = File::create(&self.log).expect("log file");
             let err = out.try_clone().expect("log file");
@@ -210,7 +250,9 @@ impl Daemon {
                 self.child = None;
                 return Err(status);
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+            let up =
+                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+            if up(&self.addr) && self.control.as_ref().is_none_or(up) {
                 return Ok(());
             }
             assert!(
@@ -241,22 +283,7 @@ impl Daemon {
     }
 
     fn signal_and_wait(&mut self, sig: i32) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on the PID of a child we spawned and have not yet reaped.
-        unsafe {
-            libc::kill(child.id() as i32, sig);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        signal_and_wait(self.child.take()?, sig)
     }
 
     /// SIGTERM and wait for the exit; the exit status.
@@ -292,6 +319,25 @@ impl Drop for Daemon {
                 self.log_text()
             );
         }
+    }
+}
+
+/// Send `sig` to a child we spawned and wait (bounded) for it to exit; SIGKILL if it does not.
+fn signal_and_wait(mut child: Child, sig: i32) -> Option<ExitStatus> {
+    // SAFETY: kill(2) on the PID of a child we spawned and have not yet reaped.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -388,9 +434,14 @@ pub fn assert_sense(r: &ScsiResult, key: u8, asc: u8, ascq: u8) {
 
 /// The first command of a new session on a LUN sees POWER ON OCCURRED (6/29/00); consume it.
 pub async fn clear_power_on_ua(s: &mut Session, l: u16) {
-    let r = cmd(s, l, &test_unit_ready(), None, 0).await;
+    clear_power_on_ua_at(s, lun(l)).await
+}
+
+/// `clear_power_on_ua` on any 8-byte LUN; afterwards the LU has nothing pending (GOOD).
+pub async fn clear_power_on_ua_at(s: &mut Session, l: Lun) {
+    let r = cmd_lun(s, l, &test_unit_ready(), None, 0).await;
     assert_sense(&r, 0x06, 0x29, 0x00);
-    let r = cmd(s, l, &test_unit_ready(), None, 0).await;
+    let r = cmd_lun(s, l, &test_unit_ready(), None, 0).await;
     assert_good(&r);
 }
 
@@ -479,7 +530,12 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
 
 /// Write `data` at `lba` (WRITE(16)) and check GOOD.
 pub async fn write_blocks(s: &mut Session, l: u16, lba: u64, block: usize, data: &[u8]) {
-    let r = cmd(
+    write_blocks_at(s, lun(l), lba, block, data).await
+}
+
+/// `write_blocks` on any 8-byte LUN (a two-level VVol LUN, say).
+pub async fn write_blocks_at(s: &mut Session, l: Lun, lba: u64, block: usize, data: &[u8]) {
+    let r = cmd_lun(
         s,
         l,
         &write16(lba, (data.len() / block) as u32),
@@ -492,8 +548,19 @@ pub async fn write_blocks(s: &mut Session, l: u16, lba: u64, block: usize, data:
 
 /// Read `blocks` at `lba` (READ(16)), check GOOD and return the data.
 pub async fn read_blocks(s: &mut Session, l: u16, lba: u64, block: usize, blocks: u32) -> Vec<u8> {
+    read_blocks_at(s, lun(l), lba, block, blocks).await
+}
+
+/// `read_blocks` on any 8-byte LUN.
+pub async fn read_blocks_at(
+    s: &mut Session,
+    l: Lun,
+    lba: u64,
+    block: usize,
+    blocks: u32,
+) -> Vec<u8> {
     let len = block * blocks as usize;
-    let r = cmd(s, l, &read16(lba, blocks), None, len as u32).await;
+    let r = cmd_lun(s, l, &read16(lba, blocks), None, len as u32).await;
     assert_good(&r);
     assert_eq!(r.data.len(), len, "read length");
     r.data
@@ -636,5 +703,368 @@ pub fn wait_for_log(d: &Daemon, needle: &str) {
             d.log_text()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- the VVol array ----
+
+/// The VVol array's target: LUN 0 (a file LU) and two Protocol Endpoints.
+pub const T_VVOL: &str = "iqn.2026-11.io.vvold.test:vvol";
+/// Two ESXi hosts, and the control initiator (the standalone control service's identity).
+pub const HOST_A: &str = "iqn.2026-11.io.vvold.test:host-a";
+pub const HOST_B: &str = "iqn.2026-11.io.vvold.test:host-b";
+pub const CONTROL_IQN: &str = "iqn.2026-11.io.vvold.test:control";
+pub const PE_1: u16 = 254;
+pub const PE_2: u16 = 255;
+/// Containers: sparse files under the data directory, and memory.
+pub const C_FILE: &str = "files";
+pub const C_RAM: &str = "mem";
+pub const VVOL_LUN0_BYTES: u64 = 64 << 20;
+/// A bearer token long enough for the config check (16+ characters).
+pub const API_TOKEN: &str = "integration-test-token-0001";
+
+/// Variants of the VVol array.
+#[derive(Debug, Clone, Default)]
+pub struct VvolOpts {
+    /// `[control] token`.
+    pub token: Option<String>,
+    /// CHAP (user, secret) the target requires.
+    pub chap: Option<(String, String)>,
+}
+
+/// The VVol array's configuration, its control API on `control`.
+pub fn vvol_config_text(o: &VvolOpts, control: SocketAddr) -> String {
+    let chap = o
+        .chap
+        .as_ref()
+        .map(|(u, p)| format!("chap = {{ user = \"{u}\", secret = \"{p}\" }}"))
+        .unwrap_or_default();
+    let token = o
+        .token
+        .as_ref()
+        .map(|t| format!("token = \"{t}\""))
+        .unwrap_or_default();
+    format!(
+        r#"
+listen = ["127.0.0.1:1"]
+
+[iscsi]
+# Sessions in these tests sit idle while the test talks HTTP; no pings to answer.
+nop_interval_secs = 0
+
+[[target]]
+name = "{T_VVOL}"
+{chap}
+
+[[target.lun]]
+id = 0
+backend = "file"
+path = "lun0.img"
+size = "{VVOL_LUN0_BYTES}"
+
+[[target.pe]]
+id = {PE_1}
+
+[[target.pe]]
+id = {PE_2}
+
+[[container]]
+name = "{C_FILE}"
+backend = "file"
+capacity = "8GiB"
+
+[[container]]
+name = "{C_RAM}"
+backend = "ram"
+capacity = "1GiB"
+
+[control]
+listen = "{control}"
+initiators = ["{CONTROL_IQN}"]
+{token}
+"#
+    )
+}
+
+/// An HTTP answer: status and the JSON body (Null when empty).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    /// Deserialize the body after checking the status.
+    pub fn expect<T: serde::de::DeserializeOwned>(self, status: u16) -> T {
+        assert_eq!(self.status, status, "HTTP status; body {}", self.body);
+        serde_json::from_value(self.body.clone())
+            .unwrap_or_else(|e| panic!("body {} does not parse: {e}", self.body))
+    }
+
+    /// Assert an error status whose body is `{"error": "<non-empty>"}`; the message.
+    pub fn expect_error(self, status: u16) -> String {
+        assert_eq!(self.status, status, "HTTP status; body {}", self.body);
+        let msg = self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no JSON error in {}", self.body))
+            .to_string();
+        assert!(!msg.is_empty(), "empty error message");
+        msg
+    }
+}
+
+/// A client of a control API (the embedded one, or a standalone service).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(base: String) -> Api {
+        Api { base, token: None }
+    }
+
+    pub fn of(d: &Daemon) -> Api {
+        Api::new(d.api_url())
+    }
+
+    pub fn with_token(mut self, t: &str) -> Api {
+        self.token = Some(t.to_string());
+        self
+    }
+
+    /// One request with a raw body (sent as application/json); any status is returned.
+    pub fn raw(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let agent = ureq::AgentBuilder::new().timeout(IO_TIMEOUT * 4).build();
+        let mut req = agent.request(method, &format!("{}/api/v1{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let resp = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let r = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = r.status();
+        let text = r.into_string().expect("read the body");
+        let body = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: body {text:?} is not JSON: {e}"))
+        };
+        Reply { status, body }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.raw("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: serde_json::Value) -> Reply {
+        self.raw("POST", path, Some(&body.to_string()))
+    }
+
+    pub fn put(&self, path: &str, body: serde_json::Value) -> Reply {
+        self.raw("PUT", path, Some(&body.to_string()))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.raw("DELETE", path, None)
+    }
+
+    pub fn pes(&self) -> Vec<vvold::control::model::PeInfo> {
+        self.get("/pes").expect(200)
+    }
+
+    /// Create a VVol of `size` bytes in `container`.
+    pub fn create_vvol(&self, container: &str, size: u64) -> vvold::control::model::VvolInfo {
+        self.post(
+            "/vvols",
+            serde_json::json!({ "container": container, "size": size, "type": "data" }),
+        )
+        .expect(201)
+    }
+
+    pub fn vvol(&self, id: uuid::Uuid) -> vvold::control::model::VvolInfo {
+        self.get(&format!("/vvols/{id}")).expect(200)
+    }
+
+    /// Bind (on `pe`, or where the array chooses); 200 and the binding.
+    pub fn bind(
+        &self,
+        vvol: uuid::Uuid,
+        host: &str,
+        pe: Option<u16>,
+    ) -> vvold::control::model::BindingInfo {
+        self.try_bind(vvol, host, pe).expect(200)
+    }
+
+    pub fn try_bind(&self, vvol: uuid::Uuid, host: &str, pe: Option<u16>) -> Reply {
+        self.post(
+            "/bind",
+            serde_json::json!({ "vvol": vvol, "host": host, "pe": pe }),
+        )
+    }
+
+    /// Unbind; 200 and the bindings removed.
+    pub fn unbind(&self, vvol: uuid::Uuid, host: &str) -> Vec<vvold::control::model::BindingInfo> {
+        self.post("/unbind", serde_json::json!({ "vvol": vvol, "host": host }))
+            .expect(200)
+    }
+
+    pub fn bindings(&self) -> Vec<vvold::control::model::BindingInfo> {
+        self.get("/bindings").expect(200)
+    }
+}
+
+/// Login options of a host on `T_VVOL`.
+pub fn host_opts(host: &str) -> LoginOptions {
+    LoginOptions::new(host, Some(T_VVOL))
+}
+
+/// Every first-level LU of `T_VVOL`: LUN 0 and the PEs.
+pub const VVOL_TOP_LUNS: [u16; 3] = [0, PE_1, PE_2];
+
+/// A session on `T_VVOL` as `host` (options `o`) with the power-on UNIT ATTENTION of LUN 0
+/// and of both PEs consumed.
+pub async fn login_host_with(d: &Daemon, o: &LoginOptions) -> Session {
+    let mut s = login_with(d, o).await;
+    for l in VVOL_TOP_LUNS {
+        clear_power_on_ua(&mut s, l).await;
+    }
+    s
+}
+
+pub async fn login_host(d: &Daemon, host: &str) -> Session {
+    login_host_with(d, &host_opts(host)).await
+}
+
+/// REPORT LUNS with SELECT REPORT `select`.
+pub fn report_luns_select(select: u8, alloc: u32) -> [u8; 12] {
+    let mut c = report_luns(alloc);
+    c[2] = select;
+    c
+}
+
+/// The LUN list of GOOD REPORT LUNS data (checking the LUN LIST LENGTH).
+pub fn lun_list(r: &ScsiResult) -> Vec<[u8; 8]> {
+    assert_good(r);
+    let len = u32::from_be_bytes(r.data[..4].try_into().unwrap()) as usize;
+    assert_eq!(r.data.len(), 8 + len, "REPORT LUNS length");
+    r.data[8..]
+        .chunks(8)
+        .map(|c| c.try_into().unwrap())
+        .collect()
+}
+
+/// REPORT LUNS (SELECT REPORT `select`) at `at`: the LUN list.
+pub async fn report_luns_at(s: &mut Session, at: Lun, select: u8) -> Vec<[u8; 8]> {
+    let r = cmd_lun(s, at, &report_luns_select(select, 4096), None, 4096).await;
+    lun_list(&r)
+}
+
+/// The two-level LUN a binding is addressed by, checked against everything the API says
+/// about it: `secondary_id` is `0xe2` + 10 hex digits, `lun` is PE ‖ that element.
+pub fn binding_lun(b: &vvold::control::model::BindingInfo) -> Lun {
+    use vvold::vvol::address::{secondary_lun, SecondaryId};
+    assert!(
+        b.secondary_id.starts_with("0xe2") && b.secondary_id.len() == 14,
+        "secondary id {}",
+        b.secondary_id
+    );
+    let id = SecondaryId::parse_vasa(&b.secondary_id)
+        .unwrap_or_else(|| panic!("secondary id {} does not parse", b.secondary_id));
+    let l = secondary_lun(b.pe_lun, id);
+    let hex: String = l.to_bytes().iter().map(|x| format!("{x:02x}")).collect();
+    assert_eq!(b.lun, hex, "the binding's LUN field");
+    l
+}
+
+/// A block of 512 bytes whose content is `index` (as 4-byte big-endian words).
+pub fn index_block(index: u32) -> Vec<u8> {
+    index.to_be_bytes().repeat(128)
+}
+
+/// `vvold control`: the standalone control service, stopped by PID when dropped.
+pub struct ControlService {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlService {
+    /// Start it in front of `d`, binding in-band as `initiator`; `chap` goes into the
+    /// `--target` URL as `USER%SECRET@`.
+    pub fn start(d: &Daemon, initiator: &str, chap: Option<(&str, &str)>) -> ControlService {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let auth = chap.map(|(u, p)| format!("{u}%{p}@")).unwrap_or_default();
+        let target = format!("iscsi://{auth}{}/{T_VVOL}", d.addr);
+        for _ in 0..5 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let log = dir.path().join(format!("control-{}.log", addr.port()));
+            let out = File::create(&log).expect("log file");
+            let err = out.try_clone().expect("log file");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_vvold"))
+                .env("NO_COLOR", "1")
+                .env_remove("VVOLD_TOKEN")
+                .env_remove("VVOLD_ARRAY_TOKEN")
+                .args(["--log-level", "debug", "control", "--target", &target])
+                .args(["--array", &d.api_url(), "--listen", &addr.to_string()])
+                .args(["--initiator-name", initiator])
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn vvold control");
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Some(status) = child.try_wait().expect("try_wait") {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("cannot listen") {
+                        break;
+                    }
+                    panic!("vvold control exited ({status}):\n{text}");
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return ControlService {
+                        child: Some(child),
+                        addr,
+                        log,
+                        _dir: dir,
+                    };
+                }
+                if Instant::now() > deadline {
+                    signal_and_wait(child, libc::SIGKILL);
+                    panic!("vvold control did not listen within {START_TIMEOUT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("vvold control could not find a free port");
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(format!("http://{}", self.addr))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControlService {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.take() {
+            signal_and_wait(c, libc::SIGTERM);
+        }
+        if std::thread::panicking() {
+            eprintln!("---- vvold control log ----\n{}", self.log_text());
+        }
     }
 }
