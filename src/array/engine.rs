@@ -374,6 +374,7 @@ impl Engine {
             num_blocks: v.size / v.block_size as u64,
             read_only: false,
             relative_port: 1,
+            port_group: Default::default(),
             // A VVol is a subsidiary LU of the conglomerate its PE administers.
             conglomerate: true,
             administrative: false,

@@ -160,6 +160,7 @@ fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConf
         num_blocks: PE_SIZE / 512,
         read_only: true,
         relative_port: 1,
+        port_group: Default::default(),
         conglomerate: true,
         administrative: true,
     };
@@ -248,6 +249,7 @@ fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64) -> DiskIdent
         num_blocks: size / l.block_size as u64,
         read_only: l.read_only,
         relative_port: 1,
+        port_group: Default::default(),
         // Ordinary LUs; Protocol Endpoints are built by the vvol layer.
         conglomerate: false,
         administrative: false,

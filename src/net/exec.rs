@@ -369,6 +369,7 @@ impl ConnCtx {
                 // COPY TARGET DEVICE NOT REACHABLE
                 return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0D, 0x02));
             };
+            scsi::xcopy::check_segment(seg, src.disk.identity(), dst.disk.identity())?;
             let _w = dst.write_lock.read().await;
             let mut done = 0;
             while done < seg.len {

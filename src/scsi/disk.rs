@@ -34,6 +34,8 @@ pub struct DiskIdentity {
     pub read_only: bool,
     /// Relative target port identifier reported in VPD page 83h.
     pub relative_port: u16,
+    /// The target port group (implicit ALUA) that port belongs to.
+    pub port_group: super::alua::PortGroup,
     /// Member of a logical unit conglomerate (a Protocol Endpoint, or a VVol behind one):
     /// standard INQUIRY LU_CONG = 1 and VPD 86h LU_COLL_TYPE = 001b.
     pub conglomerate: bool,
@@ -74,6 +76,7 @@ pub struct DiskLu {
     identity: DiskIdentity,
     state: Mutex<LuState>,
     unit_attentions: super::unit_attention::UnitAttentions,
+    copy_results: super::copy_results::CopyResults,
     /// Mirrors of mode page bits the hot path needs without taking the state lock.
     swp: AtomicBool,
     d_sense: AtomicBool,
@@ -85,6 +88,7 @@ impl DiskLu {
             identity,
             state: Mutex::new(LuState::default()),
             unit_attentions: Default::default(),
+            copy_results: Default::default(),
             swp: AtomicBool::new(false),
             d_sense: AtomicBool::new(false),
         }
@@ -197,6 +201,14 @@ impl DiskLu {
             // The transport owns the LUN inventory and answers REPORT LUNS before asking the
             // LU; an LU asked directly can only vouch for a valid CDB and an empty inventory.
             ReportLuns => Plan::Respond(report_luns::report_luns(cdb.bytes(), &[])),
+            ExtendedCopy => match cdb.be32(10) {
+                0 => Plan::Respond(Response::good_empty()),
+                len => Plan::Parameters { len },
+            },
+            ReceiveCopyResults => self.respond(self.copy_results.receive(nexus, cdb)),
+            ReportTargetPortGroups => {
+                self.respond(super::alua::report_target_port_groups(id, cdb))
+            }
             _ => rw::plan(id, command, cdb, self.write_protect())?,
         })
     }
@@ -233,7 +245,28 @@ impl DiskLu {
 
     /// Finishes a [`Plan::Parameters`] command (MODE SELECT) once its data has arrived.
     pub fn apply_parameters(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Plan {
+        if cdb.first() == Some(&0x83) {
+            return self.extended_copy(nexus, cdb, data);
+        }
         Plan::Respond(self.mode_select(nexus, cdb, data))
+    }
+
+    /// EXTENDED COPY once its parameter list has arrived: a copy plan for the transport.
+    fn extended_copy(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Plan {
+        if let Err(sense) = opcodes::decode(cdb) {
+            return Plan::Respond(self.sense_response(sense));
+        }
+        match super::xcopy::parse(data) {
+            Ok(req) => {
+                self.copy_results
+                    .started(nexus, req.list_id, req.retain, req.segments.len());
+                Plan::Copy {
+                    list_id: req.list_id,
+                    segments: req.segments,
+                }
+            }
+            Err(sense) => Plan::Respond(self.sense_response(sense)),
+        }
     }
 
     #[cfg(test)]
@@ -280,7 +313,8 @@ impl DiskLu {
         list_id: u8,
         result: Result<u64, Sense>,
     ) -> Response {
-        let _ = (nexus, list_id);
+        let record = result.as_ref().map(|&bytes| bytes).map_err(|_| ());
+        self.copy_results.finished(nexus, list_id, record);
         match result {
             Ok(_) => Response::good_empty(),
             Err(sense) => self.sense_response(sense),
@@ -326,6 +360,7 @@ impl DiskLu {
     pub fn nexus_removed(&self, nexus: NexusId) {
         self.unit_attentions.remove_nexus(nexus);
         self.state().prevent.remove(&nexus);
+        self.copy_results.nexus_removed(nexus);
     }
 
     /// Applies a reset's side effects: PREVENT state cleared, mode pages back to defaults
@@ -390,6 +425,7 @@ pub(crate) mod tests {
             num_blocks: 2048,
             read_only: false,
             relative_port: 3,
+            port_group: Default::default(),
             conglomerate: false,
             administrative: false,
         }
