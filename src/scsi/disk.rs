@@ -206,9 +206,7 @@ impl DiskLu {
                 len => Plan::Parameters { len },
             },
             ReceiveCopyResults => self.respond(self.copy_results.receive(nexus, cdb)),
-            ReportTargetPortGroups => {
-                self.respond(super::alua::report_target_port_groups(id, cdb))
-            }
+            ReportTargetPortGroups => self.respond(super::alua::report_target_port_groups(id, cdb)),
             _ => rw::plan(id, command, cdb, self.write_protect())?,
         })
     }

@@ -20,8 +20,8 @@ mod unit_attention;
 mod vpd;
 pub mod xcopy;
 
-use bytes::Bytes;
 pub use alua::{AluaState, PortGroup};
+use bytes::Bytes;
 pub use disk::{compare_result, DiskIdentity, DiskLu, ResetKind};
 pub use lun::Lun;
 pub use report_luns::{report_luns, unsupported_lun_response};

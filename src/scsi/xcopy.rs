@@ -161,7 +161,11 @@ fn parse_segments(list: &[u8], base: usize, cscds: &[Cscd]) -> Result<Vec<CopySe
 /// whole blocks on both sides, inside both devices, and a writable, non-administrative
 /// destination. Block lengths from the CSCDs are not carried in the plan, so alignment to
 /// each LU's own block size is what catches a CSCD that lied about it.
-pub fn check_segment(seg: &CopySegment, src: &DiskIdentity, dst: &DiskIdentity) -> Result<(), Sense> {
+pub fn check_segment(
+    seg: &CopySegment,
+    src: &DiskIdentity,
+    dst: &DiskIdentity,
+) -> Result<(), Sense> {
     let fits = |id: &DiskIdentity, offset: u64| {
         let bs = u64::from(id.block_size.max(1));
         !id.administrative
@@ -187,7 +191,11 @@ pub(crate) fn third_party_copy_page() -> Vec<u8> {
     let mut d = Vec::new();
     // Supported Commands (0001h): EXTENDED COPY 00h; RECEIVE COPY RESULTS 00h and 03h.
     let commands = [0x83, 1, 0x00, 0x84, 2, 0x00, 0x03];
-    push_descriptor(&mut d, 0x0001, &[&[commands.len() as u8][..], &commands].concat());
+    push_descriptor(
+        &mut d,
+        0x0001,
+        &[&[commands.len() as u8][..], &commands].concat(),
+    );
     // Supported Descriptors (0004h).
     let list = IMPLEMENTED_DESCRIPTORS;
     push_descriptor(&mut d, 0x0004, &[&[list.len() as u8][..], &list].concat());
@@ -332,7 +340,10 @@ pub(crate) mod tests {
         };
         assert!(check_segment(&seg(0, 1024 * 512, 1024 * 512), &id, &id).is_ok());
         let beyond = seg(0, 2047 * 512, 1024 * 512);
-        assert_eq!(check_segment(&beyond, &id, &id), Err(COPY_TARGET_NOT_REACHABLE));
+        assert_eq!(
+            check_segment(&beyond, &id, &id),
+            Err(COPY_TARGET_NOT_REACHABLE)
+        );
         assert!(check_segment(&seg(1, 512, 512), &id, &id).is_err());
         let ro = DiskIdentity {
             read_only: true,
