@@ -203,6 +203,10 @@ impl DiskLu {
             ReportLuns => Plan::Respond(report_luns::report_luns(cdb.bytes(), &[])),
             ExtendedCopy => match cdb.be32(10) {
                 0 => Plan::Respond(Response::good_empty()),
+                // Refused before any Data-Out is buffered: a real list is a few KiB at most.
+                len if len > super::xcopy::MAX_PARAMETER_LIST_LENGTH => {
+                    return Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
+                }
                 len => Plan::Parameters { len },
             },
             ReceiveCopyResults => self.respond(self.copy_results.receive(nexus, cdb)),
@@ -663,6 +667,50 @@ pub(crate) mod tests {
                 let _ = lu.apply_parameters_response(A, &cdb, &cdb);
             }
         }
+    }
+
+    #[test]
+    fn extended_copy_plans_and_records_per_nexus() {
+        use crate::scsi::xcopy::tests::{b2b, cscd, list};
+        let lu = DiskLu::new(identity());
+        let mut xcopy = [0u8; 16];
+        xcopy[0] = 0x83;
+        assert_eq!(respond(lu.plan(A, &xcopy)).status, Status::Good);
+        xcopy[10..14].copy_from_slice(&(1u32 << 20).to_be_bytes());
+        assert_eq!(sense_of(&respond(lu.plan(A, &xcopy))), (5, 0x1A, 0));
+        let data = list(5, 0, &[cscd(&identity().naa, 512)], &[b2b(0, 0, 4, 0, 8)]);
+        xcopy[10..14].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        assert_eq!(lu.plan(A, &xcopy), Plan::Parameters { len: 76 });
+        let Plan::Copy { list_id, segments } = lu.apply_parameters(A, &xcopy, &data) else {
+            panic!("expected a copy plan");
+        };
+        assert_eq!((list_id, segments[0].destination_offset), (5, 4096));
+        let status = |n| {
+            let mut c = [0u8; 16];
+            c[0] = 0x84;
+            c[2] = 5;
+            c[13] = 64;
+            respond(lu.plan(n, &c))
+        };
+        assert_eq!(status(A).data[4], 0x00, "in progress");
+        assert_eq!(lu.copy_finished(A, 5, Ok(2048)).status, Status::Good);
+        assert_eq!(&status(A).data[4..12], &[1, 0, 1, 0, 0, 0, 8, 0]);
+        assert_eq!(sense_of(&status(B)), (5, 0x24, 0));
+        let r = lu.copy_finished(A, 5, Err(crate::scsi::xcopy::COPY_TARGET_NOT_REACHABLE));
+        assert_eq!(sense_of(&r), (0x0A, 0x0D, 0x02));
+        assert_eq!(status(A).data[4], 0x02);
+    }
+
+    #[test]
+    fn alua_is_reported_in_inquiry_and_rtpg() {
+        let lu = DiskLu::new(identity());
+        let inq = respond(lu.plan(A, &[0x12, 0, 0, 0, 96, 0]));
+        assert_eq!(inq.data[5], 0x18, "TPGS=01b, 3PC");
+        let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
+        let r = respond(lu.plan(A, &rtpg));
+        assert_eq!(&r.data[..8], &[0, 0, 0, 12, 0, 3, 0, 1]);
+        let set = [0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
+        assert_eq!(sense_of(&respond(lu.plan(A, &set))), (5, 0x20, 0));
     }
 
     #[test]

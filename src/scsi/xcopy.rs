@@ -14,6 +14,9 @@ pub(crate) const MAX_CSCD_DESCRIPTORS: u16 = 8;
 pub(crate) const MAX_SEGMENT_DESCRIPTORS: u16 = 64;
 /// Bytes of CSCD plus segment descriptors; also bounds the parameter list we accept.
 pub(crate) const MAX_DESCRIPTOR_LIST_LENGTH: u32 = 4096;
+/// Largest parameter list we receive: the descriptor lists plus the header, with room for
+/// initiators that pad; anything larger is refused before its data is read.
+pub(crate) const MAX_PARAMETER_LIST_LENGTH: u32 = 64 << 10;
 /// NUMBER OF BLOCKS is 16 bits, so a segment never exceeds 65535 blocks; this is the byte limit
 /// for the largest (4 KiB) block size.
 pub(crate) const MAX_SEGMENT_BYTES: u32 = 0xFFFF * 4096;
