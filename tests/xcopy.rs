@@ -52,9 +52,6 @@ fn xcopy(list_id: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> ([u8; 16], Vec<u8>
 async fn copies_between_luns_and_reports_status() {
     let d = Daemon::start();
     let mut s = login_main(&d).await;
-    for l in [LUN_FILE, LUN_RAM] {
-        clear_power_on_ua(&mut s, l).await;
-    }
     let (file, ram) = (naa(&mut s, LUN_FILE).await, naa(&mut s, LUN_RAM).await);
     let data = pattern(3 << 20, 7);
     write_blocks(&mut s, LUN_FILE, 100, 512, &data).await;
@@ -90,7 +87,11 @@ async fn copies_between_luns_and_reports_status() {
 
     // Past the end of the destination: COPY ABORTED, and nothing is written.
     let end = LUN_BYTES / 512;
-    let (cdb, list) = xcopy(11, &[cscd(&file), cscd(&ram)], &[b2b(0, 1, 2, 100, end - 1)]);
+    let (cdb, list) = xcopy(
+        11,
+        &[cscd(&file), cscd(&ram)],
+        &[b2b(0, 1, 2, 100, end - 1)],
+    );
     let r = cmd(&mut s, LUN_RAM, &cdb, Some(&list), 0).await;
     assert_sense(&r, 0x0A, 0x0D, 0x02);
 }
@@ -99,7 +100,6 @@ async fn copies_between_luns_and_reports_status() {
 async fn report_target_port_groups_default_group() {
     let d = Daemon::start();
     let mut s = login_main(&d).await;
-    clear_power_on_ua(&mut s, LUN_FILE).await;
     let r = cmd(
         &mut s,
         LUN_FILE,
