@@ -70,6 +70,7 @@ fn cdb_plan(c: &mut Criterion) {
         num_blocks: 1 << 23,
         read_only: false,
         relative_port: 1,
+        port_group: Default::default(),
         conglomerate: false,
         administrative: false,
     });

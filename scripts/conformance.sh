@@ -54,6 +54,8 @@ FAMILIES=(
   "SCSI.Write10.*|0" "SCSI.Write12.*|0" "SCSI.Write16.*|0"
   "SCSI.WriteVerify10.*|0" "SCSI.WriteVerify12.*|0" "SCSI.WriteVerify16.*|0"
   "SCSI.Read10.*|2" "SCSI.Write10.*|2"
+  "SCSI.ExtendedCopy.*|0" "SCSI.ReceiveCopyResults.*|0"
+  "SCSI.ExtendedCopy.*|2" "SCSI.ReceiveCopyResults.*|2"
 )
 total_pass=0; total_fail=0; total_skip=0
 printf '%-34s %4s %7s %7s %7s\n' family lun passed failed skipped

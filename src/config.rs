@@ -199,6 +199,50 @@ pub struct TargetConfig {
     pub luns: Vec<LunConfig>,
     #[serde(default, rename = "pe")]
     pub pes: Vec<PeConfig>,
+    /// ALUA target port groups (implicit ALUA). Every portal of a target shares one iSCSI
+    /// target portal group tag, i.e. is one SCSI target port, so at most one group is
+    /// accepted; absent, the target is group 1, active/optimized, on every portal.
+    #[serde(default)]
+    pub port_groups: Vec<PortGroupConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortGroupConfig {
+    pub id: u16,
+    #[serde(default)]
+    pub state: AluaStateConfig,
+    /// Portals (ADDRESS:PORT, each one of `listen`) in the group; empty means all of them.
+    #[serde(default)]
+    pub portals: Vec<String>,
+}
+
+/// Only the two active states: ESXi handles standby paths badly, and with a single group a
+/// non-active state would leave the LU with no usable path.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AluaStateConfig {
+    #[default]
+    ActiveOptimized,
+    ActiveNonOptimized,
+}
+
+impl TargetConfig {
+    /// The ALUA port group this target's LUs report.
+    pub fn port_group(&self) -> crate::scsi::PortGroup {
+        match self.port_groups.first() {
+            None => crate::scsi::PortGroup::default(),
+            Some(g) => crate::scsi::PortGroup {
+                id: g.id,
+                state: match g.state {
+                    AluaStateConfig::ActiveOptimized => crate::scsi::AluaState::ActiveOptimized,
+                    AluaStateConfig::ActiveNonOptimized => {
+                        crate::scsi::AluaState::ActiveNonOptimized
+                    }
+                },
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -333,6 +377,7 @@ impl Config {
                     chap_ok(&format!("{key}.{which}"), c)?;
                 }
             }
+            self.validate_port_groups(&key, target)?;
             let mut ids = std::collections::HashSet::new();
             for (l, lun) in target.luns.iter().enumerate() {
                 let key = format!("{key}.lun[{l}]");
@@ -375,7 +420,53 @@ impl Config {
         if let Some(c) = &i.discovery_chap {
             chap_ok("iscsi.discovery_chap", c)?;
         }
+        // A VVol LU is shared by every PE it is bound through, so it can report only one
+        // port group: every target with PEs must agree on it.
+        let mut pe_groups = self.targets.iter().filter(|t| !t.pes.is_empty());
+        if let Some(first) = pe_groups.next() {
+            if let Some(t) = pe_groups.find(|t| t.port_group() != first.port_group()) {
+                return Err(err(
+                    format!("target '{}'.port_groups", t.name),
+                    "targets with Protocol Endpoints must share one port group id and state",
+                ));
+            }
+        }
         self.validate_vvol_parts()
+    }
+
+    fn validate_port_groups(&self, key: &str, target: &TargetConfig) -> Result<(), ConfigError> {
+        if target.port_groups.len() > 1 {
+            return Err(err(
+                format!("{key}.port_groups"),
+                "at most one port group: all portals share one target portal group tag, so \
+                 they are one SCSI target port",
+            ));
+        }
+        let listen = self.listen_addrs()?;
+        for (g, group) in target.port_groups.iter().enumerate() {
+            let key = format!("{key}.port_groups[{g}]");
+            if group.id == 0 {
+                return Err(err(format!("{key}.id"), "must be 1..65535"));
+            }
+            for (p, portal) in group.portals.iter().enumerate() {
+                let known = portal
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| listen.contains(&a));
+                if !known {
+                    return Err(err(
+                        format!("{key}.portals[{p}]"),
+                        format!("'{portal}' is not one of the listen portals"),
+                    ));
+                }
+            }
+            if !group.portals.is_empty() && group.portals.len() != listen.len() {
+                return Err(err(
+                    format!("{key}.portals"),
+                    "the only port group must hold every listen portal",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_vvol_parts(&self) -> Result<(), ConfigError> {
@@ -652,5 +743,44 @@ mod tests {
     fn file_backend_needs_path() {
         let t = LAB_DEFAULT.replace("path = \"lab-lun0.img\"\n", "");
         assert_eq!(Config::parse(&t).unwrap_err().key, "target[0].lun[0].path");
+    }
+
+    #[test]
+    fn port_groups_default_parse_and_validate() {
+        let cfg = Config::lab_default();
+        assert_eq!(
+            cfg.targets[0].port_group(),
+            crate::scsi::PortGroup::default()
+        );
+        let with = |groups: &str| {
+            LAB_DEFAULT.replace(
+                "alias = \"vvold lab array\"",
+                &format!("alias = \"vvold lab array\"\nport_groups = {groups}"),
+            )
+        };
+        let cfg = Config::parse(&with(
+            r#"[{ id = 7, state = "active-non-optimized", portals = ["127.0.0.1:3260"] }]"#,
+        ))
+        .unwrap();
+        let g = cfg.targets[0].port_group();
+        assert_eq!(
+            (g.id, g.state),
+            (7, crate::scsi::AluaState::ActiveNonOptimized)
+        );
+        for (groups, key) in [
+            ("[{ id = 0 }]", "target[0].port_groups[0].id"),
+            ("[{ id = 1 }, { id = 2 }]", "target[0].port_groups"),
+            (
+                r#"[{ id = 1, portals = ["10.0.0.1:3260"] }]"#,
+                "target[0].port_groups[0].portals[0]",
+            ),
+        ] {
+            assert_eq!(
+                Config::parse(&with(groups)).unwrap_err().key,
+                key,
+                "{groups}"
+            );
+        }
+        assert!(Config::parse(&with(r#"[{ id = 1, state = "standby" }]"#)).is_err());
     }
 }

@@ -127,7 +127,8 @@ fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Targ
             lun: l.id,
             source,
         })?;
-        let identity = identity(array_id, &t.name, l, device.size());
+        let mut identity = identity(array_id, &t.name, l, device.size());
+        identity.port_group = t.port_group();
         luns.insert(
             l.id,
             Arc::new(LogicalUnit::new(
@@ -160,6 +161,7 @@ fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConf
         num_blocks: PE_SIZE / 512,
         read_only: true,
         relative_port: 1,
+        port_group: t.port_group(),
         conglomerate: true,
         administrative: true,
     };
@@ -248,6 +250,7 @@ fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64) -> DiskIdent
         num_blocks: size / l.block_size as u64,
         read_only: l.read_only,
         relative_port: 1,
+        port_group: Default::default(),
         // Ordinary LUs; Protocol Endpoints are built by the vvol layer.
         conglomerate: false,
         administrative: false,

@@ -369,17 +369,24 @@ impl ConnCtx {
                 // COPY TARGET DEVICE NOT REACHABLE
                 return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0D, 0x02));
             };
+            scsi::xcopy::check_segment(seg, src.disk.identity(), dst.disk.identity())?;
             let _w = dst.write_lock.read().await;
+            // Within one LU with the destination overlapping the source from above, copy from
+            // the end so no chunk is overwritten before it has been read.
+            let backwards = seg.source == seg.destination
+                && seg.destination_offset > seg.source_offset
+                && seg.destination_offset < seg.source_offset + seg.len;
             let mut done = 0;
             while done < seg.len {
                 let n = (seg.len - done).min(CHUNK);
+                let at = if backwards { seg.len - done - n } else { done };
                 let buf = src
                     .device
-                    .read(seg.source_offset + done, BytesMut::zeroed(n as usize))
+                    .read(seg.source_offset + at, BytesMut::zeroed(n as usize))
                     .await
                     .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x11, 0x00))?;
                 dst.device
-                    .write(seg.destination_offset + done, buf.freeze(), false)
+                    .write(seg.destination_offset + at, buf.freeze(), false)
                     .await
                     .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0C, 0x00))?;
                 done += n;

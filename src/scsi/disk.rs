@@ -34,6 +34,8 @@ pub struct DiskIdentity {
     pub read_only: bool,
     /// Relative target port identifier reported in VPD page 83h.
     pub relative_port: u16,
+    /// The target port group (implicit ALUA) that port belongs to.
+    pub port_group: super::alua::PortGroup,
     /// Member of a logical unit conglomerate (a Protocol Endpoint, or a VVol behind one):
     /// standard INQUIRY LU_CONG = 1 and VPD 86h LU_COLL_TYPE = 001b.
     pub conglomerate: bool,
@@ -74,6 +76,7 @@ pub struct DiskLu {
     identity: DiskIdentity,
     state: Mutex<LuState>,
     unit_attentions: super::unit_attention::UnitAttentions,
+    copy_results: super::copy_results::CopyResults,
     /// Mirrors of mode page bits the hot path needs without taking the state lock.
     swp: AtomicBool,
     d_sense: AtomicBool,
@@ -85,6 +88,7 @@ impl DiskLu {
             identity,
             state: Mutex::new(LuState::default()),
             unit_attentions: Default::default(),
+            copy_results: Default::default(),
             swp: AtomicBool::new(false),
             d_sense: AtomicBool::new(false),
         }
@@ -197,6 +201,16 @@ impl DiskLu {
             // The transport owns the LUN inventory and answers REPORT LUNS before asking the
             // LU; an LU asked directly can only vouch for a valid CDB and an empty inventory.
             ReportLuns => Plan::Respond(report_luns::report_luns(cdb.bytes(), &[])),
+            ExtendedCopy => match cdb.be32(10) {
+                0 => Plan::Respond(Response::good_empty()),
+                // Refused before any Data-Out is buffered: a real list is a few KiB at most.
+                len if len > super::xcopy::MAX_PARAMETER_LIST_LENGTH => {
+                    return Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
+                }
+                len => Plan::Parameters { len },
+            },
+            ReceiveCopyResults => self.respond(self.copy_results.receive(nexus, cdb)),
+            ReportTargetPortGroups => self.respond(super::alua::report_target_port_groups(id, cdb)),
             _ => rw::plan(id, command, cdb, self.write_protect())?,
         })
     }
@@ -233,7 +247,28 @@ impl DiskLu {
 
     /// Finishes a [`Plan::Parameters`] command (MODE SELECT) once its data has arrived.
     pub fn apply_parameters(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Plan {
+        if cdb.first() == Some(&0x83) {
+            return self.extended_copy(nexus, cdb, data);
+        }
         Plan::Respond(self.mode_select(nexus, cdb, data))
+    }
+
+    /// EXTENDED COPY once its parameter list has arrived: a copy plan for the transport.
+    fn extended_copy(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Plan {
+        if let Err(sense) = opcodes::decode(cdb) {
+            return Plan::Respond(self.sense_response(sense));
+        }
+        match super::xcopy::parse(data) {
+            Ok(req) => {
+                self.copy_results
+                    .started(nexus, req.list_id, req.retain, req.segments.len());
+                Plan::Copy {
+                    list_id: req.list_id,
+                    segments: req.segments,
+                }
+            }
+            Err(sense) => Plan::Respond(self.sense_response(sense)),
+        }
     }
 
     #[cfg(test)]
@@ -280,7 +315,8 @@ impl DiskLu {
         list_id: u8,
         result: Result<u64, Sense>,
     ) -> Response {
-        let _ = (nexus, list_id);
+        let record = result.as_ref().map(|&bytes| bytes).map_err(|_| ());
+        self.copy_results.finished(nexus, list_id, record);
         match result {
             Ok(_) => Response::good_empty(),
             Err(sense) => self.sense_response(sense),
@@ -326,6 +362,7 @@ impl DiskLu {
     pub fn nexus_removed(&self, nexus: NexusId) {
         self.unit_attentions.remove_nexus(nexus);
         self.state().prevent.remove(&nexus);
+        self.copy_results.nexus_removed(nexus);
     }
 
     /// Applies a reset's side effects: PREVENT state cleared, mode pages back to defaults
@@ -390,6 +427,7 @@ pub(crate) mod tests {
             num_blocks: 2048,
             read_only: false,
             relative_port: 3,
+            port_group: Default::default(),
             conglomerate: false,
             administrative: false,
         }
@@ -629,6 +667,50 @@ pub(crate) mod tests {
                 let _ = lu.apply_parameters_response(A, &cdb, &cdb);
             }
         }
+    }
+
+    #[test]
+    fn extended_copy_plans_and_records_per_nexus() {
+        use crate::scsi::xcopy::tests::{b2b, cscd, list};
+        let lu = DiskLu::new(identity());
+        let mut xcopy = [0u8; 16];
+        xcopy[0] = 0x83;
+        assert_eq!(respond(lu.plan(A, &xcopy)).status, Status::Good);
+        xcopy[10..14].copy_from_slice(&(1u32 << 20).to_be_bytes());
+        assert_eq!(sense_of(&respond(lu.plan(A, &xcopy))), (5, 0x1A, 0));
+        let data = list(5, 0, &[cscd(&identity().naa, 512)], &[b2b(0, 0, 4, 0, 8)]);
+        xcopy[10..14].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        assert_eq!(lu.plan(A, &xcopy), Plan::Parameters { len: 76 });
+        let Plan::Copy { list_id, segments } = lu.apply_parameters(A, &xcopy, &data) else {
+            panic!("expected a copy plan");
+        };
+        assert_eq!((list_id, segments[0].destination_offset), (5, 4096));
+        let status = |n| {
+            let mut c = [0u8; 16];
+            c[0] = 0x84;
+            c[2] = 5;
+            c[13] = 64;
+            respond(lu.plan(n, &c))
+        };
+        assert_eq!(status(A).data[4], 0x00, "in progress");
+        assert_eq!(lu.copy_finished(A, 5, Ok(2048)).status, Status::Good);
+        assert_eq!(&status(A).data[4..12], &[1, 0, 1, 0, 0, 0, 8, 0]);
+        assert_eq!(sense_of(&status(B)), (5, 0x24, 0));
+        let r = lu.copy_finished(A, 5, Err(crate::scsi::xcopy::COPY_TARGET_NOT_REACHABLE));
+        assert_eq!(sense_of(&r), (0x0A, 0x0D, 0x02));
+        assert_eq!(status(A).data[4], 0x02);
+    }
+
+    #[test]
+    fn alua_is_reported_in_inquiry_and_rtpg() {
+        let lu = DiskLu::new(identity());
+        let inq = respond(lu.plan(A, &[0x12, 0, 0, 0, 96, 0]));
+        assert_eq!(inq.data[5], 0x18, "TPGS=01b, 3PC");
+        let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
+        let r = respond(lu.plan(A, &rtpg));
+        assert_eq!(&r.data[..8], &[0, 0, 0, 12, 0, 3, 0, 1]);
+        let set = [0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
+        assert_eq!(sense_of(&respond(lu.plan(A, &set))), (5, 0x20, 0));
     }
 
     #[test]

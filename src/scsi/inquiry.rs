@@ -23,6 +23,11 @@ const PDT_DISK: u8 = 0x00;
 /// believed to read to recognize a Protocol Endpoint.
 const LU_CONG: u8 = 0x40;
 
+/// Byte 5 bits 5..4 TPGS = 01b: implicit ALUA only (REPORT TARGET PORT GROUPS, no SET).
+const TPGS_IMPLICIT: u8 = 0x10;
+/// Byte 5 bit 3 3PC: EXTENDED COPY is supported.
+const THIRD_PARTY_COPY: u8 = 0x08;
+
 /// Standard INQUIRY data. `peripheral` is byte 0 (qualifier and device type), which is all
 /// that differs for a LUN with no logical unit behind it.
 pub(crate) fn standard_data(
@@ -63,6 +68,7 @@ pub(crate) fn inquiry(id: &DiskIdentity, cdb: Cdb<'_>) -> Result<Bytes, Sense> {
         if id.conglomerate {
             d[1] |= LU_CONG;
         }
+        d[5] |= TPGS_IMPLICIT | THIRD_PARTY_COPY;
         d
     };
     Ok(trim(data, alloc))
@@ -83,7 +89,7 @@ mod tests {
         let id = identity();
         let d = inquiry(&id, Cdb::new(&cdb(false, 0, 260))).unwrap();
         assert_eq!(d.len(), 96);
-        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x00, 0x00, 0x02]);
+        assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"VVOLD   ");
         assert_eq!(&d[16..32], b"VVOLD DISK      ");
         assert_eq!(&d[32..36], b"0001");

@@ -3,8 +3,10 @@
 //! data, calls the backend) and hands results back to the functions here. No sockets, no
 //! awaits, no backend calls in this module.
 
+pub mod alua;
 mod capacity;
 pub(crate) mod cdb;
+mod copy_results;
 pub mod disk;
 mod inquiry;
 pub mod lun;
@@ -16,7 +18,9 @@ mod rw;
 pub mod sense;
 mod unit_attention;
 mod vpd;
+pub mod xcopy;
 
+pub use alua::{AluaState, PortGroup};
 use bytes::Bytes;
 pub use disk::{compare_result, DiskIdentity, DiskLu, ResetKind};
 pub use lun::Lun;

@@ -40,6 +40,9 @@ pub enum Command {
     Write12,
     WriteAndVerify12,
     Verify12,
+    ExtendedCopy,
+    ReceiveCopyResults,
+    ReportTargetPortGroups,
 }
 
 /// One supported (operation code, service action) pair.
@@ -119,6 +122,10 @@ const SC16: &[u8] = &[
     0, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00,
 ];
 
+const RCR: &[u8] = &[
+    0, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
+];
+
 /// Sorted by (opcode, service action): REPORT SUPPORTED OPERATION CODES lists it in order.
 pub static OPCODES: &[OpInfo] = &[
     op(0x00, Command::TestUnitReady, &[0, 0, 0, 0, 0, 0], 5),
@@ -169,6 +176,18 @@ pub static OPCODES: &[OpInfo] = &[
         &[0, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0],
         5,
     ),
+    // EXTENDED COPY (LID1): PARAMETER LIST LENGTH only. Copies run in the backend and may be
+    // large (65535 blocks per segment, 64 segments), hence the long timeout.
+    sa(
+        0x83,
+        0x00,
+        Command::ExtendedCopy,
+        &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+        120,
+    ),
+    // RECEIVE COPY RESULTS: LIST IDENTIFIER and ALLOCATION LENGTH.
+    sa(0x84, 0x00, Command::ReceiveCopyResults, RCR, 5),
+    sa(0x84, 0x03, Command::ReceiveCopyResults, RCR, 5),
     op(0x88, Command::Read16, RW16, 30),
     op(0x8A, Command::Write16, RW16, 30),
     op(0x8E, Command::WriteAndVerify16, VFY16, 30),
@@ -189,6 +208,14 @@ pub static OPCODES: &[OpInfo] = &[
         0xA0,
         Command::ReportLuns,
         &[0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
+        5,
+    ),
+    // REPORT TARGET PORT GROUPS: PARAMETER DATA FORMAT and ALLOCATION LENGTH.
+    sa(
+        0xA3,
+        0x0A,
+        Command::ReportTargetPortGroups,
+        &[0, 0xE0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0],
         5,
     ),
     sa(

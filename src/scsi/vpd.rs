@@ -16,7 +16,7 @@ pub(crate) fn max_transfer_blocks(id: &DiskIdentity) -> u32 {
 }
 
 /// Supported pages, ascending as SPC-4 requires for page 00h.
-const SUPPORTED: [u8; 7] = [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2];
+const SUPPORTED: [u8; 8] = [0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2];
 
 /// The whole page `code`, or None if we do not implement it.
 pub(crate) fn page(id: &DiskIdentity, code: u8) -> Option<Vec<u8>> {
@@ -25,6 +25,7 @@ pub(crate) fn page(id: &DiskIdentity, code: u8) -> Option<Vec<u8>> {
         0x80 => unit_serial_number(id),
         0x83 => device_identification(id),
         0x86 => extended_inquiry(id),
+        0x8F => super::xcopy::third_party_copy_page(),
         0xB0 => block_limits(id),
         0xB1 => block_device_characteristics(),
         0xB2 => logical_block_provisioning(),
@@ -53,6 +54,9 @@ fn device_identification(id: &DiskIdentity) -> Vec<u8> {
     // Relative target port designator: target-port association, PIV=1 with protocol iSCSI.
     d.extend_from_slice(&[0x51, 0x94, 0x00, 4, 0, 0]);
     d.extend_from_slice(&id.relative_port.to_be_bytes());
+    // Target port group designator (type 5): which ALUA group that port is in.
+    d.extend_from_slice(&[0x51, 0x95, 0x00, 4, 0, 0]);
+    d.extend_from_slice(&id.port_group.id.to_be_bytes());
     d
 }
 
@@ -103,7 +107,7 @@ mod tests {
     fn supported_pages_are_sorted_and_all_readable() {
         let id = identity();
         let p = page(&id, 0).unwrap();
-        assert_eq!(&p[..4], &[0, 0, 0, 7]);
+        assert_eq!(&p[..4], &[0, 0, 0, 8]);
         assert!(p[4..].windows(2).all(|w| w[0] < w[1]));
         for &code in &p[4..] {
             let q = page(&id, code).unwrap();
@@ -126,9 +130,10 @@ mod tests {
     fn device_identification_is_naa_plus_relative_port() {
         let id = identity();
         let p = page(&id, 0x83).unwrap();
-        assert_eq!(&p[..8], &[0, 0x83, 0, 28, 0x01, 0x03, 0, 16]);
+        assert_eq!(&p[..8], &[0, 0x83, 0, 36, 0x01, 0x03, 0, 16]);
         assert_eq!(&p[8..24], &id.naa);
-        assert_eq!(&p[24..], &[0x51, 0x94, 0, 4, 0, 0, 0x00, 0x03]);
+        assert_eq!(&p[24..32], &[0x51, 0x94, 0, 4, 0, 0, 0x00, 0x03]);
+        assert_eq!(&p[32..], &[0x51, 0x95, 0, 4, 0, 0, 0x00, 0x01]);
         assert_eq!(p, page(&identity(), 0x83).unwrap(), "must be stable");
     }
 

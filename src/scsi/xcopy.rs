@@ -1,0 +1,367 @@
+//! EXTENDED COPY (LID1) parameter list parsing (SPC-4 §6.4). Only what VMware's Clone primitive
+//! sends is implemented: identification CSCD descriptors (E4h) naming disks by a 16-byte NAA
+//! designator, and block → block segment descriptors (02h). The copy itself runs in the
+//! transport ([`super::Plan::Copy`]); this module turns the list into byte ranges.
+
+use super::disk::DiskIdentity;
+use super::sense::{Sense, SenseKey};
+use super::CopySegment;
+
+/// Limits we advertise in RECEIVE COPY RESULTS OPERATING PARAMETERS and enforce here. ESXi sends
+/// two CSCDs and one segment per command; the headroom costs nothing since each segment is
+/// validated and copied in turn.
+pub(crate) const MAX_CSCD_DESCRIPTORS: u16 = 8;
+pub(crate) const MAX_SEGMENT_DESCRIPTORS: u16 = 64;
+/// Bytes of CSCD plus segment descriptors; also bounds the parameter list we accept.
+pub(crate) const MAX_DESCRIPTOR_LIST_LENGTH: u32 = 4096;
+/// Largest parameter list we receive: the descriptor lists plus the header, with room for
+/// initiators that pad; anything larger is refused before its data is read.
+pub(crate) const MAX_PARAMETER_LIST_LENGTH: u32 = 64 << 10;
+/// NUMBER OF BLOCKS is 16 bits, so a segment never exceeds 65535 blocks; this is the byte limit
+/// for the largest (4 KiB) block size.
+pub(crate) const MAX_SEGMENT_BYTES: u32 = 0xFFFF * 4096;
+/// Descriptor type codes we implement, ascending (OPERATING PARAMETERS lists them).
+pub(crate) const IMPLEMENTED_DESCRIPTORS: [u8; 2] = [SEGMENT_BLOCK_TO_BLOCK, CSCD_IDENTIFICATION];
+
+const HEADER_LEN: usize = 16;
+const CSCD_LEN: usize = 32;
+const CSCD_IDENTIFICATION: u8 = 0xE4;
+const SEGMENT_BLOCK_TO_BLOCK: u8 = 0x02;
+/// Descriptor length (bytes after the first four) of a block → block segment descriptor.
+const B2B_DESCRIPTOR_LENGTH: usize = 0x18;
+
+const TOO_MANY_CSCDS: Sense = Sense::new(SenseKey::IllegalRequest, 0x26, 0x06);
+const UNSUPPORTED_CSCD_TYPE: Sense = Sense::new(SenseKey::IllegalRequest, 0x26, 0x07);
+const TOO_MANY_SEGMENTS: Sense = Sense::new(SenseKey::IllegalRequest, 0x26, 0x08);
+const UNSUPPORTED_SEGMENT_TYPE: Sense = Sense::new(SenseKey::IllegalRequest, 0x26, 0x09);
+/// COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE. Also used for segments outside a device:
+/// it is what LIO (the target ESXi's XCOPY path is most exercised against) reports for any
+/// failed copy, and libiscsi accepts only it, 08h/04h or 00h/00h there.
+pub(crate) const COPY_TARGET_NOT_REACHABLE: Sense = Sense::new(SenseKey::CopyAborted, 0x0D, 0x02);
+
+/// A parsed EXTENDED COPY parameter list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CopyRequest {
+    pub list_id: u8,
+    /// LIST ID USAGE 11b asks us not to keep the list identifier for RECEIVE COPY RESULTS.
+    pub retain: bool,
+    pub segments: Vec<CopySegment>,
+}
+
+/// One CSCD: which LU (by NAA) and the block length the segments are counted in.
+#[derive(Debug, Clone, Copy)]
+struct Cscd {
+    naa: [u8; 16],
+    block_len: u64,
+}
+
+fn be(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |v, &b| (v << 8) | u64::from(b))
+}
+
+/// Parses a whole parameter list (never empty: an empty list is answered GOOD before this).
+pub(crate) fn parse(data: &[u8]) -> Result<CopyRequest, Sense> {
+    let header = data
+        .get(..HEADER_LEN)
+        .ok_or(Sense::PARAMETER_LIST_LENGTH_ERROR)?;
+    let cscd_len = be(&header[2..4]) as usize;
+    let seg_len = be(&header[8..12]) as usize;
+    if be(&header[12..16]) != 0 {
+        // We advertise MAXIMUM INLINE DATA LENGTH 0.
+        return Err(Sense::invalid_param_field(12, Some(7)));
+    }
+    // Checked before the counts: SPC-4 names the descriptor list length as the first limit,
+    // and libiscsi expects PARAMETER LIST LENGTH ERROR for a list over it.
+    if (cscd_len + seg_len) as u64 > u64::from(MAX_DESCRIPTOR_LIST_LENGTH)
+        || data.len() < HEADER_LEN + cscd_len + seg_len
+    {
+        return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
+    }
+    if cscd_len / CSCD_LEN > usize::from(MAX_CSCD_DESCRIPTORS) {
+        return Err(TOO_MANY_CSCDS);
+    }
+    let cscds = parse_cscds(&data[HEADER_LEN..HEADER_LEN + cscd_len])?;
+    let seg_start = HEADER_LEN + cscd_len;
+    let segments = parse_segments(&data[seg_start..seg_start + seg_len], seg_start, &cscds)?;
+    Ok(CopyRequest {
+        list_id: header[0],
+        retain: (header[1] >> 3) & 0b11 != 0b11,
+        segments,
+    })
+}
+
+fn parse_cscds(list: &[u8]) -> Result<Vec<Cscd>, Sense> {
+    let mut out = Vec::new();
+    for (i, d) in list.chunks(CSCD_LEN).enumerate() {
+        let at = (HEADER_LEN + i * CSCD_LEN) as u16;
+        if d[0] != CSCD_IDENTIFICATION {
+            return Err(UNSUPPORTED_CSCD_TYPE);
+        }
+        if d.len() < CSCD_LEN {
+            return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
+        }
+        // Byte 1: LU ID TYPE is ignored (SPC-4), NUL is obsolete; only disks are copy targets.
+        if d[1] & 0x1F != 0 {
+            return Err(UNSUPPORTED_CSCD_TYPE);
+        }
+        // Designation descriptor at byte 4: binary NAA (type 3), LU association, 16 bytes —
+        // the form our VPD 83h reports. Anything else names no LU we could reach.
+        let (code_set, assoc_type, len) = (d[4] & 0x0F, d[5] & 0x3F, d[7]);
+        if code_set != 1 || assoc_type != 0x03 || len != 16 {
+            return Err(COPY_TARGET_NOT_REACHABLE);
+        }
+        let mut naa = [0u8; 16];
+        naa.copy_from_slice(&d[8..24]);
+        let block_len = be(&d[29..32]);
+        if block_len == 0 {
+            return Err(Sense::invalid_param_field(at + 29, None));
+        }
+        out.push(Cscd { naa, block_len });
+    }
+    Ok(out)
+}
+
+fn parse_segments(list: &[u8], base: usize, cscds: &[Cscd]) -> Result<Vec<CopySegment>, Sense> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < list.len() {
+        let d = &list[pos..];
+        if d[0] != SEGMENT_BLOCK_TO_BLOCK {
+            return Err(UNSUPPORTED_SEGMENT_TYPE);
+        }
+        if out.len() == usize::from(MAX_SEGMENT_DESCRIPTORS) {
+            return Err(TOO_MANY_SEGMENTS);
+        }
+        let d = d
+            .get(..4 + B2B_DESCRIPTOR_LENGTH)
+            .ok_or(Sense::PARAMETER_LIST_LENGTH_ERROR)?;
+        if be(&d[2..4]) as usize != B2B_DESCRIPTOR_LENGTH {
+            return Err(Sense::invalid_param_field((base + pos + 2) as u16, None));
+        }
+        let cscd = |i: u64| cscds.get(i as usize).ok_or(COPY_TARGET_NOT_REACHABLE);
+        let (src, dst) = (cscd(be(&d[4..6]))?, cscd(be(&d[6..8]))?);
+        let blocks = be(&d[10..12]);
+        // DC=1: NUMBER OF BLOCKS counts destination blocks, else source blocks.
+        let unit = if d[1] & 0x02 != 0 {
+            dst.block_len
+        } else {
+            src.block_len
+        };
+        let bytes = |lba: u64, bs: u64| lba.checked_mul(bs).ok_or(COPY_TARGET_NOT_REACHABLE);
+        out.push(CopySegment {
+            source: src.naa,
+            source_offset: bytes(be(&d[12..20]), src.block_len)?,
+            destination: dst.naa,
+            destination_offset: bytes(be(&d[20..28]), dst.block_len)?,
+            len: blocks * unit,
+        });
+        pos += d.len();
+    }
+    Ok(out)
+}
+
+/// Checks one segment against the LUs its designators resolved to, just before it is copied:
+/// whole blocks on both sides, inside both devices, and a writable, non-administrative
+/// destination. Block lengths from the CSCDs are not carried in the plan, so alignment to
+/// each LU's own block size is what catches a CSCD that lied about it.
+pub fn check_segment(
+    seg: &CopySegment,
+    src: &DiskIdentity,
+    dst: &DiskIdentity,
+) -> Result<(), Sense> {
+    let fits = |id: &DiskIdentity, offset: u64| {
+        let bs = u64::from(id.block_size.max(1));
+        !id.administrative
+            && offset % bs == 0
+            && seg.len % bs == 0
+            && offset
+                .checked_add(seg.len)
+                .is_some_and(|end| end <= id.num_blocks.saturating_mul(bs))
+    };
+    if !fits(src, seg.source_offset) || !fits(dst, seg.destination_offset) {
+        return Err(COPY_TARGET_NOT_REACHABLE);
+    }
+    if dst.read_only {
+        return Err(Sense::new(SenseKey::CopyAborted, 0x27, 0x00));
+    }
+    Ok(())
+}
+
+/// Body of the Third-party Copy VPD page (8Fh, SPC-4 §7.8.17): the commands and descriptor
+/// types of the LID1 copy manager, and its general limits. Descriptors are padded to a
+/// multiple of four bytes as the page requires.
+pub(crate) fn third_party_copy_page() -> Vec<u8> {
+    let mut d = Vec::new();
+    // Supported Commands (0001h): EXTENDED COPY 00h; RECEIVE COPY RESULTS 00h and 03h.
+    let commands = [0x83, 1, 0x00, 0x84, 2, 0x00, 0x03];
+    push_descriptor(
+        &mut d,
+        0x0001,
+        &[&[commands.len() as u8][..], &commands].concat(),
+    );
+    // Supported Descriptors (0004h).
+    let list = IMPLEMENTED_DESCRIPTORS;
+    push_descriptor(&mut d, 0x0004, &[&[list.len() as u8][..], &list].concat());
+    // General Copy Operations (8001h): one concurrent copy per list identifier we track.
+    let mut g = vec![0u8; 28];
+    g[0..4].copy_from_slice(&1u32.to_be_bytes()); // TOTAL CONCURRENT COPIES
+    g[4..8].copy_from_slice(&1u32.to_be_bytes()); // MAXIMUM IDENTIFIED CONCURRENT COPIES
+    g[8..12].copy_from_slice(&MAX_SEGMENT_BYTES.to_be_bytes());
+    g[12] = 9; // DATA SEGMENT GRANULARITY: 512 bytes
+    push_descriptor(&mut d, 0x8001, &g);
+    d
+}
+
+fn push_descriptor(page: &mut Vec<u8>, kind: u16, body: &[u8]) {
+    let padded = body.len().div_ceil(4) * 4;
+    page.extend_from_slice(&kind.to_be_bytes());
+    page.extend_from_slice(&(padded as u16).to_be_bytes());
+    page.extend_from_slice(body);
+    page.resize(page.len() + padded - body.len(), 0);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::scsi::disk::tests::identity;
+
+    pub(crate) fn cscd(naa: &[u8; 16], block_len: u32) -> Vec<u8> {
+        let mut d = vec![0u8; 32];
+        d[0] = 0xE4;
+        d[4..8].copy_from_slice(&[0x01, 0x03, 0x00, 16]);
+        d[8..24].copy_from_slice(naa);
+        d[29..32].copy_from_slice(&block_len.to_be_bytes()[1..]);
+        d
+    }
+
+    pub(crate) fn b2b(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+        let mut d = vec![0u8; 28];
+        d[0] = 0x02;
+        d[3] = 0x18;
+        d[4..6].copy_from_slice(&src.to_be_bytes());
+        d[6..8].copy_from_slice(&dst.to_be_bytes());
+        d[10..12].copy_from_slice(&blocks.to_be_bytes());
+        d[12..20].copy_from_slice(&src_lba.to_be_bytes());
+        d[20..28].copy_from_slice(&dst_lba.to_be_bytes());
+        d
+    }
+
+    pub(crate) fn list(list_id: u8, usage: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> Vec<u8> {
+        let (c, s) = (cscds.concat(), segs.concat());
+        let mut h = vec![0u8; 16];
+        h[0] = list_id;
+        h[1] = usage << 3;
+        h[2..4].copy_from_slice(&(c.len() as u16).to_be_bytes());
+        h[8..12].copy_from_slice(&(s.len() as u32).to_be_bytes());
+        [h, c, s].concat()
+    }
+
+    fn asc(e: Sense) -> (SenseKey, u8, u8) {
+        (e.key, e.asc, e.ascq)
+    }
+
+    const N1: [u8; 16] = [0x61; 16];
+    const N2: [u8; 16] = [0x62; 16];
+
+    #[test]
+    fn block_to_block_becomes_byte_ranges() {
+        let data = list(
+            7,
+            0,
+            &[cscd(&N1, 512), cscd(&N2, 4096)],
+            &[b2b(0, 1, 8, 10, 3)],
+        );
+        let r = parse(&data).unwrap();
+        assert_eq!((r.list_id, r.retain), (7, true));
+        assert_eq!(
+            r.segments,
+            vec![CopySegment {
+                source: N1,
+                source_offset: 5120,
+                destination: N2,
+                destination_offset: 12288,
+                len: 4096,
+            }]
+        );
+        // DC=1 counts destination blocks.
+        let mut seg = b2b(0, 1, 2, 0, 0);
+        seg[1] = 0x02;
+        let r = parse(&list(1, 3, &[cscd(&N1, 512), cscd(&N2, 4096)], &[seg])).unwrap();
+        assert_eq!((r.retain, r.segments[0].len), (false, 8192));
+    }
+
+    #[test]
+    fn truncated_and_oversized_lists_are_length_errors() {
+        let data = list(1, 0, &[cscd(&N1, 512)], &[b2b(0, 0, 1, 0, 1)]);
+        for cut in [5, 16 + 31, data.len() - 1] {
+            assert_eq!(parse(&data[..cut]), Err(Sense::PARAMETER_LIST_LENGTH_ERROR));
+        }
+        let cscds = vec![cscd(&N1, 512); 9];
+        let segs = vec![b2b(0, 0, 1, 0, 1); 140];
+        assert_eq!(
+            parse(&list(1, 0, &cscds, &segs)),
+            Err(Sense::PARAMETER_LIST_LENGTH_ERROR)
+        );
+    }
+
+    #[test]
+    fn descriptor_limits_and_types() {
+        let one = [b2b(0, 0, 1, 0, 1)];
+        let e = parse(&list(1, 0, &vec![cscd(&N1, 512); 9], &one)).unwrap_err();
+        assert_eq!(asc(e), (SenseKey::IllegalRequest, 0x26, 0x06));
+        let segs = vec![b2b(0, 0, 1, 0, 1); 65];
+        let e = parse(&list(1, 0, &[cscd(&N1, 512)], &segs)).unwrap_err();
+        assert_eq!(asc(e), (SenseKey::IllegalRequest, 0x26, 0x08));
+        let mut fc = cscd(&N1, 512);
+        fc[0] = 0xE0;
+        let e = parse(&list(1, 0, &[fc], &one)).unwrap_err();
+        assert_eq!(asc(e), (SenseKey::IllegalRequest, 0x26, 0x07));
+        let mut s2s = b2b(0, 0, 1, 0, 1);
+        s2s[0] = 0x03;
+        let e = parse(&list(1, 0, &[cscd(&N1, 512)], &[s2s])).unwrap_err();
+        assert_eq!(asc(e), (SenseKey::IllegalRequest, 0x26, 0x09));
+    }
+
+    #[test]
+    fn reserved_lu_id_type_is_ignored_but_bad_index_aborts() {
+        let mut c = cscd(&N1, 512);
+        c[1] = 0xC0;
+        assert!(parse(&list(1, 0, &[c], &[b2b(0, 0, 1, 0, 1)])).is_ok());
+        let e = parse(&list(1, 0, &[cscd(&N1, 512)], &[b2b(0, 1, 1, 0, 1)])).unwrap_err();
+        assert_eq!(asc(e), (SenseKey::CopyAborted, 0x0D, 0x02));
+    }
+
+    #[test]
+    fn segment_checks_against_the_devices() {
+        let id = identity(); // 2048 blocks of 512
+        let seg = |src: u64, dst: u64, len: u64| CopySegment {
+            source: id.naa,
+            source_offset: src,
+            destination: id.naa,
+            destination_offset: dst,
+            len,
+        };
+        assert!(check_segment(&seg(0, 1024 * 512, 1024 * 512), &id, &id).is_ok());
+        let beyond = seg(0, 2047 * 512, 1024 * 512);
+        assert_eq!(
+            check_segment(&beyond, &id, &id),
+            Err(COPY_TARGET_NOT_REACHABLE)
+        );
+        assert!(check_segment(&seg(1, 512, 512), &id, &id).is_err());
+        let ro = DiskIdentity {
+            read_only: true,
+            ..identity()
+        };
+        let e = check_segment(&seg(0, 512, 512), &id, &ro).unwrap_err();
+        assert_eq!(asc(e), (SenseKey::CopyAborted, 0x27, 0));
+    }
+
+    #[test]
+    fn third_party_copy_vpd_bytes() {
+        let p = third_party_copy_page();
+        assert_eq!(&p[..12], &[0, 1, 0, 8, 7, 0x83, 1, 0, 0x84, 2, 0, 3]);
+        assert_eq!(&p[12..20], &[0, 4, 0, 4, 2, 0x02, 0xE4, 0]);
+        assert_eq!(&p[20..24], &[0x80, 0x01, 0, 28]);
+        assert_eq!(p.len(), 52);
+    }
+}

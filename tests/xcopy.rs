@@ -1,0 +1,118 @@
+//! EXTENDED COPY, RECEIVE COPY RESULTS and REPORT TARGET PORT GROUPS through the real daemon:
+//! the copy runs in the backends between two LUs named by their VPD 83h designators.
+
+mod common;
+
+use common::*;
+
+/// The 16-byte NAA designator of VPD page 83h (the first designator, LU association).
+async fn naa(s: &mut vvold::initiator::Session, l: u16) -> [u8; 16] {
+    let r = cmd(s, l, &inquiry(Some(0x83), 255), None, 255).await;
+    assert_good(&r);
+    assert_eq!(&r.data[4..8], &[0x01, 0x03, 0x00, 16]);
+    r.data[8..24].try_into().unwrap()
+}
+
+fn cscd(naa: &[u8; 16]) -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    d[0] = 0xE4;
+    d[4..8].copy_from_slice(&[0x01, 0x03, 0x00, 16]);
+    d[8..24].copy_from_slice(naa);
+    d[30] = 0x02; // DISK BLOCK LENGTH 512
+    d
+}
+
+fn b2b(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+    let mut d = vec![0u8; 28];
+    d[0] = 0x02;
+    d[3] = 0x18;
+    d[4..6].copy_from_slice(&src.to_be_bytes());
+    d[6..8].copy_from_slice(&dst.to_be_bytes());
+    d[10..12].copy_from_slice(&blocks.to_be_bytes());
+    d[12..20].copy_from_slice(&src_lba.to_be_bytes());
+    d[20..28].copy_from_slice(&dst_lba.to_be_bytes());
+    d
+}
+
+/// EXTENDED COPY CDB and parameter list for `list_id` (LIST ID USAGE 00b: keep the result).
+fn xcopy(list_id: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> ([u8; 16], Vec<u8>) {
+    let (c, s) = (cscds.concat(), segs.concat());
+    let mut h = vec![0u8; 16];
+    h[0] = list_id;
+    h[2..4].copy_from_slice(&(c.len() as u16).to_be_bytes());
+    h[8..12].copy_from_slice(&(s.len() as u32).to_be_bytes());
+    let data = [h, c, s].concat();
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[10..14].copy_from_slice(&(data.len() as u32).to_be_bytes());
+    (cdb, data)
+}
+
+#[tokio::test]
+async fn copies_between_luns_and_reports_status() {
+    let d = Daemon::start();
+    let mut s = login_main(&d).await;
+    let (file, ram) = (naa(&mut s, LUN_FILE).await, naa(&mut s, LUN_RAM).await);
+    let data = pattern(3 << 20, 7);
+    write_blocks(&mut s, LUN_FILE, 100, 512, &data).await;
+    // 3 MiB from the file LUN to the RAM LUN (more than one backend chunk), plus 1 block
+    // inside the RAM LUN, in one command sent to the RAM LUN.
+    let (cdb, list) = xcopy(
+        9,
+        &[cscd(&file), cscd(&ram)],
+        &[b2b(0, 1, 6144, 100, 50), b2b(1, 1, 1, 50, 10)],
+    );
+    assert_good(&cmd(&mut s, LUN_RAM, &cdb, Some(&list), 0).await);
+    assert_eq!(read_blocks(&mut s, LUN_RAM, 50, 512, 6144).await, data);
+    assert_eq!(read_blocks(&mut s, LUN_RAM, 10, 512, 1).await, data[..512]);
+
+    let mut status = [0u8; 16];
+    status[0] = 0x84;
+    status[2] = 9;
+    status[13] = 12;
+    let r = cmd(&mut s, LUN_RAM, &status, None, 12).await;
+    assert_good(&r);
+    let bytes = (3u32 << 20) + 512;
+    let mut want = vec![0, 0, 0, 8, 0x01, 0, 2, 0];
+    want.extend_from_slice(&bytes.to_be_bytes());
+    assert_eq!(r.data, want);
+
+    // Overlapping copy inside one LU, destination above the source: must read before write.
+    let (cdb, list) = xcopy(10, &[cscd(&ram)], &[b2b(0, 0, 4096, 50, 51)]);
+    assert_good(&cmd(&mut s, LUN_RAM, &cdb, Some(&list), 0).await);
+    assert_eq!(
+        read_blocks(&mut s, LUN_RAM, 51, 512, 4096).await,
+        data[..4096 * 512]
+    );
+
+    // Past the end of the destination: COPY ABORTED, and nothing is written.
+    let end = LUN_BYTES / 512;
+    let (cdb, list) = xcopy(
+        11,
+        &[cscd(&file), cscd(&ram)],
+        &[b2b(0, 1, 2, 100, end - 1)],
+    );
+    let r = cmd(&mut s, LUN_RAM, &cdb, Some(&list), 0).await;
+    assert_sense(&r, 0x0A, 0x0D, 0x02);
+}
+
+#[tokio::test]
+async fn report_target_port_groups_default_group() {
+    let d = Daemon::start();
+    let mut s = login_main(&d).await;
+    let r = cmd(
+        &mut s,
+        LUN_FILE,
+        &[0xA3, 0x2A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        None,
+        256,
+    )
+    .await;
+    assert_good(&r);
+    assert_eq!(
+        r.data,
+        [0, 0, 0, 16, 0x10, 0, 0, 0, 0x00, 0x03, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    );
+    let inq = cmd(&mut s, LUN_FILE, &inquiry(None, 96), None, 96).await;
+    assert_eq!(inq.data[5], 0x18, "TPGS=01b, 3PC");
+}
