@@ -5,47 +5,8 @@ mod common;
 
 use common::*;
 
-/// The 16-byte NAA designator of VPD page 83h (the first designator, LU association).
 async fn naa(s: &mut vvold::initiator::Session, l: u16) -> [u8; 16] {
-    let r = cmd(s, l, &inquiry(Some(0x83), 255), None, 255).await;
-    assert_good(&r);
-    assert_eq!(&r.data[4..8], &[0x01, 0x03, 0x00, 16]);
-    r.data[8..24].try_into().unwrap()
-}
-
-fn cscd(naa: &[u8; 16]) -> Vec<u8> {
-    let mut d = vec![0u8; 32];
-    d[0] = 0xE4;
-    d[4..8].copy_from_slice(&[0x01, 0x03, 0x00, 16]);
-    d[8..24].copy_from_slice(naa);
-    d[30] = 0x02; // DISK BLOCK LENGTH 512
-    d
-}
-
-fn b2b(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
-    let mut d = vec![0u8; 28];
-    d[0] = 0x02;
-    d[3] = 0x18;
-    d[4..6].copy_from_slice(&src.to_be_bytes());
-    d[6..8].copy_from_slice(&dst.to_be_bytes());
-    d[10..12].copy_from_slice(&blocks.to_be_bytes());
-    d[12..20].copy_from_slice(&src_lba.to_be_bytes());
-    d[20..28].copy_from_slice(&dst_lba.to_be_bytes());
-    d
-}
-
-/// EXTENDED COPY CDB and parameter list for `list_id` (LIST ID USAGE 00b: keep the result).
-fn xcopy(list_id: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> ([u8; 16], Vec<u8>) {
-    let (c, s) = (cscds.concat(), segs.concat());
-    let mut h = vec![0u8; 16];
-    h[0] = list_id;
-    h[2..4].copy_from_slice(&(c.len() as u16).to_be_bytes());
-    h[8..12].copy_from_slice(&(s.len() as u32).to_be_bytes());
-    let data = [h, c, s].concat();
-    let mut cdb = [0u8; 16];
-    cdb[0] = 0x83;
-    cdb[10..14].copy_from_slice(&(data.len() as u32).to_be_bytes());
-    (cdb, data)
+    naa_at(s, lun(l)).await
 }
 
 #[tokio::test]
