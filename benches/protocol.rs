@@ -72,6 +72,7 @@ fn cdb_plan(c: &mut Criterion) {
         relative_port: 1,
         conglomerate: false,
         administrative: false,
+        thin: true,
     });
     let read10 = [0x28u8, 0, 0, 0, 0x10, 0, 0, 0, 8, 0];
     let write16 = [0x8Au8, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 8, 0, 0];

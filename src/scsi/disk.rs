@@ -12,6 +12,7 @@ use super::mode::{self, ModePages};
 use super::opcodes::{self, Command};
 use super::sense::{Sense, SenseKey};
 use super::{capacity, inquiry, report_luns, rsoc, rw, NexusId, Plan, Response};
+use super::{caw, lba_status, unmap, write_same};
 
 /// Everything that makes one disk distinguishable from another; all INQUIRY, VPD and
 /// capacity data is derived from it alone.
@@ -40,6 +41,10 @@ pub struct DiskIdentity {
     /// Administrative LU (a Protocol Endpoint): it has no data of its own, so media access
     /// commands fail with LBA OUT OF RANGE; READ CAPACITY reports the configured tiny size.
     pub administrative: bool,
+    /// Thin provisioned: the backend really deallocates (UNMAP, WRITE SAME with UNMAP).
+    /// READ CAPACITY(16) LBPME/LBPRZ, VPD B0h unmap limits and VPD B2h all derive from this
+    /// one bit (see `provisioning`).
+    pub thin: bool,
 }
 
 /// Which reset the transport's task management function performed.
@@ -197,6 +202,12 @@ impl DiskLu {
             // The transport owns the LUN inventory and answers REPORT LUNS before asking the
             // LU; an LU asked directly can only vouch for a valid CDB and an empty inventory.
             ReportLuns => Plan::Respond(report_luns::report_luns(cdb.bytes(), &[])),
+            CompareAndWrite => caw::plan(id, cdb, self.write_protect())?,
+            WriteSame10 | WriteSame16 => {
+                write_same::plan(id, cdb, command == WriteSame16, self.write_protect())?
+            }
+            Unmap => unmap::plan(id, cdb, self.write_protect())?,
+            GetLbaStatus => lba_status::plan(id, cdb)?,
             _ => rw::plan(id, command, cdb, self.write_protect())?,
         })
     }
@@ -233,6 +244,12 @@ impl DiskLu {
 
     /// Finishes a [`Plan::Parameters`] command (MODE SELECT) once its data has arrived.
     pub fn apply_parameters(&self, nexus: NexusId, cdb: &[u8], data: &[u8]) -> Plan {
+        if let Ok((info, _)) = opcodes::decode(cdb) {
+            if info.command == Command::Unmap {
+                return unmap::parse(&self.identity, data)
+                    .unwrap_or_else(|sense| Plan::Respond(self.sense_response(sense)));
+            }
+        }
         Plan::Respond(self.mode_select(nexus, cdb, data))
     }
 
@@ -252,25 +269,12 @@ impl DiskLu {
         extents: &[crate::backend::Extent],
         alloc_len: u32,
     ) -> Response {
-        let bs = self.identity.block_size as u64;
-        let mut data = vec![0u8; 8];
-        let mut lba = offset / bs;
-        for e in extents {
-            let blocks = e.len / bs;
-            if blocks == 0 {
-                continue;
-            }
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&lba.to_be_bytes());
-            d[8..12].copy_from_slice(&(blocks.min(u32::MAX as u64) as u32).to_be_bytes());
-            d[12] = if e.mapped { 0 } else { 1 };
-            data.extend_from_slice(&d);
-            lba += blocks;
-        }
-        let param_len = (data.len() - 4) as u32;
-        data[0..4].copy_from_slice(&param_len.to_be_bytes());
-        data.truncate(alloc_len as usize);
-        Response::good(bytes::Bytes::from(data))
+        Response::good(lba_status::response(
+            self.identity.block_size,
+            offset,
+            extents,
+            alloc_len,
+        ))
     }
 
     /// The outcome of an EXTENDED COPY, for RECEIVE COPY RESULTS.
@@ -392,6 +396,7 @@ pub(crate) mod tests {
             relative_port: 3,
             conglomerate: false,
             administrative: false,
+            thin: true,
         }
     }
 
@@ -618,7 +623,7 @@ pub(crate) mod tests {
     fn unsupported_and_malformed_commands_never_panic() {
         let lu = DiskLu::new(identity());
         assert_eq!(sense_of(&respond(lu.plan(A, &[]))), (5, 0x20, 0));
-        assert_eq!(sense_of(&respond(lu.plan(A, &[0x42; 10]))), (5, 0x20, 0));
+        assert_eq!(sense_of(&respond(lu.plan(A, &[0xC1; 10]))), (5, 0x20, 0));
         for len in 0..16 {
             for op in 0..=255u8 {
                 let mut cdb = vec![0xFFu8; len];

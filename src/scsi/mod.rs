@@ -4,18 +4,23 @@
 //! awaits, no backend calls in this module.
 
 mod capacity;
+mod caw;
 pub(crate) mod cdb;
 pub mod disk;
 mod inquiry;
+mod lba_status;
 pub mod lun;
 mod mode;
 pub mod opcodes;
+mod provisioning;
 pub mod report_luns;
 mod rsoc;
 mod rw;
 pub mod sense;
 mod unit_attention;
+mod unmap;
 mod vpd;
+mod write_same;
 
 use bytes::Bytes;
 pub use disk::{compare_result, DiskIdentity, DiskLu, ResetKind};
