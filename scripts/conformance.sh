@@ -54,11 +54,18 @@ FAMILIES=(
   "SCSI.Write10.*|0" "SCSI.Write12.*|0" "SCSI.Write16.*|0"
   "SCSI.WriteVerify10.*|0" "SCSI.WriteVerify12.*|0" "SCSI.WriteVerify16.*|0"
   "SCSI.Read10.*|2" "SCSI.Write10.*|2"
+  "SCSI.CompareAndWrite.*|0" "SCSI.WriteSame10.*|0" "SCSI.WriteSame16.*|0"
+  "SCSI.Unmap.*|0" "SCSI.GetLBAStatus.*|0" "SCSI.ReadCapacity16.*|2"
+  "SCSI.CompareAndWrite.*|2" "SCSI.WriteSame16.*|2" "SCSI.Unmap.*|2" "SCSI.GetLBAStatus.*|2"
+  "SCSI.Inquiry.*|2" "SCSI.WriteSame10.WriteProtect|1"
+  "SCSI.WriteSame16.WriteProtect|1"
 )
 total_pass=0; total_fail=0; total_skip=0
 printf '%-34s %4s %7s %7s %7s\n' family lun passed failed skipped
 for entry in "${FAMILIES[@]}"; do
   fam=${entry%|*}; lun=${entry#*|}
+  # ONLY=REGEX runs just the matching families (quick iteration on one area).
+  if [ -n "${ONLY:-}" ] && ! [[ "$entry" =~ $ONLY ]]; then continue; fi
   log="$WORK/$(echo "$fam" | tr -c 'A-Za-z0-9\n' _)-$lun.log"
   timeout 600 iscsi-test-cu -d -v -t "$fam" "$URL/$lun" >"$log" 2>&1
   read -r passed failed skipped < <(python3 scripts/cu-verdicts.py "$log" 2>"$log.verdicts")

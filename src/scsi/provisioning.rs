@@ -20,8 +20,11 @@ pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 const MAX_UNMAP_BYTES: u64 = 1 << 30;
 
 /// MAXIMUM WRITE SAME LENGTH in bytes. A WRITE SAME that is not an unmap really writes every
-/// block, so one command is bounded to 64 MiB (about a second of backend writes).
-const MAX_WRITE_SAME_BYTES: u64 = 64 << 20;
+/// block, so one command is bounded to 16 MiB (a fraction of a second of backend writes;
+/// ESXi's zeroing sends far smaller commands). It also keeps the limit below 65536 blocks at
+/// 512 bytes: above that, libiscsi's WriteSame16.Unmap writes its 65536-block pattern with a
+/// single WRITE(16) larger than our MAXIMUM TRANSFER LENGTH.
+const MAX_WRITE_SAME_BYTES: u64 = 16 << 20;
 
 /// OPTIMAL UNMAP GRANULARITY in bytes: the file system block of the file backend (smaller
 /// punches only zero) and a divisor of 1 MiB, which VMFS6 automatic unmap requires
@@ -113,7 +116,7 @@ mod tests {
         assert_eq!(&d[20..24], &[0, 0, 1, 0]);
         assert_eq!(&d[24..28], &[0, 0, 0, 8]);
         assert_eq!(&d[28..32], &[0x80, 0, 0, 0]);
-        assert_eq!(&d[32..40], &131072u64.to_be_bytes());
+        assert_eq!(&d[32..40], &32768u64.to_be_bytes());
         id.thin = false;
         assert_eq!(provisioning_page(&id), vec![0; 4]);
         assert_eq!(read_capacity_byte_14(&id), 0);
