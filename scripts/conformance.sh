@@ -54,7 +54,13 @@ FAMILIES=(
   "SCSI.Write10.*|0" "SCSI.Write12.*|0" "SCSI.Write16.*|0"
   "SCSI.WriteVerify10.*|0" "SCSI.WriteVerify12.*|0" "SCSI.WriteVerify16.*|0"
   "SCSI.Read10.*|2" "SCSI.Write10.*|2"
-  "SCSI.CompareAndWrite.*|0" "SCSI.WriteSame10.*|0" "SCSI.WriteSame16.*|0"
+  # WriteSame10.UnmapUntilEnd is left out on purpose: libiscsi 1.19 sends a 0xFF block with
+  # UNMAP=1 and expects zeros back, contradicting SBC-4 (see tests/conformance-skips.md).
+  "SCSI.CompareAndWrite.*|0" "SCSI.WriteSame16.*|0"
+  "SCSI.WriteSame10.Simple|0" "SCSI.WriteSame10.BeyondEol|0" "SCSI.WriteSame10.ZeroBlocks|0"
+  "SCSI.WriteSame10.WriteProtect|0" "SCSI.WriteSame10.Unmap|0"
+  "SCSI.WriteSame10.UnmapUnaligned|0" "SCSI.WriteSame10.UnmapVPD|0"
+  "SCSI.WriteSame10.Check|0" "SCSI.WriteSame10.InvalidDataOutSize|0"
   "SCSI.Unmap.*|0" "SCSI.GetLBAStatus.*|0" "SCSI.ReadCapacity16.*|2"
   "SCSI.CompareAndWrite.*|2" "SCSI.WriteSame16.*|2" "SCSI.Unmap.*|2" "SCSI.GetLBAStatus.*|2"
   "SCSI.Inquiry.*|2" "SCSI.WriteSame10.WriteProtect|1"

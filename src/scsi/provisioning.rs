@@ -16,8 +16,9 @@ pub(crate) const MAX_CAW_BLOCKS: u8 = 255;
 pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 
 /// MAXIMUM UNMAP LBA COUNT in bytes: a hole punch or chunk release is cheap, so this only
-/// bounds how long one command may hold the LU.
-const MAX_UNMAP_BYTES: u64 = 1 << 30;
+/// bounds how long one command may hold the LU. 512 MiB is 2^20 blocks of 512 bytes, the
+/// largest explicit limit libiscsi's Inquiry.BlockLimits accepts as sane.
+const MAX_UNMAP_BYTES: u64 = 512 << 20;
 
 /// MAXIMUM WRITE SAME LENGTH in bytes. A WRITE SAME that is not an unmap really writes every
 /// block, so one command is bounded to 16 MiB (a fraction of a second of backend writes;
@@ -112,7 +113,7 @@ mod tests {
         let mut d = vec![0u8; 0x3C];
         fill_block_limits(&id, &mut d);
         assert_eq!(d[1], 255);
-        assert_eq!(&d[16..20], &(2u32 * 1024 * 1024).to_be_bytes());
+        assert_eq!(&d[16..20], &(1u32 << 20).to_be_bytes());
         assert_eq!(&d[20..24], &[0, 0, 1, 0]);
         assert_eq!(&d[24..28], &[0, 0, 0, 8]);
         assert_eq!(&d[28..32], &[0x80, 0, 0, 0]);

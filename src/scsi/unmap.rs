@@ -161,7 +161,7 @@ mod tests {
             num_blocks: 1 << 32,
             ..identity()
         };
-        let e = parse(&big, &list(&[(0, 1 << 21), (1 << 22, 1)])).unwrap_err();
+        let e = parse(&big, &list(&[(0, 1 << 20), (1 << 22, 1)])).unwrap_err();
         assert_eq!((e.asc, e.field.unwrap().byte), (0x26, 8 + 16 + 8));
     }
 }
