@@ -637,6 +637,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn vaai_commands_dispatch() {
+        let lu = DiskLu::new(identity());
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[13] = 1;
+        assert_eq!(
+            lu.plan(A, &caw),
+            Plan::CompareAndWrite {
+                offset: 0,
+                len: 512,
+                fua: false
+            }
+        );
+        let unmap = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        assert_eq!(lu.plan(A, &unmap), Plan::Parameters { len: 24 });
+        let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+        list.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 0]);
+        assert_eq!(
+            lu.apply_parameters(A, &unmap, &list),
+            Plan::Unmap {
+                ranges: vec![(2048, 1024)]
+            }
+        );
+        list[15] = 0x08; // with byte 11 below: LBA 2^32 + 8, past the end
+        list[8] = 0;
+        list[11] = 1;
+        let r = lu.apply_parameters_response(A, &unmap, &list);
+        assert_eq!(sense_of(&r), (5, 0x21, 0));
+        let mut gls = [0u8; 16];
+        gls[0] = 0x9E;
+        gls[1] = 0x12;
+        gls[13] = 24;
+        assert!(matches!(lu.plan(A, &gls), Plan::LbaStatus { .. }));
+        let r = lu.lba_status_response(
+            512,
+            &[crate::backend::Extent {
+                len: 1024,
+                mapped: false,
+            }],
+            24,
+        );
+        assert_eq!(
+            r.data.as_ref(),
+            &[0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0, 0]
+        );
+    }
+
+    #[test]
     fn report_luns_on_the_lu_validates() {
         let lu = DiskLu::new(identity());
         let r = respond(lu.plan(A, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]));
