@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run libiscsi's iscsi-test-cu conformance suite against a freshly started vvold.
-#   scripts/conformance.sh [PATH-TO-vvold]
+#   scripts/conformance.sh [PATH-TO-vvold]      (ONLY=REGEX runs just the matching "family|lun" entries)
 # Starts the daemon on a free loopback port with its own data directory, runs each family,
 # prints passed/failed/skipped per family, stops the daemon by PID, and exits non-zero if any
 # test failed. A test that logs "[FAILED]" counts as failed even where CUnit counts it passed.
