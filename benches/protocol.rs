@@ -73,6 +73,7 @@ fn cdb_plan(c: &mut Criterion) {
         port_group: Default::default(),
         conglomerate: false,
         administrative: false,
+        thin: true,
     });
     let read10 = [0x28u8, 0, 0, 0, 0x10, 0, 0, 0, 8, 0];
     let write16 = [0x8Au8, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 8, 0, 0];

@@ -37,13 +37,20 @@ async fn rescan(s: &mut Session, l: Lun, vvol: bool) {
     let n = u32::from_be_bytes(luns[0..4].try_into().unwrap()) as usize / 8;
     let listed: Vec<&[u8]> = (0..n).map(|i| &luns[8 + 8 * i..16 + 8 * i]).collect();
     assert!(listed.contains(&&lun(0).to_bytes()[..]));
-    assert!(listed.iter().all(|e| e[2] != 0xE2), "secondaries listed at LUN 0");
+    assert!(
+        listed.iter().all(|e| e[2] != 0xE2),
+        "secondaries listed at LUN 0"
+    );
 
     let std = good(s, l, &inquiry(None, 96), None, 96).await;
     assert_eq!(std[0], 0x00, "peripheral: direct access, connected");
     assert_eq!(std[1] & 0x40 != 0, vvol, "LU_CONG only on subsidiary LUs");
     assert_eq!((std[5] >> 4) & 0x3, 0x1, "TPGS: implicit ALUA");
-    assert_eq!(&std[16..26], b"VVOLD DISK", "one product id: VMware copies only between equals");
+    assert_eq!(
+        &std[16..26],
+        b"VVOLD DISK",
+        "one product id: VMware copies only between equals"
+    );
 
     let pages = good(s, l, &vpd(0x00), None, 255).await;
     let list = &pages[4..4 + pages[3] as usize];
@@ -54,7 +61,11 @@ async fn rescan(s: &mut Session, l: Lun, vvol: bool) {
     assert_eq!(serial[1], 0x80);
     assert!(serial[3] > 0, "empty unit serial number");
     let ids = good(s, l, &vpd(0x83), None, 255).await;
-    assert_eq!(&ids[4..8], &[0x01, 0x03, 0x00, 16], "NAA designator with LU association first");
+    assert_eq!(
+        &ids[4..8],
+        &[0x01, 0x03, 0x00, 16],
+        "NAA designator with LU association first"
+    );
     assert_eq!(ids[8] >> 4, 6, "NAA-6");
     let ext = good(s, l, &vpd(0x86), None, 255).await;
     assert_eq!(ext[1], 0x86);
@@ -65,18 +76,27 @@ async fn rescan(s: &mut Session, l: Lun, vvol: bool) {
     let max_unmap = u32::from_be_bytes(limits[20..24].try_into().unwrap());
     assert!(max_unmap > 0, "MAXIMUM UNMAP LBA COUNT");
     let gran = u32::from_be_bytes(limits[28..32].try_into().unwrap()) as usize * BS;
-    assert!(gran > 0 && gran <= 1 << 20 && (1 << 20) % gran == 0, "unmap granularity {gran} must divide 1 MiB");
+    assert!(
+        gran > 0 && gran <= 1 << 20 && (1 << 20) % gran == 0,
+        "unmap granularity {gran} must divide 1 MiB"
+    );
     let prov = good(s, l, &vpd(0xB2), None, 255).await;
     assert_eq!(prov[5] & 0xC0, 0xC0, "LBPU and LBPWS");
 
     let cap = good(s, l, &read_capacity16(32), None, 32).await;
-    assert_eq!(u32::from_be_bytes(cap[8..12].try_into().unwrap()), BS as u32);
+    assert_eq!(
+        u32::from_be_bytes(cap[8..12].try_into().unwrap()),
+        BS as u32
+    );
     assert_ne!(cap[14] & 0x80, 0, "LBPME");
 
     // MODE SENSE(6), all pages: with a block descriptor (ESXi 6.5 reads it) and without.
     let with = good(s, l, &[0x1A, 0x00, 0x3F, 0, 255, 0], None, 255).await;
     assert_eq!(with[3], 8, "block descriptor length");
-    assert_eq!(u32::from_be_bytes([0, with[9], with[10], with[11]]), BS as u32);
+    assert_eq!(
+        u32::from_be_bytes([0, with[9], with[10], with[11]]),
+        BS as u32
+    );
     let without = good(s, l, &[0x1A, 0x08, 0x3F, 0, 255, 0], None, 255).await;
     assert_eq!(without[3], 0, "DBD=1: no block descriptor");
 }
@@ -102,7 +122,7 @@ fn caw(lba: u64) -> [u8; 16] {
 
 /// ATS heartbeats from two sessions on one block: every successful COMPARE AND WRITE must
 /// replace exactly the value the other saw last, so successes form one chain.
-async fn ats_heartbeats(mut s1: Session, mut s2: Session, l: Lun) -> (Session, Session) {
+async fn ats_heartbeats(mut s1: Session, s2: Session, l: Lun) -> (Session, Session) {
     const HB: u64 = 100;
     good(&mut s1, l, &write10(HB as u32, 1), Some(&vec![0u8; BS]), 0).await;
     async fn beat(mut s: Session, l: Lun, who: u8) -> (Session, Vec<(Vec<u8>, Vec<u8>)>, usize) {
@@ -112,7 +132,14 @@ async fn ats_heartbeats(mut s1: Session, mut s2: Session, l: Lun) -> (Session, S
             let cur = read_blocks_at(&mut s, l, HB, BS, 1).await;
             let mut next = vec![who; BS];
             next[1] = i;
-            let r = cmd_lun(&mut s, l, &caw(HB), Some(&[cur.clone(), next.clone()].concat()), 0).await;
+            let r = cmd_lun(
+                &mut s,
+                l,
+                &caw(HB),
+                Some(&[cur.clone(), next.clone()].concat()),
+                0,
+            )
+            .await;
             match r.status {
                 0 => wins.push((cur, next)),
                 2 => {
@@ -132,7 +159,10 @@ async fn ats_heartbeats(mut s1: Session, mut s2: Session, l: Lun) -> (Session, S
     let wins: Vec<_> = wins_a.into_iter().chain(wins_b).collect();
     let mut by_old: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
     for (old, new) in &wins {
-        assert!(by_old.insert(old.clone(), new.clone()).is_none(), "two CAWs succeeded on the same old value");
+        assert!(
+            by_old.insert(old.clone(), new.clone()).is_none(),
+            "two CAWs succeeded on the same old value"
+        );
     }
     let mut cur = vec![0u8; BS];
     let mut steps = 0;
@@ -140,8 +170,16 @@ async fn ats_heartbeats(mut s1: Session, mut s2: Session, l: Lun) -> (Session, S
         cur = next.clone();
         steps += 1;
     }
-    assert_eq!(steps, wins.len(), "successful heartbeats do not form one chain");
-    assert_eq!(read_blocks_at(&mut s2, l, HB, BS, 1).await, cur, "final heartbeat is the last success");
+    assert_eq!(
+        steps,
+        wins.len(),
+        "successful heartbeats do not form one chain"
+    );
+    assert_eq!(
+        read_blocks_at(&mut s2, l, HB, BS, 1).await,
+        cur,
+        "final heartbeat is the last success"
+    );
     (s1, s2)
 }
 
@@ -152,7 +190,11 @@ async fn lba_status(s: &mut Session, l: Lun, lba: u64) -> u8 {
     c[2..10].copy_from_slice(&lba.to_be_bytes());
     c[10..14].copy_from_slice(&64u32.to_be_bytes());
     let d = good(s, l, &c, None, 64).await;
-    assert_eq!(u64::from_be_bytes(d[8..16].try_into().unwrap()), lba, "first descriptor starts at the LBA asked");
+    assert_eq!(
+        u64::from_be_bytes(d[8..16].try_into().unwrap()),
+        lba,
+        "first descriptor starts at the LBA asked"
+    );
     d[20]
 }
 
@@ -164,7 +206,10 @@ async fn write_same_and_unmap(s: &mut Session, l: Lun) {
     ws[2..10].copy_from_slice(&200u64.to_be_bytes());
     ws[10..14].copy_from_slice(&8u32.to_be_bytes());
     good(s, l, &ws, Some(&[0x5Au8; BS]), 0).await;
-    assert!(read_blocks_at(s, l, 200, BS, 8).await.iter().all(|b| *b == 0x5A));
+    assert!(read_blocks_at(s, l, 200, BS, 8)
+        .await
+        .iter()
+        .all(|b| *b == 0x5A));
 
     // 1 MiB written, then deallocated by WRITE SAME(16) with UNMAP and a zero block.
     const MIB_BLOCKS: u32 = (1 << 20) / BS as u32;
@@ -174,8 +219,15 @@ async fn write_same_and_unmap(s: &mut Session, l: Lun) {
     ws[2..10].copy_from_slice(&2048u64.to_be_bytes());
     ws[10..14].copy_from_slice(&MIB_BLOCKS.to_be_bytes());
     good(s, l, &ws, Some(&[0u8; BS]), 0).await;
-    assert!(read_blocks_at(s, l, 2048, BS, MIB_BLOCKS).await.iter().all(|b| *b == 0));
-    assert_eq!(lba_status(s, l, 2048).await, 1, "WRITE SAME UNMAP deallocated");
+    assert!(read_blocks_at(s, l, 2048, BS, MIB_BLOCKS)
+        .await
+        .iter()
+        .all(|b| *b == 0));
+    assert_eq!(
+        lba_status(s, l, 2048).await,
+        1,
+        "WRITE SAME UNMAP deallocated"
+    );
 
     // UNMAP one 1 MiB range.
     write_blocks_at(s, l, 4096, BS, &pattern(1 << 20, 4)).await;
@@ -185,7 +237,10 @@ async fn write_same_and_unmap(s: &mut Session, l: Lun) {
     param[8..16].copy_from_slice(&4096u64.to_be_bytes());
     param[16..20].copy_from_slice(&MIB_BLOCKS.to_be_bytes());
     good(s, l, &[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Some(&param), 0).await;
-    assert!(read_blocks_at(s, l, 4096, BS, MIB_BLOCKS).await.iter().all(|b| *b == 0));
+    assert!(read_blocks_at(s, l, 4096, BS, MIB_BLOCKS)
+        .await
+        .iter()
+        .all(|b| *b == 0));
     assert_eq!(lba_status(s, l, 4096).await, 1, "UNMAP deallocated");
 }
 
@@ -196,7 +251,11 @@ async fn xcopy_between(s: &mut Session, src: Lun, dst: Lun) {
     let (a, b) = (naa_at(s, src).await, naa_at(s, dst).await);
     let (cdb, params) = xcopy(1, &[cscd(&a), cscd(&b)], &[b2b(0, 1, 16, 300, 400)]);
     good(s, src, &cdb, Some(&params), 0).await;
-    assert_eq!(read_blocks_at(s, dst, 400, BS, 16).await, data, "copied data");
+    assert_eq!(
+        read_blocks_at(s, dst, 400, BS, 16).await,
+        data,
+        "copied data"
+    );
 }
 
 async fn clear_ua(s: &mut Session, l: Lun) {
@@ -205,7 +264,11 @@ async fn clear_ua(s: &mut Session, l: Lun) {
         if r.status == 0 {
             return;
         }
-        assert_eq!(r.sense_code().map(|c| c.0), Some(0x6), "only unit attentions may precede GOOD");
+        assert_eq!(
+            r.sense_code().map(|c| c.0),
+            Some(0x6),
+            "only unit attentions may precede GOOD"
+        );
     }
     panic!("unit attentions never stopped on {l:?}");
 }
@@ -228,7 +291,10 @@ async fn esxi_datastore_sequence_on_a_normal_lun() {
 async fn esxi_datastore_sequence_on_a_bound_vvol() {
     let d = Daemon::start_vvol(VvolOpts::default());
     let api = Api::of(&d);
-    let (v1, v2) = (api.create_vvol(C_FILE, 16 << 20), api.create_vvol(C_FILE, 16 << 20));
+    let (v1, v2) = (
+        api.create_vvol(C_FILE, 16 << 20),
+        api.create_vvol(C_FILE, 16 << 20),
+    );
     let (mut s1, mut s2) = (login_host(&d, 1).await, login_host(&d, 2).await);
     let b1 = binding_lun(&api.bind(v1.id, HOST_A, Some(PE_1)));
     let b2 = binding_lun(&api.bind(v2.id, HOST_A, Some(PE_2)));

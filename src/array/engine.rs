@@ -384,6 +384,7 @@ impl Engine {
             // A VVol is a subsidiary LU of the conglomerate its PE administers.
             conglomerate: true,
             administrative: false,
+            thin: crate::backend::BlockDevice::thin(&device),
         };
         Ok(LogicalUnit::new(
             0,

@@ -127,7 +127,7 @@ fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Targ
             lun: l.id,
             source,
         })?;
-        let mut identity = identity(array_id, &t.name, l, device.size());
+        let mut identity = identity(array_id, &t.name, l, device.size(), device.thin());
         identity.port_group = t.port_group();
         luns.insert(
             l.id,
@@ -164,6 +164,8 @@ fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConf
         port_group: t.port_group(),
         conglomerate: true,
         administrative: true,
+        // A PE has no medium to provision.
+        thin: false,
     };
     engine::Pe {
         target: t.name.clone(),
@@ -235,7 +237,7 @@ pub fn naa_designator(array_id: &str, name: &str) -> [u8; 16] {
     v.to_be_bytes()
 }
 
-fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64) -> DiskIdentity {
+fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64, thin: bool) -> DiskIdentity {
     let serial = l
         .serial
         .clone()
@@ -254,6 +256,7 @@ fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64) -> DiskIdent
         // Ordinary LUs; Protocol Endpoints are built by the vvol layer.
         conglomerate: false,
         administrative: false,
+        thin,
     }
 }
 

@@ -6,13 +6,14 @@
 //! the configured size is extended (sparsely), so a LUN can be grown by editing its size; a
 //! larger one is refused, because shrinking would silently cut off data.
 
+mod provision;
 mod request;
 #[cfg(test)]
 mod tests;
 mod threaded;
 mod uring;
 
-use super::{check_range, BackendError, BlockDevice, IoResult};
+use super::{check_range, BackendError, BlockDevice, Extent, IoResult};
 use bytes::{Bytes, BytesMut};
 use request::{answer, Request};
 use std::fs::{File, OpenOptions};
@@ -29,6 +30,8 @@ use uring::Ring;
 pub struct FileDevice {
     size: u64,
     engine: Engine,
+    /// The open file itself, for hole punching and hole finding (see [`provision`]).
+    file: Arc<File>,
 }
 
 enum Engine {
@@ -71,12 +74,12 @@ impl FileDevice {
                             "io_uring unavailable ({e}); file devices fall back to threads"
                         )
                     });
-                    Engine::Threads(Threads::start(file)?)
+                    Engine::Threads(Threads::start(file.clone())?)
                 }
             },
-            EngineChoice::Threads => Engine::Threads(Threads::start(file)?),
+            EngineChoice::Threads => Engine::Threads(Threads::start(file.clone())?),
         };
-        Ok(FileDevice { size, engine })
+        Ok(FileDevice { size, engine, file })
     }
 
     /// Whether I/O goes through io_uring (false: the thread fallback).
@@ -167,5 +170,19 @@ impl BlockDevice for FileDevice {
         let (reply, rx) = oneshot::channel();
         self.submit(Request::Flush { reply })?;
         answer(rx).await
+    }
+
+    fn thin(&self) -> bool {
+        true
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        check_range(self.size, offset, len)?;
+        provision::blocking(&self.file, move |f| provision::punch(f, offset, len)).await
+    }
+
+    async fn allocation(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>> {
+        check_range(self.size, offset, len)?;
+        provision::blocking(&self.file, move |f| provision::allocation(f, offset, len)).await
     }
 }

@@ -1,7 +1,7 @@
 //! A device that stores nothing: reads return zeros, writes vanish. It exists to measure the
 //! target's own overhead, so the I/O path takes no lock and allocates nothing.
 
-use super::{check_range, BlockDevice, IoResult};
+use super::{check_range, BlockDevice, Extent, IoResult};
 use bytes::{Bytes, BytesMut};
 
 /// A zero-filled, write-discarding device of a fixed size.
@@ -36,6 +36,20 @@ impl BlockDevice for NullDevice {
     async fn flush(&self) -> IoResult<()> {
         Ok(())
     }
+
+    /// Nothing is ever stored, so nothing is ever mapped: thin, with reads of zeros.
+    fn thin(&self) -> bool {
+        true
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        check_range(self.size, offset, len)
+    }
+
+    async fn allocation(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>> {
+        check_range(self.size, offset, len)?;
+        Ok(vec![Extent { len, mapped: false }])
+    }
 }
 
 #[cfg(test)]
@@ -56,6 +70,21 @@ mod tests {
         assert_eq!(buf.len(), 8192);
         assert!(buf.iter().all(|&b| b == 0));
         dev.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn thin_and_never_mapped() {
+        let dev = NullDevice::new(1 << 20);
+        assert!(dev.thin());
+        dev.discard(0, 4096).await.unwrap();
+        assert!(dev.discard(1 << 20, 512).await.is_err());
+        assert_eq!(
+            dev.allocation(512, 1024).await.unwrap(),
+            vec![Extent {
+                len: 1024,
+                mapped: false
+            }]
+        );
     }
 
     #[tokio::test]

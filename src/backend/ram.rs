@@ -3,9 +3,10 @@
 //! The device is cut into fixed-size chunks, each allocated on its first write and guarded by
 //! its own lock, so I/O from many connections only contends when it touches the same chunk, and
 //! no lock is ever held across more than one chunk's copy. Unwritten chunks read as zeros
-//! without being allocated.
+//! without being allocated. UNMAP gives whole chunks back (their data box is swapped for an
+//! empty one, which marks the chunk deallocated) and zeroes partial ones.
 
-use super::{check_range, BackendError, BlockDevice, IoResult};
+use super::{check_range, BackendError, BlockDevice, Extent, IoResult};
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
 use std::sync::{OnceLock, RwLock};
@@ -14,6 +15,9 @@ use std::sync::{OnceLock, RwLock};
 /// small enough that a scattered workload does not pin much untouched memory.
 const CHUNK: u64 = 1 << 20;
 
+/// A chunk's bytes; an empty box means deallocated (never written, or unmapped since), which
+/// reads as zeros. Keeping the lock in place while releasing the memory means a discard never
+/// races with a reader over which lock guards the chunk.
 type Chunk = RwLock<Box<[u8]>>;
 
 /// A lazily allocated, sparse RAM disk.
@@ -55,17 +59,27 @@ impl RamDevice {
 
     /// Memory committed to chunks so far, in whole chunks (for tests and statistics).
     pub fn allocated_bytes(&self) -> u64 {
-        self.chunks.iter().filter(|c| c.get().is_some()).count() as u64 * CHUNK
+        (0..self.chunks.len())
+            .filter(|&i| self.is_mapped(i))
+            .count() as u64
+            * CHUNK
+    }
+
+    fn is_mapped(&self, index: usize) -> bool {
+        self.chunks[index]
+            .get()
+            .is_some_and(|c| !c.read().unwrap_or_else(|e| e.into_inner()).is_empty())
+    }
+
+    fn chunk_len(&self, index: usize) -> usize {
+        (self.size - index as u64 * CHUNK).min(CHUNK) as usize
     }
 
     /// The chunk at `index`, allocating it zero-filled on first use. The allocation is a
     /// calloc, so the OS still backs it lazily until the copy touches the pages.
     fn chunk_or_alloc(&self, index: usize) -> &Chunk {
-        self.chunks[index].get_or_init(|| {
-            let start = index as u64 * CHUNK;
-            let len = (self.size - start).min(CHUNK) as usize;
-            RwLock::new(vec![0u8; len].into_boxed_slice())
-        })
+        self.chunks[index]
+            .get_or_init(|| RwLock::new(vec![0u8; self.chunk_len(index)].into_boxed_slice()))
     }
 }
 
@@ -101,7 +115,10 @@ impl BlockDevice for RamDevice {
                 // bytes, and a torn block is what a crashed write looks like on any disk.
                 Some(chunk) => {
                     let data = chunk.read().unwrap_or_else(|e| e.into_inner());
-                    buf[dst].copy_from_slice(&data[src]);
+                    match data.get(src) {
+                        Some(bytes) => buf[dst].copy_from_slice(bytes),
+                        None => buf[dst].fill(0),
+                    }
                 }
                 None => buf[dst].fill(0),
             }
@@ -116,9 +133,54 @@ impl BlockDevice for RamDevice {
                 .chunk_or_alloc(index)
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
+            if chunk.is_empty() {
+                // Unmapped earlier: map it again, zero-filled.
+                *chunk = vec![0u8; self.chunk_len(index)].into_boxed_slice();
+            }
             chunk[dst].copy_from_slice(&data[src]);
         }
         Ok(())
+    }
+
+    fn thin(&self) -> bool {
+        true
+    }
+
+    /// Whole chunks are released; the edges of the range are zeroed in place, so memory is
+    /// returned at 1 MiB granularity while reads return zeros for exactly the range.
+    async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        check_range(self.size, offset, len)?;
+        let len = usize::try_from(len).map_err(|_| BackendError::OutOfRange { offset, len })?;
+        for (index, range, _) in pieces(offset, len) {
+            let Some(chunk) = self.chunks[index].get() else {
+                continue;
+            };
+            let mut data = chunk.write().unwrap_or_else(|e| e.into_inner());
+            if range.len() == self.chunk_len(index) {
+                *data = Box::new([]);
+            } else if let Some(bytes) = data.get_mut(range) {
+                bytes.fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunk by chunk: a chunk holding memory is mapped, any other is deallocated.
+    async fn allocation(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>> {
+        check_range(self.size, offset, len)?;
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut pos = offset;
+        while pos < offset + len {
+            let index = (pos / CHUNK) as usize;
+            let n = ((index as u64 + 1) * CHUNK).min(offset + len) - pos;
+            let mapped = self.is_mapped(index);
+            match extents.last_mut() {
+                Some(last) if last.mapped == mapped => last.len += n,
+                _ => extents.push(Extent { len: n, mapped }),
+            }
+            pos += n;
+        }
+        Ok(extents)
     }
 
     /// RAM is as durable as it gets; nothing to do.
@@ -214,6 +276,58 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read_vec(&dev, CHUNK, 512).await, vec![3; 512]);
+    }
+
+    #[tokio::test]
+    async fn discard_frees_whole_chunks_and_zeroes_edges() {
+        let dev = RamDevice::new(4 * CHUNK);
+        dev.write(0, Bytes::from(vec![7u8; 3 * CHUNK as usize]), false)
+            .await
+            .unwrap();
+        assert_eq!(dev.allocated_bytes(), 3 * CHUNK);
+        // From the middle of chunk 0 to the middle of chunk 2: only chunk 1 is freed.
+        dev.discard(CHUNK / 2, 2 * CHUNK).await.unwrap();
+        assert_eq!(dev.allocated_bytes(), 2 * CHUNK);
+        let back = read_vec(&dev, 0, 3 * CHUNK as usize).await;
+        let half = (CHUNK / 2) as usize;
+        assert!(back[..half].iter().all(|&b| b == 7));
+        assert!(back[half..5 * half].iter().all(|&b| b == 0));
+        assert!(back[5 * half..].iter().all(|&b| b == 7));
+        assert_eq!(
+            dev.allocation(0, 4 * CHUNK).await.unwrap(),
+            vec![
+                Extent {
+                    len: CHUNK,
+                    mapped: true
+                },
+                Extent {
+                    len: CHUNK,
+                    mapped: false
+                },
+                Extent {
+                    len: CHUNK,
+                    mapped: true
+                },
+                Extent {
+                    len: CHUNK,
+                    mapped: false
+                },
+            ]
+        );
+        // A freed chunk comes back zero-filled on its next write.
+        dev.write(CHUNK + 512, Bytes::from(vec![9u8; 512]), false)
+            .await
+            .unwrap();
+        let back = read_vec(&dev, CHUNK, 1536).await;
+        assert_eq!((back[0], back[512], back[1024]), (0, 9, 0));
+        assert_eq!(
+            dev.allocation(CHUNK + 4096, 512).await.unwrap(),
+            vec![Extent {
+                len: 512,
+                mapped: true
+            }]
+        );
+        assert!(dev.discard(4 * CHUNK, 512).await.is_err());
     }
 
     #[test]

@@ -565,12 +565,26 @@ impl<'a> FullFeature<'a> {
             completion: routed.completion,
             guard: routed.guard,
         };
-        let data_len = match &job.plan {
-            Plan::Write { len, .. } | Plan::Compare { len, .. } | Plan::Parameters { len } => {
-                Some(*len)
-            }
+        // COMPARE AND WRITE and WRITE SAME name their exact Data-Out size in the CDB: any
+        // other announced size contradicts the CDB, and a partial compare or pattern would be
+        // wrong, so refuse it whole (libiscsi *.InvalidDataOutSize).
+        let fixed = match &job.plan {
+            Plan::CompareAndWrite { .. } => Some(Sense::invalid_cdb_field(13, None)),
+            Plan::WriteSame { .. } => Some(Sense::INVALID_FIELD_IN_INFORMATION_UNIT),
             _ => None,
         };
+        if let (Some(sense), Some(lu), Some(need)) =
+            (fixed, job.lu.clone(), job.plan.data_out_len())
+        {
+            if c.expected_len != need || (need > 0 && !c.write) {
+                self.discard(reader, h).await?;
+                let resp = lu.disk.sense_response(sense);
+                ctx.respond(&job.cmd, &job.task, resp, None).await;
+                return Ok(());
+            }
+        }
+        // Zero bytes (COMPARE AND WRITE of 0 blocks, WRITE SAME with NDOB): no Data-Out phase.
+        let data_len = job.plan.data_out_len().filter(|&n| n > 0);
         let (Some(lu), Some(len)) = (job.lu.clone(), data_len) else {
             // No data-out phase: drop any data the initiator sent along.
             self.discard(reader, h).await?;

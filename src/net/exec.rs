@@ -276,6 +276,8 @@ impl ConnCtx {
                 Ok(()) => Response::good_empty(),
                 Err(e) => write_err(e),
             },
+            // Zero blocks: nothing to compare or write (SBC-3 §5.2).
+            Plan::CompareAndWrite { len: 0, .. } => Response::good_empty(),
             Plan::CompareAndWrite { offset, len, fua } => {
                 // Exclusive: no other write to this LU runs between the compare and the write.
                 let _w = lu.write_lock.write().await;

@@ -36,7 +36,8 @@ pub(crate) fn read_capacity_16(id: &DiskIdentity, cdb: Cdb<'_>) -> Result<Bytes,
     d[0..8].copy_from_slice(&last_lba(id).to_be_bytes());
     d[8..12].copy_from_slice(&id.block_size.to_be_bytes());
     // [12] P_TYPE/PROT_EN 0: no protection information. [13] P_I_EXPONENT and LOGICAL BLOCKS
-    // PER PHYSICAL BLOCK EXPONENT 0. [14..16] LBPME=0, LBPRZ=0, LOWEST ALIGNED LBA 0.
+    // PER PHYSICAL BLOCK EXPONENT 0. [14..16] LBPME, LBPRZ, LOWEST ALIGNED LBA 0.
+    d[14] = super::provisioning::read_capacity_byte_14(id);
     Ok(trim(d, alloc))
 }
 
@@ -79,7 +80,11 @@ mod tests {
         cdb[13] = 32;
         let d = read_capacity_16(&id, Cdb::new(&cdb)).unwrap();
         assert_eq!(&d[..12], &[0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 2, 0]);
-        assert_eq!(&d[12..], &[0; 20]);
+        assert_eq!(&d[12..14], &[0; 2]);
+        assert_eq!(d[14], 0xC0, "thin: LBPME and LBPRZ");
+        assert_eq!(&d[15..], &[0; 17]);
+        id.thin = false;
+        assert_eq!(read_capacity_16(&id, Cdb::new(&cdb)).unwrap()[14], 0);
         cdb[13] = 0;
         assert_eq!(read_capacity_16(&id, Cdb::new(&cdb)).unwrap().len(), 0);
         cdb[13] = 15;

@@ -12,6 +12,7 @@ use super::mode::{self, ModePages};
 use super::opcodes::{self, Command};
 use super::sense::{Sense, SenseKey};
 use super::{capacity, inquiry, report_luns, rsoc, rw, NexusId, Plan, Response};
+use super::{caw, lba_status, unmap, write_same};
 
 /// Everything that makes one disk distinguishable from another; all INQUIRY, VPD and
 /// capacity data is derived from it alone.
@@ -42,6 +43,10 @@ pub struct DiskIdentity {
     /// Administrative LU (a Protocol Endpoint): it has no data of its own, so media access
     /// commands fail with LBA OUT OF RANGE; READ CAPACITY reports the configured tiny size.
     pub administrative: bool,
+    /// Thin provisioned: the backend really deallocates (UNMAP, WRITE SAME with UNMAP).
+    /// READ CAPACITY(16) LBPME/LBPRZ, VPD B0h unmap limits and VPD B2h all derive from this
+    /// one bit (see `provisioning`).
+    pub thin: bool,
 }
 
 /// Which reset the transport's task management function performed.
@@ -211,6 +216,12 @@ impl DiskLu {
             },
             ReceiveCopyResults => self.respond(self.copy_results.receive(nexus, cdb)),
             ReportTargetPortGroups => self.respond(super::alua::report_target_port_groups(id, cdb)),
+            CompareAndWrite => caw::plan(id, cdb, self.write_protect())?,
+            WriteSame10 | WriteSame16 => {
+                write_same::plan(id, cdb, command == WriteSame16, self.write_protect())?
+            }
+            Unmap => unmap::plan(id, cdb, self.write_protect())?,
+            GetLbaStatus => lba_status::plan(id, cdb)?,
             _ => rw::plan(id, command, cdb, self.write_protect())?,
         })
     }
@@ -250,6 +261,12 @@ impl DiskLu {
         if cdb.first() == Some(&0x83) {
             return self.extended_copy(nexus, cdb, data);
         }
+        if let Ok((info, _)) = opcodes::decode(cdb) {
+            if info.command == Command::Unmap {
+                return unmap::parse(&self.identity, data)
+                    .unwrap_or_else(|sense| Plan::Respond(self.sense_response(sense)));
+            }
+        }
         Plan::Respond(self.mode_select(nexus, cdb, data))
     }
 
@@ -287,25 +304,12 @@ impl DiskLu {
         extents: &[crate::backend::Extent],
         alloc_len: u32,
     ) -> Response {
-        let bs = self.identity.block_size as u64;
-        let mut data = vec![0u8; 8];
-        let mut lba = offset / bs;
-        for e in extents {
-            let blocks = e.len / bs;
-            if blocks == 0 {
-                continue;
-            }
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&lba.to_be_bytes());
-            d[8..12].copy_from_slice(&(blocks.min(u32::MAX as u64) as u32).to_be_bytes());
-            d[12] = if e.mapped { 0 } else { 1 };
-            data.extend_from_slice(&d);
-            lba += blocks;
-        }
-        let param_len = (data.len() - 4) as u32;
-        data[0..4].copy_from_slice(&param_len.to_be_bytes());
-        data.truncate(alloc_len as usize);
-        Response::good(bytes::Bytes::from(data))
+        Response::good(lba_status::response(
+            self.identity.block_size,
+            offset,
+            extents,
+            alloc_len,
+        ))
     }
 
     /// The outcome of an EXTENDED COPY, for RECEIVE COPY RESULTS.
@@ -430,6 +434,7 @@ pub(crate) mod tests {
             port_group: Default::default(),
             conglomerate: false,
             administrative: false,
+            thin: true,
         }
     }
 
@@ -656,7 +661,7 @@ pub(crate) mod tests {
     fn unsupported_and_malformed_commands_never_panic() {
         let lu = DiskLu::new(identity());
         assert_eq!(sense_of(&respond(lu.plan(A, &[]))), (5, 0x20, 0));
-        assert_eq!(sense_of(&respond(lu.plan(A, &[0x42; 10]))), (5, 0x20, 0));
+        assert_eq!(sense_of(&respond(lu.plan(A, &[0xC1; 10]))), (5, 0x20, 0));
         for len in 0..16 {
             for op in 0..=255u8 {
                 let mut cdb = vec![0xFFu8; len];
@@ -711,6 +716,54 @@ pub(crate) mod tests {
         assert_eq!(&r.data[..8], &[0, 0, 0, 12, 0, 3, 0, 1]);
         let set = [0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
         assert_eq!(sense_of(&respond(lu.plan(A, &set))), (5, 0x20, 0));
+    }
+
+    #[test]
+    fn vaai_commands_dispatch() {
+        let lu = DiskLu::new(identity());
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[13] = 1;
+        assert_eq!(
+            lu.plan(A, &caw),
+            Plan::CompareAndWrite {
+                offset: 0,
+                len: 512,
+                fua: false
+            }
+        );
+        let unmap = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        assert_eq!(lu.plan(A, &unmap), Plan::Parameters { len: 24 });
+        let mut list = vec![0, 22, 0, 16, 0, 0, 0, 0];
+        list.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 0]);
+        assert_eq!(
+            lu.apply_parameters(A, &unmap, &list),
+            Plan::Unmap {
+                ranges: vec![(2048, 1024)]
+            }
+        );
+        list[15] = 0x08; // with byte 11 below: LBA 2^32 + 8, past the end
+        list[8] = 0;
+        list[11] = 1;
+        let r = lu.apply_parameters_response(A, &unmap, &list);
+        assert_eq!(sense_of(&r), (5, 0x21, 0));
+        let mut gls = [0u8; 16];
+        gls[0] = 0x9E;
+        gls[1] = 0x12;
+        gls[13] = 24;
+        assert!(matches!(lu.plan(A, &gls), Plan::LbaStatus { .. }));
+        let r = lu.lba_status_response(
+            512,
+            &[crate::backend::Extent {
+                len: 1024,
+                mapped: false,
+            }],
+            24,
+        );
+        assert_eq!(
+            r.data.as_ref(),
+            &[0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0, 0]
+        );
     }
 
     #[test]

@@ -5,19 +5,24 @@
 
 pub mod alua;
 mod capacity;
+mod caw;
 pub(crate) mod cdb;
 mod copy_results;
 pub mod disk;
 mod inquiry;
+mod lba_status;
 pub mod lun;
 mod mode;
 pub mod opcodes;
+mod provisioning;
 pub mod report_luns;
 mod rsoc;
 mod rw;
 pub mod sense;
 mod unit_attention;
+mod unmap;
 mod vpd;
+mod write_same;
 pub mod xcopy;
 
 pub use alua::{AluaState, PortGroup};

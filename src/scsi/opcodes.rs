@@ -43,6 +43,11 @@ pub enum Command {
     ExtendedCopy,
     ReceiveCopyResults,
     ReportTargetPortGroups,
+    WriteSame10,
+    Unmap,
+    CompareAndWrite,
+    WriteSame16,
+    GetLbaStatus,
 }
 
 /// One supported (operation code, service action) pair.
@@ -126,6 +131,23 @@ const RCR: &[u8] = &[
     0, 0, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0,
 ];
 
+// VAAI. WRITE SAME: UNMAP (and NDOB in the 16-byte CDB); ANCHOR is left out because
+// anchored blocks are not supported (VPD B2h ANC_SUP = 0), so ANCHOR=1 is an invalid field.
+const WS10: &[u8] = &[0, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0x00];
+const WS16: &[u8] = &[
+    0, 0x09, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0x00,
+];
+// UNMAP: no ANCHOR (see above); GROUP NUMBER and PARAMETER LIST LENGTH.
+const UNMAP: &[u8] = &[0, 0x00, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0x00];
+// COMPARE AND WRITE: DPO, FUA, FUA_NV; NUMBER OF LOGICAL BLOCKS is the single byte 13.
+const CAW: &[u8] = &[
+    0, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0x1F, 0x00,
+];
+// GET LBA STATUS: STARTING LBA and ALLOCATION LENGTH.
+const GLS: &[u8] = &[
+    0, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x00,
+];
+
 /// Sorted by (opcode, service action): REPORT SUPPORTED OPERATION CODES lists it in order.
 pub static OPCODES: &[OpInfo] = &[
     op(0x00, Command::TestUnitReady, &[0, 0, 0, 0, 0, 0], 5),
@@ -164,6 +186,8 @@ pub static OPCODES: &[OpInfo] = &[
     op(0x2F, Command::Verify10, VFY10, 30),
     op(0x34, Command::PreFetch10, PF10, 30),
     op(0x35, Command::SynchronizeCache10, SC10, 60),
+    op(0x41, Command::WriteSame10, WS10, 60),
+    op(0x42, Command::Unmap, UNMAP, 60),
     op(
         0x55,
         Command::ModeSelect10,
@@ -189,11 +213,13 @@ pub static OPCODES: &[OpInfo] = &[
     sa(0x84, 0x00, Command::ReceiveCopyResults, RCR, 5),
     sa(0x84, 0x03, Command::ReceiveCopyResults, RCR, 5),
     op(0x88, Command::Read16, RW16, 30),
+    op(0x89, Command::CompareAndWrite, CAW, 30),
     op(0x8A, Command::Write16, RW16, 30),
     op(0x8E, Command::WriteAndVerify16, VFY16, 30),
     op(0x8F, Command::Verify16, VFY16, 30),
     op(0x90, Command::PreFetch16, PF16, 30),
     op(0x91, Command::SynchronizeCache16, SC16, 60),
+    op(0x93, Command::WriteSame16, WS16, 60),
     sa(
         0x9E,
         0x10,
@@ -204,6 +230,7 @@ pub static OPCODES: &[OpInfo] = &[
         ],
         5,
     ),
+    sa(0x9E, 0x12, Command::GetLbaStatus, GLS, 30),
     op(
         0xA0,
         Command::ReportLuns,
@@ -331,7 +358,7 @@ mod tests {
 
     #[test]
     fn unknown_service_action_points_at_byte_1() {
-        let e = decode(&[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]).unwrap_err();
+        let e = decode(&[0x9E, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]).unwrap_err();
         assert_eq!((e.key, e.asc), (SenseKey::IllegalRequest, 0x24));
         assert_eq!(e.field.unwrap().byte, 1);
     }

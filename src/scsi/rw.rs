@@ -40,7 +40,7 @@ impl Layout {
 
 /// LBA OUT OF RANGE unless [lba, lba+blocks) lies on the medium. An LBA past the last block
 /// is out of range even with zero blocks (libiscsi's ZeroBlocks tests rely on it).
-fn check_range(id: &DiskIdentity, lba: u64, blocks: u64) -> Result<(), Sense> {
+pub(crate) fn check_range(id: &DiskIdentity, lba: u64, blocks: u64) -> Result<(), Sense> {
     match lba.checked_add(blocks) {
         Some(end) if lba < id.num_blocks && end <= id.num_blocks => Ok(()),
         _ => Err(Sense::LBA_OUT_OF_RANGE),

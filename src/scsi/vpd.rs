@@ -28,7 +28,7 @@ pub(crate) fn page(id: &DiskIdentity, code: u8) -> Option<Vec<u8>> {
         0x8F => super::xcopy::third_party_copy_page(),
         0xB0 => block_limits(id),
         0xB1 => block_device_characteristics(),
-        0xB2 => logical_block_provisioning(),
+        0xB2 => super::provisioning::provisioning_page(id),
         _ => return None,
     };
     let mut p = Vec::with_capacity(4 + body.len());
@@ -75,7 +75,6 @@ fn extended_inquiry(id: &DiskIdentity) -> Vec<u8> {
 fn block_limits(id: &DiskIdentity) -> Vec<u8> {
     let bs = id.block_size.max(1);
     let mut d = vec![0u8; 0x3C];
-    // [0] WSNZ=0, [1] MAXIMUM COMPARE AND WRITE LENGTH 0: no COMPARE AND WRITE yet.
     // OPTIMAL TRANSFER LENGTH GRANULARITY: 4 KiB, the smallest unaligned-free unit.
     let granularity = (4096 / bs).max(1) as u16;
     d[2..4].copy_from_slice(&granularity.to_be_bytes());
@@ -83,7 +82,8 @@ fn block_limits(id: &DiskIdentity) -> Vec<u8> {
     d[8..12].copy_from_slice(&(OPTIMAL_TRANSFER_BYTES / bs).to_be_bytes());
     // MAXIMUM PREFETCH LENGTH: what PRE-FETCH reports CONDITION MET for.
     d[12..16].copy_from_slice(&max_transfer_blocks(id).to_be_bytes());
-    // UNMAP and WRITE SAME limits stay 0 until those commands exist (libiscsi checks this).
+    // WSNZ, COMPARE AND WRITE, UNMAP and WRITE SAME limits: one place for all of them.
+    super::provisioning::fill_block_limits(id, &mut d);
     d
 }
 
@@ -91,11 +91,6 @@ fn block_device_characteristics() -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     d[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE: non-rotating
     d
-}
-
-fn logical_block_provisioning() -> Vec<u8> {
-    // THRESHOLD EXPONENT 0, LBPU=LBPWS=LBPWS10=0, PROVISIONING TYPE 0 (fully provisioned).
-    vec![0u8; 4]
 }
 
 #[cfg(test)]
@@ -142,18 +137,18 @@ mod tests {
         let p = page(&identity(), 0xB0).unwrap();
         assert_eq!(p.len(), 64);
         assert_eq!(p[3], 0x3C);
-        assert_eq!(p[5], 0, "no COMPARE AND WRITE");
+        assert_eq!(p[5], 255, "MAXIMUM COMPARE AND WRITE LENGTH");
         assert_eq!(&p[6..8], &[0, 8]);
         assert_eq!(u32::from_be_bytes(p[8..12].try_into().unwrap()), 16384);
         assert_eq!(u32::from_be_bytes(p[12..16].try_into().unwrap()), 2048);
-        assert_eq!(&p[20..28], &[0; 8], "no UNMAP");
+        assert_eq!(&p[24..28], &[0, 0, 1, 0], "256 UNMAP descriptors");
     }
 
     #[test]
     fn characteristics_and_provisioning() {
         let id = identity();
         assert_eq!(&page(&id, 0xB1).unwrap()[4..6], &[0, 1]);
-        assert_eq!(page(&id, 0xB2).unwrap(), vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
+        assert_eq!(page(&id, 0xB2).unwrap(), vec![0, 0xB2, 0, 4, 0, 0xE4, 2, 0]);
         assert_eq!(&page(&id, 0x86).unwrap()[4..8], &[0, 1, 1, 1]);
     }
 

@@ -1113,4 +1113,3 @@ pub fn xcopy(list_id: u8, cscds: &[Vec<u8>], segs: &[Vec<u8>]) -> ([u8; 16], Vec
     cdb[10..14].copy_from_slice(&(data.len() as u32).to_be_bytes());
     (cdb, data)
 }
-

@@ -1,0 +1,146 @@
+//! GET LBA STATUS (SBC-3 §5.16): the CDB becomes a [`Plan::LbaStatus`]; the backend's
+//! allocation extents become LBA status descriptors.
+
+use bytes::Bytes;
+
+use super::cdb::{trim, Cdb};
+use super::disk::DiskIdentity;
+use super::rw::check_range;
+use super::sense::Sense;
+use super::{Plan, Response};
+use crate::backend::Extent;
+
+/// How much of the medium one command asks the backend about: enough for every descriptor
+/// an initiator reads in practice, bounded so a huge LU costs one command little.
+const SPAN_BYTES: u64 = 1 << 30;
+
+/// PROVISIONING STATUS values (SBC-3 table 70).
+const MAPPED: u8 = 0;
+const DEALLOCATED: u8 = 1;
+
+pub(crate) fn plan(id: &DiskIdentity, cdb: Cdb<'_>) -> Result<Plan, Sense> {
+    if id.administrative {
+        return Err(Sense::LBA_OUT_OF_RANGE);
+    }
+    let lba = cdb.be64(2);
+    let alloc_len = cdb.be32(10);
+    check_range(id, lba, 1)?;
+    if alloc_len == 0 {
+        return Ok(Plan::Respond(Response::good_empty()));
+    }
+    let bs = u64::from(id.block_size);
+    Ok(Plan::LbaStatus {
+        offset: lba * bs,
+        len: ((id.num_blocks - lba) * bs).min(SPAN_BYTES),
+        alloc_len,
+    })
+}
+
+/// The parameter data for `extents` starting at byte `offset`: header (PARAMETER DATA LENGTH
+/// counts the bytes after itself), then one 16-byte descriptor per run of equal state, cut to
+/// the allocation length. Extent edges that fall inside a block are rounded down, so runs
+/// stay contiguous and the first descriptor starts at the requested LBA.
+pub(crate) fn response(block_size: u32, offset: u64, extents: &[Extent], alloc_len: u32) -> Bytes {
+    let bs = u64::from(block_size.max(1));
+    let mut runs: Vec<(u64, u64, u8)> = Vec::new();
+    let mut pos = offset;
+    for e in extents {
+        let (start, end) = (pos / bs, (pos + e.len) / bs);
+        pos += e.len;
+        let state = if e.mapped { MAPPED } else { DEALLOCATED };
+        match runs.last_mut() {
+            _ if end <= start => {}
+            Some(last) if last.2 == state => last.1 = end,
+            _ => runs.push((start, end, state)),
+        }
+    }
+    let mut data = vec![0u8; 8];
+    for (mut start, end, state) in runs {
+        // NUMBER OF LOGICAL BLOCKS is 32 bits: a longer run takes several descriptors.
+        while start < end {
+            let n = (end - start).min(u64::from(u32::MAX));
+            data.extend_from_slice(&start.to_be_bytes());
+            data.extend_from_slice(&(n as u32).to_be_bytes());
+            data.extend_from_slice(&[state, 0, 0, 0]);
+            start += n;
+        }
+    }
+    let param_len = (data.len() - 4) as u32;
+    data[0..4].copy_from_slice(&param_len.to_be_bytes());
+    trim(data, alloc_len as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::disk::tests::identity;
+
+    fn ext(len: u64, mapped: bool) -> Extent {
+        Extent { len, mapped }
+    }
+
+    #[test]
+    fn plan_checks_the_lba() {
+        let id = identity();
+        let mut c = [0u8; 16];
+        c[0] = 0x9E;
+        c[1] = 0x12;
+        c[9] = 10;
+        c[13] = 24;
+        assert_eq!(
+            plan(&id, Cdb::new(&c)).unwrap(),
+            Plan::LbaStatus {
+                offset: 5120,
+                len: 2038 * 512,
+                alloc_len: 24
+            }
+        );
+        c[8] = 8; // LBA 2058
+        assert_eq!(
+            plan(&id, Cdb::new(&c)).unwrap_err(),
+            Sense::LBA_OUT_OF_RANGE
+        );
+    }
+
+    #[test]
+    fn descriptors_merge_and_round() {
+        let d = response(
+            512,
+            1024,
+            &[
+                ext(4096, true),
+                ext(1024, true),
+                ext(4096 + 256, false),
+                ext(512, true),
+            ],
+            255,
+        );
+        assert_eq!(&d[..8], &[0, 0, 0, 0x34, 0, 0, 0, 0]);
+        assert_eq!(
+            &d[8..24],
+            &[0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 10, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            &d[24..40],
+            &[0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 8, 1, 0, 0, 0]
+        );
+        assert_eq!(
+            &d[40..56],
+            &[0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0, 0]
+        );
+        assert_eq!(d.len(), 56);
+        assert_eq!(
+            response(512, 0, &[ext(512, false)], 8).as_ref(),
+            &[0, 0, 0, 20, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn long_runs_split() {
+        let d = response(512, 0, &[ext((1u64 << 32) * 512, false)], 1000);
+        assert_eq!(&d[..4], &[0, 0, 0, 36]);
+        assert_eq!(&d[16..20], &[0xFF; 4]);
+        assert_eq!(&d[24..32], &0xFFFF_FFFFu64.to_be_bytes());
+        assert_eq!(&d[32..36], &[0, 0, 0, 1]);
+    }
+}
