@@ -10,7 +10,9 @@ mod inquiry;
 pub mod lun;
 mod mode;
 pub mod opcodes;
+pub mod pr;
 pub mod report_luns;
+mod reserve;
 mod rsoc;
 mod rw;
 pub mod sense;
@@ -20,6 +22,7 @@ mod vpd;
 use bytes::Bytes;
 pub use disk::{compare_result, DiskIdentity, DiskLu, ResetKind};
 pub use lun::Lun;
+pub use pr::{InitiatorPort, PrPersistence};
 pub use report_luns::{report_luns, unsupported_lun_response};
 pub use sense::{Sense, SenseKey};
 
@@ -62,6 +65,15 @@ impl Response {
 
     pub fn good_empty() -> Response {
         Response::good(Bytes::new())
+    }
+
+    /// RESERVATION CONFLICT: no sense data (SAM-5 §5.3.1).
+    pub fn conflict() -> Response {
+        Response {
+            status: Status::ReservationConflict,
+            data: Bytes::new(),
+            sense: Bytes::new(),
+        }
     }
 
     /// CHECK CONDITION with fixed-format sense.
