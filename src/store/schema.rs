@@ -53,7 +53,15 @@ CREATE TABLE pe_counters (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1];
+/// Version 2: persistent reservation state of LUs with APTPL set (see `pr.rs`).
+const V2: &str = "
+CREATE TABLE pr_state (
+    naa TEXT PRIMARY KEY,
+    state BLOB NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
