@@ -303,6 +303,7 @@ impl<'a> FullFeature<'a> {
             max_xmit: s.max_xmit,
             max_burst: login.params.max_burst_length as usize,
             engine: shared.array.engine.clone(),
+            shared: shared.clone(),
         }));
         s.session = Some(session);
         s
