@@ -5,6 +5,10 @@
 //! Registrations belong to initiator ports, so the LU keeps a map from I_T nexus to initiator
 //! port, filled at login (`DiskLu::nexus_added`). An I_T nexus loss drops the nexus from the
 //! map and releases its SPC-2 reservation, but keeps its port's registrations (SPC-4 §5.9.4).
+//!
+//! Not implemented, and reported so: REGISTER AND MOVE (no table row: INVALID FIELD IN CDB at
+//! the service action), SPEC_I_PT and ALL_TG_PT (SIP_C = ATP_C = 0: INVALID FIELD IN PARAMETER
+//! LIST). Scopes other than LU_SCOPE are invalid fields in the CDB.
 
 mod access;
 mod prin;
