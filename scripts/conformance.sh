@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run libiscsi's iscsi-test-cu conformance suite against a freshly started vvold.
-#   scripts/conformance.sh [PATH-TO-vvold]      (ONLY=REGEX runs just the matching "family|lun" entries)
+#   [ONLY=REGEX] scripts/conformance.sh [PATH-TO-vvold]
 # Starts the daemon on a free loopback port with its own data directory, runs each family,
 # prints passed/failed/skipped per family, stops the daemon by PID, and exits non-zero if any
 # test failed. A test that logs "[FAILED]" counts as failed even where CUnit counts it passed.
@@ -42,7 +42,8 @@ for _ in $(seq 100); do
 done
 
 URL=iscsi://127.0.0.1:$PORT/$IQN
-# family pattern, LUN
+# family pattern, LUN[, 2 = give the LUN's URL twice: the multipath tests need two paths, and the
+# reservation tests then log in their second initiator through it]
 FAMILIES=(
   "iSCSI.*|0"
   "SCSI.Inquiry.*|0" "SCSI.Mandatory.*|0" "SCSI.ModeSense6.*|0" "SCSI.NoMedia.*|0"
@@ -67,15 +68,22 @@ FAMILIES=(
   "SCSI.CompareAndWrite.*|2" "SCSI.WriteSame16.*|2" "SCSI.Unmap.*|2" "SCSI.GetLBAStatus.*|2"
   "SCSI.Inquiry.*|2" "SCSI.WriteSame10.WriteProtect|1"
   "SCSI.WriteSame16.WriteProtect|1"
+  # Reserve6.LUNReset alone: it starts with a RESERVE(6) on the session the previous test
+  # (TargetWarmReset) reset, which still holds its reset unit attention (see conformance-skips.md).
+  "SCSI.Reserve6.Simple,SCSI.Reserve6.2Initiators,SCSI.Reserve6.Logout,SCSI.Reserve6.ITNexusLoss,SCSI.Reserve6.TargetColdReset,SCSI.Reserve6.TargetWarmReset|0"
+  "SCSI.Reserve6.LUNReset|0" "SCSI.PrinReadKeys.*|0" "SCSI.PrinServiceactionRange.*|0"
+  "SCSI.PrinReportCapabilities.*|0" "SCSI.ProutRegister.*|0" "SCSI.ProutReserve.*|0|2"
+  "SCSI.ProutClear.*|0" "SCSI.ProutPreempt.*|0|2" "SCSI.MultipathIO.*|0|2"
 )
 total_pass=0; total_fail=0; total_skip=0
 printf '%-34s %4s %7s %7s %7s\n' family lun passed failed skipped
 for entry in "${FAMILIES[@]}"; do
-  fam=${entry%|*}; lun=${entry#*|}
-  # ONLY=REGEX runs just the matching families (quick iteration on one area).
-  if [ -n "${ONLY:-}" ] && ! [[ "$entry" =~ $ONLY ]]; then continue; fi
+  IFS='|' read -r fam lun paths <<<"$entry"
+  # ONLY=REGEX runs just the matching families (while working on one area).
+  if [ -n "${ONLY:-}" ] && ! [[ $fam =~ $ONLY ]]; then continue; fi
+  urls=("$URL/$lun"); [ "${paths:-1}" = 2 ] && urls+=("$URL/$lun")
   log="$WORK/$(echo "$fam" | tr -c 'A-Za-z0-9\n' _)-$lun.log"
-  timeout 600 iscsi-test-cu -d -v -t "$fam" "$URL/$lun" >"$log" 2>&1
+  timeout 600 iscsi-test-cu -d -v -t "$fam" "${urls[@]}" >"$log" 2>&1
   read -r passed failed skipped < <(python3 scripts/cu-verdicts.py "$log" 2>"$log.verdicts")
   if [ $((passed + failed + skipped)) = 0 ]; then failed=1; echo "no test ran for $fam (see $log)"; fi
   printf '%-34s %4s %7s %7s %7s\n' "$fam" "$lun" "$passed" "$failed" "$skipped"

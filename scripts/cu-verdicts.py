@@ -6,7 +6,9 @@ A test fails if CUnit says so or if it logged a "[FAILED]" line, except the test
 EXPECTS_FAILED_LINES whose bodies deliberately provoke failures through helpers that always
 log "[FAILED]" (see tests/conformance-skips.md). A passing test that logged "[SKIPPED]" counts
 as skipped. Lines printed by the suite's own set-up probes ("PERSISTENT RESERVE IN is not
-implemented") belong to no test and are ignored."""
+implemented") belong to no test and are ignored, and so is what the suite's clean-up prints after
+the last test's "passed" (its PERSISTENT RESERVE IN on a session that a test left with a pending
+reset unit attention)."""
 import re
 import sys
 
@@ -20,6 +22,11 @@ for i, m in enumerate(starts):
     end = starts[i + 1].start() if i + 1 < len(starts) else text.find("Run Summary:", m.end())
     body = text[m.end():end if end >= 0 else len(text)]
     name = m.group(1)
+    # CUnit prints "passed" at the start of a line once the test is over; anything after it
+    # before the next test is the suite's clean-up, not this test.
+    verdict = re.search(r"^passed\b", body, re.M)
+    if verdict:
+        body = body[:verdict.start()]
     cunit_failed = re.search(r"(^|\.\.\.)FAILED\b|^\s*FAILED\b", body, re.M) is not None
     logged_failed = "[FAILED]" in body and name not in EXPECTS_FAILED_LINES
     if cunit_failed or logged_failed:

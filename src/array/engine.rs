@@ -129,7 +129,7 @@ pub trait EngineHooks: Send + Sync {
 }
 
 pub struct Engine {
-    store: Store,
+    store: Arc<Store>,
     array_id: String,
     pes: Vec<Arc<Pe>>,
     table: Mutex<BindingTable>,
@@ -153,7 +153,7 @@ impl Engine {
         array_id: &str,
         pes: Vec<Arc<Pe>>,
     ) -> Result<Engine, EngineError> {
-        let store = Store::open(data_dir)?;
+        let store = Arc::new(Store::open(data_dir)?);
         for c in &cfg.containers {
             store.ensure_container(&Container {
                 name: c.name.clone(),
@@ -255,6 +255,11 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Gives `disk` its APTPL persistence in the catalog (and restores its saved state).
+    pub fn attach_pr_persistence(&self, disk: &DiskLu) {
+        super::pr_store::attach(&self.store, disk);
     }
 
     /// The data path's lookup of a secondary LUN for `host`, which must already be lowercase
@@ -386,10 +391,12 @@ impl Engine {
             administrative: false,
             thin: crate::backend::BlockDevice::thin(&device),
         };
+        let disk = DiskLu::new(identity);
+        self.attach_pr_persistence(&disk);
         Ok(LogicalUnit::new(
             0,
             crate::scsi::Lun::default(),
-            DiskLu::new(identity),
+            disk,
             device,
         ))
     }

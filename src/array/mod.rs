@@ -2,6 +2,7 @@
 //! once at start-up from the [`Config`]; the transport resolves LUNs against it.
 
 pub mod engine;
+mod pr_store;
 
 use crate::backend::{AnyDevice, BlockDevice, FileDevice, NullDevice, RamDevice};
 use crate::config::{BackendKind, Config, LunConfig, TargetConfig};
@@ -106,6 +107,14 @@ impl Array {
             })
             .collect::<Vec<_>>();
         let engine = engine::Engine::open(cfg, data_dir, &array_id, pes)?;
+        // Every LU keeps APTPL reservations in the catalog; the VVols get theirs when opened.
+        let all_targets: &Vec<Arc<Target>> = &targets;
+        for lu in all_targets.iter().flat_map(|t| t.luns.values()) {
+            engine.attach_pr_persistence(&lu.disk);
+        }
+        for pe in engine.pes() {
+            engine.attach_pr_persistence(&pe.lu.disk);
+        }
         Ok(Array {
             targets,
             engine: Arc::new(engine),

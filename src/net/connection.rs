@@ -177,8 +177,10 @@ async fn normal_session(
         old.close();
         let _ = tokio::time::timeout(Duration::from_secs(10), old.wait_closed()).await;
     }
+    // Reservations are held by the initiator port (name + ISID), which outlives the nexus.
+    let port = crate::scsi::InitiatorPort::new(&session.initiator, session.key.isid);
     for lu in session_lus(shared, &session) {
-        lu.disk.nexus_added(session.nexus);
+        lu.disk.nexus_added(session.nexus, &port);
     }
     let span =
         info_span!("session", tsih = session.tsih, initiator = %initiator, target = %target.name);
@@ -313,6 +315,7 @@ impl<'a> FullFeature<'a> {
             max_xmit: s.max_xmit,
             max_burst: login.params.max_burst_length as usize,
             engine: shared.array.engine.clone(),
+            shared: shared.clone(),
         }));
         s.session = Some(session);
         s

@@ -24,6 +24,8 @@ pub struct ConnCtx {
     /// Data-In sequences end (F bit) every MaxBurstLength bytes.
     pub max_burst: usize,
     pub engine: Arc<Engine>,
+    /// Every session, for commands that reach other nexuses' tasks (PREEMPT AND ABORT).
+    pub shared: Arc<super::Shared>,
 }
 
 /// The iSCSI facts of one command the answer depends on.
@@ -165,6 +167,30 @@ impl ConnCtx {
     }
 }
 
+/// PREEMPT AND ABORT (SPC-4 §5.9.11.5): the preempted nexuses' tasks on the LU are aborted
+/// (as by ABORT TASK SET, no responses) and the PERSISTENT RESERVE OUT completes only once
+/// none of them can still touch the medium. The LU is addressed by the same LUN on every
+/// session of a target; a VVol reached through another PE is not covered (documented).
+async fn abort_preempted(ctx: &ConnCtx, preempted: &[crate::scsi::NexusId], lun: Lun) {
+    if preempted.is_empty() {
+        return;
+    }
+    let victims: Vec<_> = ctx
+        .shared
+        .sessions
+        .all()
+        .into_iter()
+        .filter(|s| preempted.contains(&s.nexus))
+        .flat_map(|s| s.tasks_on(Some(lun)))
+        .collect();
+    for v in &victims {
+        v.abort();
+    }
+    for v in victims {
+        v.quiesced().await;
+    }
+}
+
 /// A command ready to run once its Data-Out (if any) has arrived.
 pub struct Job {
     pub cmd: CommandInfo,
@@ -216,6 +242,7 @@ pub async fn run(ctx: Arc<ConnCtx>, job: Job, data: Bytes) {
         // EXTENDED COPY go on to the backend).
         plan = lu.disk.apply_parameters(nexus, &cdb, &data);
         data = Bytes::new();
+        abort_preempted(&ctx, &lu.disk.take_preempted_nexuses(), cmd.lun).await;
     }
     let residual = match plan {
         Plan::Respond(_) | Plan::Read { .. } | Plan::Flush | Plan::LbaStatus { .. } => None,

@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
 use super::cdb::{trim, Cdb};
 use super::mode::{self, ModePages};
 use super::opcodes::{self, Command};
+use super::pr::{InitiatorPort, PrPersistence};
 use super::sense::{Sense, SenseKey};
 use super::{capacity, inquiry, report_luns, rsoc, rw, NexusId, Plan, Response};
 use super::{caw, lba_status, unmap, write_same};
@@ -82,6 +83,8 @@ pub struct DiskLu {
     state: Mutex<LuState>,
     unit_attentions: super::unit_attention::UnitAttentions,
     copy_results: super::copy_results::CopyResults,
+    /// SPC-2 and persistent reservations (`pr/`, `reserve.rs`).
+    reservations: super::pr::Reservations,
     /// Mirrors of mode page bits the hot path needs without taking the state lock.
     swp: AtomicBool,
     d_sense: AtomicBool,
@@ -94,6 +97,7 @@ impl DiskLu {
             state: Mutex::new(LuState::default()),
             unit_attentions: Default::default(),
             copy_results: Default::default(),
+            reservations: Default::default(),
             swp: AtomicBool::new(false),
             d_sense: AtomicBool::new(false),
         }
@@ -160,6 +164,9 @@ impl DiskLu {
             Ok(decoded) => decoded,
             Err(sense) => return Plan::Respond(self.sense_response(sense)),
         };
+        if self.reservations.conflicts(nexus, info.command, cdb) {
+            return Plan::Respond(Response::conflict());
+        }
         match self.dispatch(nexus, info.command, cdb) {
             Ok(plan) => plan,
             Err(sense) => Plan::Respond(self.sense_response(sense)),
@@ -222,8 +229,31 @@ impl DiskLu {
             }
             Unmap => unmap::plan(id, cdb, self.write_protect())?,
             GetLbaStatus => lba_status::plan(id, cdb)?,
+            Reserve6 | Reserve10 | Release6 | Release10 => {
+                let reserve = matches!(command, Reserve6 | Reserve10);
+                self.refusal(
+                    self.reservations
+                        .reserve_release(nexus, reserve)
+                        .map(|()| Bytes::new()),
+                )
+            }
+            PersistentReserveIn => self.refusal(self.reservations.prin(cdb, id.relative_port)),
+            PersistentReserveOut => match cdb.be32(5) {
+                super::pr::prout::PARAM_LEN => Plan::Parameters {
+                    len: super::pr::prout::PARAM_LEN,
+                },
+                _ => return Err(Sense::PARAMETER_LIST_LENGTH_ERROR),
+            },
             _ => rw::plan(id, command, cdb, self.write_protect())?,
         })
+    }
+
+    fn refusal(&self, result: Result<Bytes, super::pr::Refusal>) -> Plan {
+        match result {
+            Ok(data) => Plan::Respond(Response::good(data)),
+            Err(super::pr::Refusal::Conflict) => Plan::Respond(Response::conflict()),
+            Err(super::pr::Refusal::Sense(sense)) => Plan::Respond(self.sense_response(sense)),
+        }
     }
 
     fn request_sense(&self, nexus: NexusId, cdb: Cdb<'_>) -> Bytes {
@@ -261,10 +291,16 @@ impl DiskLu {
         if cdb.first() == Some(&0x83) {
             return self.extended_copy(nexus, cdb, data);
         }
-        if let Ok((info, _)) = opcodes::decode(cdb) {
+        if let Ok((info, c)) = opcodes::decode(cdb) {
             if info.command == Command::Unmap {
                 return unmap::parse(&self.identity, data)
                     .unwrap_or_else(|sense| Plan::Respond(self.sense_response(sense)));
+            }
+            if info.command == Command::PersistentReserveOut {
+                let r = self
+                    .reservations
+                    .prout(nexus, c, data, &self.unit_attentions);
+                return self.refusal(r.map(|()| Bytes::new()));
             }
         }
         Plan::Respond(self.mode_select(nexus, cdb, data))
@@ -356,17 +392,33 @@ impl DiskLu {
         }
     }
 
-    /// A new I_T nexus (login): it must first hear that it missed everything before now.
-    pub fn nexus_added(&self, nexus: NexusId) {
+    /// A new I_T nexus (login) from initiator port `port`: it must first hear that it missed
+    /// everything before now. The port is what persistent reservations are registered to.
+    pub fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort) {
         self.unit_attentions
             .add_nexus(nexus, Sense::POWER_ON_OCCURRED);
+        self.reservations.nexus_added(nexus, port);
     }
 
-    /// I_T nexus loss or logout: its unit attentions and PREVENT state die with it.
+    /// I_T nexus loss or logout: its unit attentions, PREVENT state and SPC-2 reservation die
+    /// with it; its port's persistent registrations do not.
     pub fn nexus_removed(&self, nexus: NexusId) {
         self.unit_attentions.remove_nexus(nexus);
         self.state().prevent.remove(&nexus);
         self.copy_results.nexus_removed(nexus);
+        self.reservations.nexus_removed(nexus);
+    }
+
+    /// Attaches the APTPL store and restores a persistent reservation saved in it.
+    pub fn set_pr_persistence(&self, store: Arc<dyn PrPersistence>) {
+        self.reservations.set_persistence(store);
+    }
+
+    /// I_T nexuses a PREEMPT AND ABORT preempted since the last call: the transport must
+    /// abort their tasks on this LU (SPC-4 §5.9.11.5). Their unit attentions are already
+    /// established.
+    pub fn take_preempted_nexuses(&self) -> Vec<NexusId> {
+        self.reservations.take_aborts()
     }
 
     /// Applies a reset's side effects: PREVENT state cleared, mode pages back to defaults
@@ -382,6 +434,7 @@ impl DiskLu {
             state.prevent.clear();
             self.set_mode(&mut state, ModePages::default());
         }
+        self.reservations.reset();
         self.unit_attentions.establish(None, ua);
     }
 
@@ -441,6 +494,10 @@ pub(crate) mod tests {
     const A: NexusId = NexusId(1);
     const B: NexusId = NexusId(2);
 
+    pub(crate) fn port(n: NexusId) -> InitiatorPort {
+        InitiatorPort::new("iqn.2026-11.test:host", [0x40, 0, 0, 0, 0, n.0 as u8])
+    }
+
     fn respond(p: Plan) -> Response {
         match p {
             Plan::Respond(r) => r,
@@ -470,7 +527,7 @@ pub(crate) mod tests {
     #[test]
     fn unit_attention_after_login_except_inquiry() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A);
+        lu.nexus_added(A, &port(A));
         let r = respond(lu.plan(A, &[0x12, 0, 0, 0, 36, 0]));
         assert_eq!(r.status, Status::Good);
         assert_eq!(sense_of(&respond(lu.plan(A, &TUR))), (6, 0x29, 0));
@@ -487,7 +544,7 @@ pub(crate) mod tests {
     #[test]
     fn unit_attention_pre_empts_invalid_opcode() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A);
+        lu.nexus_added(A, &port(A));
         assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (6, 0x29, 0));
         assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (5, 0x20, 0));
     }
@@ -495,7 +552,7 @@ pub(crate) mod tests {
     #[test]
     fn request_sense_returns_and_clears_ua() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A);
+        lu.nexus_added(A, &port(A));
         let r = respond(lu.plan(A, &[0x03, 0, 0, 0, 18, 0]));
         assert_eq!(r.status, Status::Good);
         assert_eq!((r.data[0], r.data[2], r.data[12]), (0x70, 6, 0x29));
@@ -506,8 +563,8 @@ pub(crate) mod tests {
     #[test]
     fn resets_clear_prevent_and_report_per_kind() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A);
-        lu.nexus_added(B);
+        lu.nexus_added(A, &port(A));
+        lu.nexus_added(B, &port(B));
         respond(lu.plan(A, &[0x03, 0, 0, 0, 18, 0]));
         respond(lu.plan(B, &[0x03, 0, 0, 0, 18, 0]));
         respond(lu.plan(A, &[0x1E, 0, 0, 0, 1, 0]));
@@ -550,8 +607,8 @@ pub(crate) mod tests {
     #[test]
     fn mode_select_swp_protects_writes_and_notifies_others() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A);
-        lu.nexus_added(B);
+        lu.nexus_added(A, &port(A));
+        lu.nexus_added(B, &port(B));
         respond(lu.plan(A, &TUR));
         respond(lu.plan(B, &TUR));
         let select = [0x15, 0x10, 0, 0, 16, 0];

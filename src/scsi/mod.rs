@@ -14,8 +14,10 @@ mod lba_status;
 pub mod lun;
 mod mode;
 pub mod opcodes;
+pub mod pr;
 mod provisioning;
 pub mod report_luns;
+mod reserve;
 mod rsoc;
 mod rw;
 pub mod sense;
@@ -29,6 +31,7 @@ pub use alua::{AluaState, PortGroup};
 use bytes::Bytes;
 pub use disk::{compare_result, DiskIdentity, DiskLu, ResetKind};
 pub use lun::Lun;
+pub use pr::{InitiatorPort, PrPersistence};
 pub use report_luns::{report_luns, unsupported_lun_response};
 pub use sense::{Sense, SenseKey};
 
@@ -71,6 +74,15 @@ impl Response {
 
     pub fn good_empty() -> Response {
         Response::good(Bytes::new())
+    }
+
+    /// RESERVATION CONFLICT: no sense data (SAM-5 §5.3.1).
+    pub fn conflict() -> Response {
+        Response {
+            status: Status::ReservationConflict,
+            data: Bytes::new(),
+            sense: Bytes::new(),
+        }
     }
 
     /// CHECK CONDITION with fixed-format sense.

@@ -48,6 +48,12 @@ pub enum Command {
     CompareAndWrite,
     WriteSame16,
     GetLbaStatus,
+    Reserve6,
+    Release6,
+    Reserve10,
+    Release10,
+    PersistentReserveIn,
+    PersistentReserveOut,
 }
 
 /// One supported (operation code, service action) pair.
@@ -147,6 +153,14 @@ const CAW: &[u8] = &[
 const GLS: &[u8] = &[
     0, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x00,
 ];
+// SPC-2 RESERVE/RELEASE: only whole-LU reservations by the sender, so 3RDPTY, the third-party
+// device id, LONGID and the (obsolete) extent fields are all invalid fields.
+const SPC2_RESERVE6: &[u8] = &[0, 0, 0, 0, 0, 0];
+const SPC2_RESERVE10: &[u8] = &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+// PERSISTENT RESERVE IN: service action, ALLOCATION LENGTH.
+const PRIN: &[u8] = &[0, 0x1F, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0];
+// PERSISTENT RESERVE OUT: service action, SCOPE/TYPE, PARAMETER LIST LENGTH.
+const PROUT: &[u8] = &[0, 0x1F, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0];
 
 /// Sorted by (opcode, service action): REPORT SUPPORTED OPERATION CODES lists it in order.
 pub static OPCODES: &[OpInfo] = &[
@@ -156,6 +170,8 @@ pub static OPCODES: &[OpInfo] = &[
     op(0x0A, Command::Write6, RW6, 30),
     op(0x12, Command::Inquiry, &[0, 0x01, 0xFF, 0xFF, 0xFF, 0], 5),
     op(0x15, Command::ModeSelect6, &[0, 0x11, 0, 0, 0xFF, 0], 5),
+    op(0x16, Command::Reserve6, SPC2_RESERVE6, 5),
+    op(0x17, Command::Release6, SPC2_RESERVE6, 5),
     op(
         0x1A,
         Command::ModeSense6,
@@ -194,6 +210,8 @@ pub static OPCODES: &[OpInfo] = &[
         &[0, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0],
         5,
     ),
+    op(0x56, Command::Reserve10, SPC2_RESERVE10, 5),
+    op(0x57, Command::Release10, SPC2_RESERVE10, 5),
     op(
         0x5A,
         Command::ModeSense10,
@@ -212,6 +230,17 @@ pub static OPCODES: &[OpInfo] = &[
     // RECEIVE COPY RESULTS: LIST IDENTIFIER and ALLOCATION LENGTH.
     sa(0x84, 0x00, Command::ReceiveCopyResults, RCR, 5),
     sa(0x84, 0x03, Command::ReceiveCopyResults, RCR, 5),
+    sa(0x5E, 0, Command::PersistentReserveIn, PRIN, 5),
+    sa(0x5E, 1, Command::PersistentReserveIn, PRIN, 5),
+    sa(0x5E, 2, Command::PersistentReserveIn, PRIN, 5),
+    sa(0x5E, 3, Command::PersistentReserveIn, PRIN, 5),
+    sa(0x5F, 0, Command::PersistentReserveOut, PROUT, 5),
+    sa(0x5F, 1, Command::PersistentReserveOut, PROUT, 5),
+    sa(0x5F, 2, Command::PersistentReserveOut, PROUT, 5),
+    sa(0x5F, 3, Command::PersistentReserveOut, PROUT, 5),
+    sa(0x5F, 4, Command::PersistentReserveOut, PROUT, 5),
+    sa(0x5F, 5, Command::PersistentReserveOut, PROUT, 5),
+    sa(0x5F, 6, Command::PersistentReserveOut, PROUT, 5),
     op(0x88, Command::Read16, RW16, 30),
     op(0x89, Command::CompareAndWrite, CAW, 30),
     op(0x8A, Command::Write16, RW16, 30),

@@ -16,6 +16,7 @@ mod containers;
 mod error;
 mod files;
 mod lifecycle;
+mod pr;
 mod reconcile;
 mod schema;
 mod vvols;

@@ -72,7 +72,15 @@ DROP TABLE bindings;
 ALTER TABLE bindings_v2 RENAME TO bindings;
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2];
+/// Version 3: persistent reservation state of LUs with APTPL set (see `pr.rs`).
+const V3: &str = "
+CREATE TABLE pr_state (
+    naa TEXT PRIMARY KEY,
+    state BLOB NOT NULL
+);
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,0 +1,234 @@
+//! Reservations of one logical unit: SPC-2 RESERVE/RELEASE (see `reserve.rs`) and SPC-3/4
+//! persistent reservations, which live side by side under one lock because each refuses the
+//! other (SPC-4 §5.6.3, CRH = 1).
+//!
+//! Registrations belong to initiator ports, so the LU keeps a map from I_T nexus to initiator
+//! port, filled at login (`DiskLu::nexus_added`). An I_T nexus loss drops the nexus from the
+//! map and releases its SPC-2 reservation, but keeps its port's registrations (SPC-4 §5.9.4).
+//!
+//! Not implemented, and reported so: REGISTER AND MOVE (no table row: INVALID FIELD IN CDB at
+//! the service action), SPEC_I_PT and ALL_TG_PT (SIP_C = ATP_C = 0: INVALID FIELD IN PARAMETER
+//! LIST). Scopes other than LU_SCOPE are invalid fields in the CDB.
+
+mod access;
+mod prin;
+pub(crate) mod prout;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+
+use super::cdb::{trim, Cdb};
+use super::opcodes::Command;
+use super::sense::Sense;
+use super::unit_attention::UnitAttentions;
+use super::NexusId;
+pub use state::InitiatorPort;
+use state::PrState;
+
+/// Where a logical unit keeps its persistent reservation state while APTPL is set. The
+/// implementation (the array layer, on the catalog database) may block; PERSISTENT RESERVE
+/// OUT is rare enough for that.
+pub trait PrPersistence: Send + Sync + std::fmt::Debug {
+    /// The saved state, if any.
+    fn load(&self) -> Option<Vec<u8>>;
+    /// Replaces the saved state; false if it could not be made durable.
+    fn save(&self, state: &[u8]) -> bool;
+    /// Forgets the saved state (APTPL cleared).
+    fn clear(&self) -> bool;
+}
+
+/// Why a reservation-related command did not complete with GOOD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// RESERVATION CONFLICT status (18h), no sense data.
+    Conflict,
+    /// CHECK CONDITION with this sense.
+    Sense(Sense),
+}
+
+impl From<Sense> for Refusal {
+    fn from(s: Sense) -> Refusal {
+        Refusal::Sense(s)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ports: HashMap<NexusId, InitiatorPort>,
+    /// The SPC-2 RESERVE holder.
+    spc2: Option<NexusId>,
+    pr: PrState,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Reservations {
+    /// True while any reservation (SPC-2 or persistent) exists: the READ/WRITE fast path
+    /// checks only this.
+    active: AtomicBool,
+    inner: Mutex<Inner>,
+    persistence: OnceLock<Arc<dyn PrPersistence>>,
+    /// Nexuses whose tasks a PREEMPT AND ABORT asked to abort, for the transport to collect.
+    aborts: Mutex<Vec<NexusId>>,
+}
+
+impl Reservations {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every update below leaves `Inner` consistent between statements that can panic
+        // (none can), so a poisoned lock is still a valid state.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refresh(&self, inner: &Inner) {
+        let any = inner.spc2.is_some() || inner.pr.reservation.is_some();
+        self.active.store(any, Ordering::Release);
+    }
+
+    /// The port of `nexus`; a nexus the LU never heard about (a VVol bound after login) gets
+    /// a port of its own so that it can still register, just not across reconnects.
+    fn port_of(inner: &Inner, nexus: NexusId) -> InitiatorPort {
+        inner
+            .ports
+            .get(&nexus)
+            .cloned()
+            .unwrap_or_else(|| InitiatorPort::new(&format!("nexus-{}", nexus.0), [0; 6]))
+    }
+
+    pub(crate) fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort) {
+        let mut inner = self.lock();
+        inner.ports.insert(nexus, port.clone());
+    }
+
+    /// I_T nexus loss releases an SPC-2 reservation (SPC-2 §5.5.1), never registrations.
+    pub(crate) fn nexus_removed(&self, nexus: NexusId) {
+        let mut inner = self.lock();
+        inner.ports.remove(&nexus);
+        if inner.spc2 == Some(nexus) {
+            inner.spc2 = None;
+        }
+        self.refresh(&inner);
+    }
+
+    /// Any reset releases the SPC-2 reservation. Persistent reservations survive LU and
+    /// target resets (SPC-4 §5.9.4); we treat TARGET COLD RESET like a hard reset, not a
+    /// power loss, since the daemon and its state keep running.
+    pub(crate) fn reset(&self) {
+        let mut inner = self.lock();
+        inner.spc2 = None;
+        self.refresh(&inner);
+    }
+
+    /// Whether `command` from `nexus` must end in RESERVATION CONFLICT.
+    pub(crate) fn conflicts(&self, nexus: NexusId, command: Command, cdb: Cdb<'_>) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        let inner = self.lock();
+        if let Some(holder) = inner.spc2 {
+            return holder != nexus && !access::allowed_under_spc2(command, cdb);
+        }
+        let port = Self::port_of(&inner, nexus);
+        !access::pr_allows(&inner.pr, &port, access::classify(command, cdb))
+    }
+
+    /// SPC-2 RESERVE(6)/(10) and RELEASE(6)/(10), with SPC-4 §5.6.3 next to registrations.
+    pub(crate) fn reserve_release(&self, nexus: NexusId, reserve: bool) -> Result<(), Refusal> {
+        let mut inner = self.lock();
+        let registered = (!inner.pr.registrations.is_empty()).then(|| {
+            let port = Self::port_of(&inner, nexus);
+            inner.pr.registration(&port).is_some()
+        });
+        let r = super::reserve::apply(&mut inner.spc2, registered, nexus, reserve);
+        self.refresh(&inner);
+        r
+    }
+
+    /// PERSISTENT RESERVE IN.
+    pub(crate) fn prin(&self, cdb: Cdb<'_>, relative_port: u16) -> Result<Bytes, Refusal> {
+        let inner = self.lock();
+        let action = cdb.u8(1) & 0x1F;
+        let data = prin::build(&inner.pr, action, relative_port)
+            .ok_or(Sense::invalid_cdb_field(1, Some(4)))?;
+        Ok(trim(data, usize::from(cdb.be16(7))))
+    }
+
+    /// PERSISTENT RESERVE OUT, once its parameter list arrived.
+    pub(crate) fn prout(
+        &self,
+        nexus: NexusId,
+        cdb: Cdb<'_>,
+        data: &[u8],
+        unit_attentions: &UnitAttentions,
+    ) -> Result<(), Refusal> {
+        let params = prout::Params::parse(data)?;
+        let mut inner = self.lock();
+        let me = Self::port_of(&inner, nexus);
+        let was_aptpl = inner.pr.aptpl;
+        let mut next = inner.pr.clone();
+        let fx = prout::apply(&mut next, &me, cdb.u8(1) & 0x1F, cdb.u8(2), params)?;
+        inner.pr = next;
+        self.refresh(&inner);
+        for (port, sense) in &fx.notify {
+            for n in nexuses_of(&inner, port) {
+                unit_attentions.establish(Some(n), *sense);
+            }
+        }
+        if !fx.abort.is_empty() {
+            let mut aborts = self.aborts.lock().unwrap_or_else(|p| p.into_inner());
+            for port in &fx.abort {
+                aborts.extend(nexuses_of(&inner, port));
+            }
+        }
+        if fx.changed && (was_aptpl || inner.pr.aptpl) && !self.persist(&inner.pr) {
+            // The change stands (other nexuses may already have seen it), but the initiator
+            // must learn that it would not survive a restart.
+            return Err(Sense::INTERNAL_TARGET_FAILURE.into());
+        }
+        Ok(())
+    }
+
+    fn persist(&self, pr: &PrState) -> bool {
+        let Some(p) = self.persistence.get() else {
+            // No store (tests, a standalone LU): PTPL cannot be honoured, but nothing failed.
+            return true;
+        };
+        if pr.aptpl {
+            p.save(&pr.encode())
+        } else {
+            p.clear()
+        }
+    }
+
+    /// Attaches the store and restores what it holds (the daemon starting). Only the first
+    /// call counts.
+    pub(crate) fn set_persistence(&self, p: Arc<dyn PrPersistence>) {
+        let saved = p.load().and_then(|b| PrState::decode(&b));
+        if self.persistence.set(p).is_err() {
+            return;
+        }
+        if let Some(pr) = saved {
+            let mut inner = self.lock();
+            inner.pr = pr;
+            self.refresh(&inner);
+        }
+    }
+
+    /// Nexuses whose tasks a PREEMPT AND ABORT preempted since the last call.
+    pub(crate) fn take_aborts(&self) -> Vec<NexusId> {
+        std::mem::take(&mut *self.aborts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn nexuses_of(inner: &Inner, port: &InitiatorPort) -> Vec<NexusId> {
+    inner
+        .ports
+        .iter()
+        .filter(|(_, p)| *p == port)
+        .map(|(n, _)| *n)
+        .collect()
+}

@@ -1,0 +1,280 @@
+//! Persistent and SPC-2 reservations through `DiskLu`, as an initiator sees them.
+
+use std::sync::{Arc, Mutex};
+
+use super::PrPersistence;
+use crate::scsi::disk::tests::{identity, port};
+use crate::scsi::{DiskLu, NexusId, Plan, ResetKind, Response, Status};
+
+const A: NexusId = NexusId(1);
+const B: NexusId = NexusId(2);
+const READ10: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const WRITE10: [u8; 10] = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+const TUR: [u8; 6] = [0; 6];
+
+fn lu() -> DiskLu {
+    let lu = DiskLu::new(identity());
+    for n in [A, B] {
+        lu.nexus_added(n, &port(n));
+        lu.plan(n, &TUR); // eat the power-on unit attention
+    }
+    lu
+}
+
+fn respond(p: Plan) -> Response {
+    match p {
+        Plan::Respond(r) => r,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+fn status(lu: &DiskLu, n: NexusId, cdb: &[u8]) -> Status {
+    match lu.plan(n, cdb) {
+        Plan::Respond(r) => r.status,
+        _ => Status::Good,
+    }
+}
+
+fn prout(
+    lu: &DiskLu,
+    n: NexusId,
+    sa: u8,
+    kind: u8,
+    key: u64,
+    sa_key: u64,
+    aptpl: bool,
+) -> Response {
+    let cdb = [0x5F, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+    assert_eq!(lu.plan(n, &cdb), Plan::Parameters { len: 24 });
+    let mut data = [0u8; 24];
+    data[..8].copy_from_slice(&key.to_be_bytes());
+    data[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    data[20] = u8::from(aptpl);
+    respond(lu.apply_parameters(n, &cdb, &data))
+}
+
+fn prin(lu: &DiskLu, n: NexusId, sa: u8) -> Vec<u8> {
+    let r = respond(lu.plan(n, &[0x5E, sa, 0, 0, 0, 0, 0, 0x10, 0, 0]));
+    assert_eq!(r.status, Status::Good);
+    r.data.to_vec()
+}
+
+fn sense_of(r: &Response) -> (u8, u8, u8) {
+    assert_eq!(r.status, Status::CheckCondition);
+    (r.sense[2], r.sense[12], r.sense[13])
+}
+
+#[test]
+fn register_reserve_and_read_back() {
+    let lu = lu();
+    assert_eq!(prout(&lu, A, 0, 0, 0, 0xAA, false).status, Status::Good);
+    assert_eq!(prout(&lu, B, 6, 0, 0, 0xBB, false).status, Status::Good);
+    // REGISTER with a wrong key conflicts.
+    assert_eq!(
+        prout(&lu, A, 0, 0, 0x11, 0xCC, false).status,
+        Status::ReservationConflict
+    );
+    let keys = prin(&lu, A, 0);
+    assert_eq!(&keys[..8], &[0, 0, 0, 2, 0, 0, 0, 16]);
+    assert_eq!(keys[15], 0xAA);
+    assert_eq!(keys[23], 0xBB);
+    assert_eq!(prout(&lu, A, 1, 3, 0xAA, 0, false).status, Status::Good);
+    let res = prin(&lu, B, 1);
+    assert_eq!((res[7], res[15], res[21]), (16, 0xAA, 3));
+    // Exclusive access: B, registered, may neither read nor write; A may.
+    assert_eq!(status(&lu, B, &READ10), Status::ReservationConflict);
+    assert_eq!(status(&lu, B, &WRITE10), Status::ReservationConflict);
+    assert_eq!(status(&lu, B, &TUR), Status::Good);
+    assert!(matches!(lu.plan(A, &WRITE10), Plan::Write { .. }));
+    // Releasing with the wrong type is an invalid release.
+    assert_eq!(sense_of(&prout(&lu, A, 2, 1, 0xAA, 0, false)), (5, 0x26, 4));
+    assert_eq!(prout(&lu, A, 2, 3, 0xAA, 0, false).status, Status::Good);
+    assert!(matches!(lu.plan(B, &READ10), Plan::Read { .. }));
+}
+
+#[test]
+fn write_exclusive_registrants_only_lets_registrants_write() {
+    let lu = lu();
+    prout(&lu, A, 0, 0, 0, 1, false);
+    prout(&lu, B, 0, 0, 0, 2, false);
+    assert_eq!(prout(&lu, A, 1, 5, 1, 0, false).status, Status::Good);
+    assert!(matches!(lu.plan(B, &WRITE10), Plan::Write { .. }));
+    prout(&lu, B, 0, 0, 2, 0, false);
+    assert!(matches!(lu.plan(B, &READ10), Plan::Read { .. }));
+    assert_eq!(status(&lu, B, &WRITE10), Status::ReservationConflict);
+    // The holder unregistering releases a registrants-only reservation.
+    prout(&lu, B, 0, 0, 0, 2, false);
+    prout(&lu, A, 0, 0, 1, 0, false);
+    assert_eq!(sense_of(&respond(lu.plan(B, &WRITE10))), (6, 0x2A, 0x04));
+    assert!(matches!(lu.plan(B, &WRITE10), Plan::Write { .. }));
+    assert_eq!(prin(&lu, B, 1)[7], 0);
+}
+
+#[test]
+fn preempt_removes_registration_and_notifies() {
+    let lu = lu();
+    prout(&lu, A, 0, 0, 0, 1, false);
+    prout(&lu, B, 0, 0, 0, 2, false);
+    prout(&lu, B, 1, 1, 2, 0, false);
+    assert_eq!(prout(&lu, A, 5, 3, 1, 2, false).status, Status::Good);
+    assert_eq!(lu.take_preempted_nexuses(), vec![B]);
+    // B hears REGISTRATIONS PREEMPTED, then conflicts under A's exclusive access.
+    assert_eq!(sense_of(&respond(lu.plan(B, &READ10))), (6, 0x2A, 0x05));
+    assert_eq!(status(&lu, B, &READ10), Status::ReservationConflict);
+    let res = prin(&lu, A, 1);
+    assert_eq!((res[15], res[21]), (1, 3));
+    let keys = prin(&lu, A, 0);
+    assert_eq!(keys[7], 8);
+    // Preempting a key nobody holds conflicts; key 0 without a reservation is invalid.
+    assert_eq!(
+        prout(&lu, A, 4, 3, 1, 9, false).status,
+        Status::ReservationConflict
+    );
+}
+
+#[test]
+fn clear_drops_everything_and_reports_preempted() {
+    let lu = lu();
+    prout(&lu, A, 0, 0, 0, 1, false);
+    prout(&lu, B, 0, 0, 0, 2, false);
+    prout(&lu, A, 1, 8, 1, 0, false);
+    assert_eq!(prin(&lu, A, 1)[8..16], [0; 8], "all-registrants key is 0");
+    let gen_before = prin(&lu, A, 0)[3];
+    assert_eq!(prout(&lu, B, 3, 0, 2, 0, false).status, Status::Good);
+    assert_eq!(prin(&lu, B, 0)[3], gen_before + 1);
+    assert_eq!(sense_of(&respond(lu.plan(A, &TUR))), (6, 0x2A, 0x03));
+    assert_eq!(prin(&lu, A, 0)[7], 0);
+}
+
+#[test]
+fn registrations_survive_reconnect_but_spc2_does_not() {
+    let lu = lu();
+    assert_eq!(status(&lu, A, &[0x16, 0, 0, 0, 0, 0]), Status::Good);
+    assert_eq!(status(&lu, B, &READ10), Status::ReservationConflict);
+    assert_eq!(status(&lu, B, &[0x12, 0, 0, 0, 36, 0]), Status::Good);
+    assert_eq!(status(&lu, B, &[0x17, 0, 0, 0, 0, 0]), Status::Good);
+    assert_eq!(
+        status(&lu, B, &[0x16, 0, 0, 0, 0, 0]),
+        Status::ReservationConflict
+    );
+    // Third-party RESERVE is an invalid field.
+    assert_eq!(
+        status(&lu, A, &[0x16, 0x10, 0, 0, 0, 0]),
+        Status::CheckCondition
+    );
+    lu.nexus_removed(A);
+    assert!(matches!(lu.plan(B, &READ10), Plan::Read { .. }));
+    assert_eq!(
+        status(&lu, B, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Status::Good
+    );
+    lu.reset(ResetKind::LogicalUnit);
+    lu.plan(B, &TUR);
+    assert_eq!(status(&lu, B, &[0x16, 0, 0, 0, 0, 0]), Status::Good);
+    lu.plan(B, &[0x17, 0, 0, 0, 0, 0]);
+
+    prout(&lu, B, 0, 0, 0, 7, false);
+    prout(&lu, B, 1, 1, 7, 0, false);
+    lu.nexus_removed(B);
+    let again = NexusId(9);
+    lu.nexus_added(again, &port(B));
+    lu.plan(again, &TUR);
+    assert!(matches!(lu.plan(again, &WRITE10), Plan::Write { .. }));
+    // With registrations present, SPC-2 RESERVE conflicts.
+    assert_eq!(
+        status(&lu, again, &[0x16, 0, 0, 0, 0, 0]),
+        Status::ReservationConflict
+    );
+}
+
+#[test]
+fn capabilities_and_bad_parameter_lists() {
+    let lu = lu();
+    let caps = prin(&lu, A, 2);
+    assert_eq!(caps, vec![0, 8, 0x11, 0x80, 0xEA, 0x01, 0, 0]);
+    let r = respond(lu.plan(A, &[0x5E, 4, 0, 0, 0, 0, 0, 0x10, 0, 0]));
+    assert_eq!(sense_of(&r), (5, 0x24, 0));
+    let r = respond(lu.plan(A, &[0x5F, 0, 0, 0, 0, 0, 0, 0, 20, 0]));
+    assert_eq!(sense_of(&r), (5, 0x1A, 0));
+    let cdb = [0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+    let mut data = [0u8; 24];
+    data[15] = 1;
+    data[20] = 0x08;
+    assert_eq!(
+        sense_of(&respond(lu.apply_parameters(A, &cdb, &data))),
+        (5, 0x26, 0)
+    );
+    prout(&lu, A, 0, 0, 0, 1, false);
+    // Scope other than LU_SCOPE is an invalid CDB field.
+    assert_eq!(sense_of(&prout(&lu, A, 1, 0x13, 1, 0, false)), (5, 0x24, 0));
+    assert_eq!(sense_of(&prout(&lu, A, 1, 2, 1, 0, false)), (5, 0x24, 0));
+    let full = prin(&lu, A, 3);
+    assert_eq!(full[15], 1);
+    assert_eq!(full[8 + 24], 0x45);
+}
+
+#[derive(Debug, Default)]
+struct Memory(Mutex<Option<Vec<u8>>>);
+
+impl PrPersistence for Memory {
+    fn load(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap().clone()
+    }
+    fn save(&self, state: &[u8]) -> bool {
+        *self.0.lock().unwrap() = Some(state.to_vec());
+        true
+    }
+    fn clear(&self) -> bool {
+        *self.0.lock().unwrap() = None;
+        true
+    }
+}
+
+#[test]
+fn aptpl_survives_a_restart_and_clears() {
+    let store = Arc::new(Memory::default());
+    let lu1 = lu();
+    lu1.set_pr_persistence(store.clone());
+    prout(&lu1, A, 0, 0, 0, 0x42, true);
+    prout(&lu1, A, 1, 1, 0x42, 0, false);
+    assert!(store.0.lock().unwrap().is_some());
+
+    let lu2 = lu();
+    lu2.set_pr_persistence(store.clone());
+    assert_eq!(prin(&lu2, B, 1)[15], 0x42);
+    assert_eq!(prin(&lu2, B, 2)[3] & 1, 1, "PTPL_A");
+    assert_eq!(status(&lu2, B, &WRITE10), Status::ReservationConflict);
+    assert!(matches!(lu2.plan(A, &WRITE10), Plan::Write { .. }));
+    // Re-registering without APTPL forgets the saved state.
+    prout(&lu2, A, 0, 0, 0x42, 0x43, false);
+    assert!(store.0.lock().unwrap().is_none());
+}
+
+#[test]
+fn state_encoding_round_trips_and_rejects_garbage() {
+    use super::state::{PrState, PrType, Registration, Reservation};
+    let s = PrState {
+        generation: 7,
+        aptpl: true,
+        registrations: vec![
+            Registration {
+                port: port(A),
+                key: 1,
+            },
+            Registration {
+                port: port(B),
+                key: 2,
+            },
+        ],
+        reservation: Some(Reservation {
+            kind: PrType::ExclusiveAccessRegistrantsOnly,
+            holder: 1,
+        }),
+    };
+    assert_eq!(PrState::decode(&s.encode()), Some(s.clone()));
+    let bytes = s.encode();
+    for n in 0..bytes.len() {
+        let _ = PrState::decode(&bytes[..n]);
+    }
+    assert_eq!(PrState::decode(&[2, 0, 0]), None);
+}
