@@ -32,6 +32,11 @@ id = 2
 backend = "ram"
 size = "64MiB"
 block_size = 4096
+[[target.lun]]
+id = 3
+backend = "file"
+path = "lun3.img"
+size = "64MiB"
 TOML
 "$VVOLD" --config "$WORK/vvold.toml" --data-dir "$WORK/data" --log-level warn >"$WORK/vvold.log" 2>&1 &
 PID=$!
@@ -73,7 +78,13 @@ FAMILIES=(
   "SCSI.Reserve6.Simple,SCSI.Reserve6.2Initiators,SCSI.Reserve6.Logout,SCSI.Reserve6.ITNexusLoss,SCSI.Reserve6.TargetColdReset,SCSI.Reserve6.TargetWarmReset|0"
   "SCSI.Reserve6.LUNReset|0" "SCSI.PrinReadKeys.*|0" "SCSI.PrinServiceactionRange.*|0"
   "SCSI.PrinReportCapabilities.*|0" "SCSI.ProutRegister.*|0" "SCSI.ProutReserve.*|0|2"
-  "SCSI.ProutClear.*|0" "SCSI.ProutPreempt.*|0|2" "SCSI.MultipathIO.*|0|2"
+  "SCSI.ProutClear.*|0" "SCSI.ProutPreempt.*|0|2"
+  # MultipathIO on a LUN nothing else writes: its CompareAndWrite test zeroes blocks 0..255 but
+  # compares block 256 too, so it needs that block still zero (see conformance-skips.md).
+  "SCSI.MultipathIO.*|3|2"
+  # Optional SBC commands vvold does not implement: the suite skips them (conformance-skips.md).
+  "SCSI.OrWrite.*|0" "SCSI.ReadDefectData10.*|0" "SCSI.ReadDefectData12.*|0"
+  "SCSI.Sanitize.*|0" "SCSI.WriteAtomic16.*|0"
 )
 total_pass=0; total_fail=0; total_skip=0
 printf '%-34s %4s %7s %7s %7s\n' family lun passed failed skipped
@@ -83,7 +94,7 @@ for entry in "${FAMILIES[@]}"; do
   if [ -n "${ONLY:-}" ] && ! [[ $fam =~ $ONLY ]]; then continue; fi
   urls=("$URL/$lun"); [ "${paths:-1}" = 2 ] && urls+=("$URL/$lun")
   log="$WORK/$(echo "$fam" | tr -c 'A-Za-z0-9\n' _)-$lun.log"
-  timeout 600 iscsi-test-cu -d -v -t "$fam" "${urls[@]}" >"$log" 2>&1
+  timeout 600 iscsi-test-cu -d -S -v -t "$fam" "${urls[@]}" >"$log" 2>&1
   read -r passed failed skipped < <(python3 scripts/cu-verdicts.py "$log" 2>"$log.verdicts")
   if [ $((passed + failed + skipped)) = 0 ]; then failed=1; echo "no test ran for $fam (see $log)"; fi
   printf '%-34s %4s %7s %7s %7s\n' "$fam" "$lun" "$passed" "$failed" "$skipped"
