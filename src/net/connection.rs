@@ -92,7 +92,7 @@ async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Resul
     let result = match params.session_type {
         SessionType::Discovery => {
             info!(initiator = %params.initiator_name, "discovery session");
-            let mut conn = FullFeature::discovery(&shared, tx, window, &login, local);
+            let mut conn = FullFeature::base(&shared, tx, window, &login, local);
             conn.run(&mut reader).await
         }
         SessionType::Normal => {
@@ -288,16 +288,6 @@ impl<'a> FullFeature<'a> {
             ping_ttt: Arc::new(AtomicU32::new(0)),
             epoch: Instant::now(),
         }
-    }
-
-    fn discovery(
-        shared: &'a Arc<Shared>,
-        out: mpsc::Sender<OutPdu>,
-        window: Arc<Mutex<CmdWindow>>,
-        login: &LoginResult,
-        local: SocketAddr,
-    ) -> Self {
-        Self::base(shared, out, window, login, local)
     }
 
     fn normal(

@@ -124,8 +124,9 @@ pub(super) fn move_aside(path: &Path, dest_dir: &Path) -> Result<PathBuf, StoreE
     Ok(dest)
 }
 
-/// The `.img` files directly inside `dir` (none if it does not exist).
-pub(super) fn images_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+/// The entries directly inside `dir` that `keep` accepts, sorted (none if `dir` does not
+/// exist).
+fn entries_in(dir: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, StoreError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -134,7 +135,7 @@ pub(super) fn images_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let mut out = Vec::new();
     for entry in entries {
         let path = entry.map_err(io_at(dir))?.path();
-        if path.extension().is_some_and(|e| e == "img") {
+        if keep(&path) {
             out.push(path);
         }
     }
@@ -142,22 +143,14 @@ pub(super) fn images_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(out)
 }
 
-/// The subdirectories of `dir` (none if it does not exist).
+/// The `.img` files directly inside `dir`.
+pub(super) fn images_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    entries_in(dir, |p| p.extension().is_some_and(|e| e == "img"))
+}
+
+/// The subdirectories of `dir`.
 pub(super) fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_at(dir)(e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(io_at(dir))?.path();
-        if path.is_dir() {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
+    entries_in(dir, Path::is_dir)
 }
 
 fn parent(path: &Path) -> Result<&Path, StoreError> {
