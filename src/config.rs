@@ -199,9 +199,10 @@ pub struct TargetConfig {
     pub luns: Vec<LunConfig>,
     #[serde(default, rename = "pe")]
     pub pes: Vec<PeConfig>,
-    /// ALUA target port groups (implicit ALUA). Every portal of a target shares one iSCSI
-    /// target portal group tag, i.e. is one SCSI target port, so at most one group is
-    /// accepted; absent, the target is group 1, active/optimized, on every portal.
+    /// ALUA target port groups (implicit ALUA), one per iSCSI target portal group: a group's
+    /// id is the target portal group tag of its portals and the relative target port id of
+    /// its one SCSI target port. Every `listen` portal belongs to exactly one group; absent,
+    /// the target is group 1, active/optimized, on every portal.
     #[serde(default)]
     pub port_groups: Vec<PortGroupConfig>,
 }
@@ -212,13 +213,14 @@ pub struct PortGroupConfig {
     pub id: u16,
     #[serde(default)]
     pub state: AluaStateConfig,
-    /// Portals (ADDRESS:PORT, each one of `listen`) in the group; empty means all of them.
+    /// Portals (ADDRESS:PORT, each one of `listen`) in the group; empty means all of them
+    /// (so only a target's single group may leave it empty).
     #[serde(default)]
     pub portals: Vec<String>,
 }
 
-/// Only the two active states: ESXi handles standby paths badly, and with a single group a
-/// non-active state would leave the LU with no usable path.
+/// Only the two active states: ESXi handles standby paths badly, and a non-active state on
+/// every group would leave the LU with no usable path.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum AluaStateConfig {
@@ -228,11 +230,14 @@ pub enum AluaStateConfig {
 }
 
 impl TargetConfig {
-    /// The ALUA port group this target's LUs report.
-    pub fn port_group(&self) -> crate::scsi::PortGroup {
-        match self.port_groups.first() {
-            None => crate::scsi::PortGroup::default(),
-            Some(g) => crate::scsi::PortGroup {
+    /// The ALUA port groups this target's LUs report, in configuration order (never empty).
+    pub fn port_groups(&self) -> Vec<crate::scsi::PortGroup> {
+        if self.port_groups.is_empty() {
+            return vec![crate::scsi::PortGroup::default()];
+        }
+        self.port_groups
+            .iter()
+            .map(|g| crate::scsi::PortGroup {
                 id: g.id,
                 state: match g.state {
                     AluaStateConfig::ActiveOptimized => crate::scsi::AluaState::ActiveOptimized,
@@ -240,8 +245,23 @@ impl TargetConfig {
                         crate::scsi::AluaState::ActiveNonOptimized
                     }
                 },
-            },
-        }
+            })
+            .collect()
+    }
+
+    /// The port group (= iSCSI target portal group tag) of `listen` portal `addr`. Call on a
+    /// validated configuration; a portal in no group gets the first group.
+    pub fn group_of(&self, addr: SocketAddr) -> u16 {
+        self.port_groups
+            .iter()
+            .find(|g| {
+                g.portals.is_empty()
+                    || g.portals
+                        .iter()
+                        .any(|p| p.parse::<SocketAddr>().is_ok_and(|a| a == addr))
+            })
+            .or(self.port_groups.first())
+            .map_or(1, |g| g.id)
     }
 }
 
@@ -420,14 +440,15 @@ impl Config {
         if let Some(c) = &i.discovery_chap {
             chap_ok("iscsi.discovery_chap", c)?;
         }
-        // A VVol LU is shared by every PE it is bound through, so it can report only one
-        // port group: every target with PEs must agree on it.
+        // A VVol LU is shared by every PE it is bound through, so it can report only one set
+        // of port groups: every target with PEs must agree on it.
         let mut pe_groups = self.targets.iter().filter(|t| !t.pes.is_empty());
         if let Some(first) = pe_groups.next() {
-            if let Some(t) = pe_groups.find(|t| t.port_group() != first.port_group()) {
+            if let Some(t) = pe_groups.find(|t| t.port_groups() != first.port_groups()) {
                 return Err(err(
                     format!("target '{}'.port_groups", t.name),
-                    "targets with Protocol Endpoints must share one port group id and state",
+                    "targets with Protocol Endpoints must have the same port groups (ids and \
+                     states)",
                 ));
             }
         }
@@ -435,36 +456,65 @@ impl Config {
     }
 
     fn validate_port_groups(&self, key: &str, target: &TargetConfig) -> Result<(), ConfigError> {
-        if target.port_groups.len() > 1 {
-            return Err(err(
-                format!("{key}.port_groups"),
-                "at most one port group: all portals share one target portal group tag, so \
-                 they are one SCSI target port",
-            ));
+        if target.port_groups.is_empty() {
+            return Ok(());
         }
         let listen = self.listen_addrs()?;
+        // Which group holds each listen portal: each must be in exactly one.
+        let mut owner: Vec<Option<u16>> = vec![None; listen.len()];
+        let mut ids = std::collections::HashSet::new();
         for (g, group) in target.port_groups.iter().enumerate() {
             let key = format!("{key}.port_groups[{g}]");
             if group.id == 0 {
                 return Err(err(format!("{key}.id"), "must be 1..65535"));
             }
-            for (p, portal) in group.portals.iter().enumerate() {
-                let known = portal
-                    .parse::<SocketAddr>()
-                    .is_ok_and(|a| listen.contains(&a));
-                if !known {
-                    return Err(err(
-                        format!("{key}.portals[{p}]"),
-                        format!("'{portal}' is not one of the listen portals"),
-                    ));
-                }
-            }
-            if !group.portals.is_empty() && group.portals.len() != listen.len() {
+            if !ids.insert(group.id) {
                 return Err(err(
-                    format!("{key}.portals"),
-                    "the only port group must hold every listen portal",
+                    format!("{key}.id"),
+                    format!("duplicate port group {}", group.id),
                 ));
             }
+            let mut members = Vec::new();
+            for (p, portal) in group.portals.iter().enumerate() {
+                match portal
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .and_then(|a| listen.iter().position(|&l| l == a))
+                {
+                    Some(i) => members.push((i, format!("{key}.portals[{p}]"))),
+                    None => {
+                        return Err(err(
+                            format!("{key}.portals[{p}]"),
+                            format!("'{portal}' is not one of the listen portals"),
+                        ))
+                    }
+                }
+            }
+            if group.portals.is_empty() {
+                // Empty means every portal; with other groups that overlaps.
+                members = (0..listen.len())
+                    .map(|i| (i, format!("{key}.portals")))
+                    .collect();
+            }
+            for (i, key) in members {
+                if let Some(other) = owner[i] {
+                    return Err(err(
+                        key,
+                        format!(
+                            "portal {} is already in port group {other}: a portal belongs to \
+                             exactly one group",
+                            listen[i]
+                        ),
+                    ));
+                }
+                owner[i] = Some(group.id);
+            }
+        }
+        if let Some(i) = owner.iter().position(Option::is_none) {
+            return Err(err(
+                format!("{key}.port_groups"),
+                format!("listen portal {} is in no port group", listen[i]),
+            ));
         }
         Ok(())
     }
@@ -749,8 +799,12 @@ mod tests {
     fn port_groups_default_parse_and_validate() {
         let cfg = Config::lab_default();
         assert_eq!(
-            cfg.targets[0].port_group(),
-            crate::scsi::PortGroup::default()
+            cfg.targets[0].port_groups(),
+            vec![crate::scsi::PortGroup::default()]
+        );
+        assert_eq!(
+            cfg.targets[0].group_of("127.0.0.1:3260".parse().unwrap()),
+            1
         );
         let with = |groups: &str| {
             LAB_DEFAULT.replace(
@@ -762,14 +816,21 @@ mod tests {
             r#"[{ id = 7, state = "active-non-optimized", portals = ["127.0.0.1:3260"] }]"#,
         ))
         .unwrap();
-        let g = cfg.targets[0].port_group();
+        let g = cfg.targets[0].port_groups();
         assert_eq!(
-            (g.id, g.state),
-            (7, crate::scsi::AluaState::ActiveNonOptimized)
+            (g.len(), g[0].id, g[0].state),
+            (1, 7, crate::scsi::AluaState::ActiveNonOptimized)
+        );
+        assert_eq!(
+            cfg.targets[0].group_of("127.0.0.1:3260".parse().unwrap()),
+            7
         );
         for (groups, key) in [
             ("[{ id = 0 }]", "target[0].port_groups[0].id"),
-            ("[{ id = 1 }, { id = 2 }]", "target[0].port_groups"),
+            (
+                "[{ id = 1 }, { id = 2 }]",
+                "target[0].port_groups[1].portals",
+            ),
             (
                 r#"[{ id = 1, portals = ["10.0.0.1:3260"] }]"#,
                 "target[0].port_groups[0].portals[0]",
@@ -782,5 +843,68 @@ mod tests {
             );
         }
         assert!(Config::parse(&with(r#"[{ id = 1, state = "standby" }]"#)).is_err());
+    }
+
+    #[test]
+    fn several_port_groups_partition_the_portals() {
+        let two = |groups: &str| {
+            LAB_DEFAULT
+                .replace(
+                    "listen = [\"127.0.0.1:3260\"]",
+                    "listen = [\"127.0.0.1:3260\", \"127.0.0.2:3260\"]",
+                )
+                .replace(
+                    "alias = \"vvold lab array\"",
+                    &format!("alias = \"vvold lab array\"\nport_groups = {groups}"),
+                )
+        };
+        let cfg = Config::parse(&two(r#"[{ id = 1, portals = ["127.0.0.1:3260"] },
+                { id = 2, state = "active-non-optimized", portals = ["127.0.0.2:3260"] }]"#))
+        .unwrap();
+        let t = &cfg.targets[0];
+        assert_eq!(
+            t.port_groups(),
+            vec![
+                crate::scsi::PortGroup {
+                    id: 1,
+                    state: crate::scsi::AluaState::ActiveOptimized
+                },
+                crate::scsi::PortGroup {
+                    id: 2,
+                    state: crate::scsi::AluaState::ActiveNonOptimized
+                },
+            ]
+        );
+        assert_eq!(t.group_of("127.0.0.1:3260".parse().unwrap()), 1);
+        assert_eq!(t.group_of("127.0.0.2:3260".parse().unwrap()), 2);
+        for (groups, key) in [
+            // 127.0.0.2 in no group
+            (
+                r#"[{ id = 1, portals = ["127.0.0.1:3260"] }]"#,
+                "target[0].port_groups",
+            ),
+            // 127.0.0.1 in two groups
+            (
+                r#"[{ id = 1, portals = ["127.0.0.1:3260"] },
+                    { id = 2, portals = ["127.0.0.2:3260", "127.0.0.1:3260"] }]"#,
+                "target[0].port_groups[1].portals[1]",
+            ),
+            // an empty list means every portal, which overlaps the other group
+            (
+                r#"[{ id = 1, portals = ["127.0.0.1:3260"] }, { id = 2 }]"#,
+                "target[0].port_groups[1].portals",
+            ),
+            (
+                r#"[{ id = 3, portals = ["127.0.0.1:3260"] },
+                    { id = 3, portals = ["127.0.0.2:3260"] }]"#,
+                "target[0].port_groups[1].id",
+            ),
+        ] {
+            assert_eq!(
+                Config::parse(&two(groups)).unwrap_err().key,
+                key,
+                "{groups}"
+            );
+        }
     }
 }

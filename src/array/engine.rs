@@ -379,12 +379,11 @@ impl Engine {
             block_size: v.block_size,
             num_blocks: v.size / v.block_size as u64,
             read_only: false,
-            relative_port: 1,
             // Same ALUA view as the PEs it is reached through (config makes them all agree).
-            port_group: self
+            port_groups: self
                 .pes
                 .first()
-                .map(|p| p.lu.disk.identity().port_group)
+                .map(|p| p.lu.disk.identity().port_groups.clone())
                 .unwrap_or_default(),
             // A VVol is a subsidiary LU of the conglomerate its PE administers.
             conglomerate: true,

@@ -137,7 +137,7 @@ fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Targ
             source,
         })?;
         let mut identity = identity(array_id, &t.name, l, device.size(), device.thin());
-        identity.port_group = t.port_group();
+        identity.port_groups = t.port_groups();
         luns.insert(
             l.id,
             Arc::new(LogicalUnit::new(
@@ -169,8 +169,7 @@ fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConf
         block_size: 512,
         num_blocks: PE_SIZE / 512,
         read_only: true,
-        relative_port: 1,
-        port_group: t.port_group(),
+        port_groups: t.port_groups(),
         conglomerate: true,
         administrative: true,
         // A PE has no medium to provision.
@@ -260,8 +259,7 @@ fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64, thin: bool) 
         block_size: l.block_size,
         num_blocks: size / l.block_size as u64,
         read_only: l.read_only,
-        relative_port: 1,
-        port_group: Default::default(),
+        port_groups: Vec::new(),
         // Ordinary LUs; Protocol Endpoints are built by the vvol layer.
         conglomerate: false,
         administrative: false,

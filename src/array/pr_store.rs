@@ -89,7 +89,7 @@ mod tests {
             let store = Arc::new(Store::open(dir.path()).unwrap());
             let lu = DiskLu::new(identity());
             attach(&store, &lu);
-            lu.nexus_added(NexusId(1), &port(NexusId(1)));
+            lu.nexus_added(NexusId(1), &port(NexusId(1)), 1);
             prout(&lu, 0, 0, 0, 0x77, true);
             prout(&lu, 1, 3, 0x77, 0, false);
         }
@@ -102,7 +102,7 @@ mod tests {
             Plan::Respond(r) => assert_eq!(r.status, Status::ReservationConflict),
             p => panic!("{p:?}"),
         }
-        lu.nexus_added(NexusId(6), &port(NexusId(1)));
+        lu.nexus_added(NexusId(6), &port(NexusId(1)), 1);
         lu.plan(NexusId(6), &[0; 6]);
         assert!(matches!(lu.plan(NexusId(6), &read), Plan::Read { .. }));
     }

@@ -89,11 +89,17 @@ fn main() -> ExitCode {
             },
         },
     };
-    let listen = if args.listen.is_empty() {
-        cfg.listen_addrs().expect("validated")
-    } else {
-        args.listen.clone()
-    };
+    let mut cfg = cfg;
+    if !args.listen.is_empty() {
+        // The command line's portals replace the configured ones; port groups must still
+        // place each of them in exactly one group.
+        cfg.listen = args.listen.iter().map(|a| a.to_string()).collect();
+        if let Err(e) = cfg.validate() {
+            eprintln!("vvold: config error with --listen: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let listen = cfg.listen_addrs().expect("validated");
     let data_dir = args
         .data_dir
         .clone()

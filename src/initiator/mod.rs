@@ -118,6 +118,8 @@ pub struct Session {
     immediate_data: bool,
     initial_r2t: bool,
     pub negotiated: Vec<KeyValue>,
+    /// TargetPortalGroupTag the target declared during login (normal sessions).
+    pub target_portal_group_tag: Option<u16>,
 }
 
 impl Session {
@@ -139,6 +141,7 @@ impl Session {
             immediate_data: false,
             initial_r2t: true,
             negotiated: Vec::new(),
+            target_portal_group_tag: None,
         };
         s.do_login(opts).await?;
         Ok(s)
@@ -182,6 +185,9 @@ impl Session {
         self.expstatsn = rx.bhs.u32_at(24).wrapping_add(1);
         self.maxcmdsn = rx.bhs.u32_at(32);
         let kv = text::parse(&rx.data).map_err(|e| proto(e.to_string()))?;
+        if let Some(tag) = get(&kv, "TargetPortalGroupTag").and_then(|v| v.parse().ok()) {
+            self.target_portal_group_tag = Some(tag);
+        }
         Ok((rx.bhs, kv))
     }
 

@@ -179,8 +179,15 @@ async fn normal_session(
     }
     // Reservations are held by the initiator port (name + ISID), which outlives the nexus.
     let port = crate::scsi::InitiatorPort::new(&session.initiator, session.key.isid);
+    // The SCSI target port is the portal group logged in through: relative target port id
+    // = target portal group tag = ALUA port group id.
+    let target_port = shared
+        .policy
+        .target(&target.name)
+        .and_then(|t| t.portal_for(local))
+        .map_or(crate::iscsi::policy::DEFAULT_TPGT, |p| p.tpgt);
     for lu in session_lus(shared, &session) {
-        lu.disk.nexus_added(session.nexus, &port);
+        lu.disk.nexus_added(session.nexus, &port, target_port);
     }
     let span =
         info_span!("session", tsih = session.tsih, initiator = %initiator, target = %target.name);

@@ -13,13 +13,10 @@ fn creds(c: &Option<ChapConfig>) -> Option<ChapCredentials> {
     })
 }
 
-/// Every target is reachable on every portal, in portal group 1.
+/// Every target is reachable on every portal; a portal's target portal group tag is the id
+/// of the target's ALUA port group holding it (1 when the target configures none).
 pub fn login_policy(cfg: &Config, portals: &[SocketAddr]) -> LoginPolicy {
     let i = &cfg.iscsi;
-    let portals: Vec<Portal> = portals
-        .iter()
-        .map(|&addr| Portal { addr, tpgt: 1 })
-        .collect();
     LoginPolicy {
         targets: cfg
             .targets
@@ -27,7 +24,13 @@ pub fn login_policy(cfg: &Config, portals: &[SocketAddr]) -> LoginPolicy {
             .map(|t| TargetEntry {
                 name: t.name.clone(),
                 alias: t.alias.clone(),
-                portals: portals.clone(),
+                portals: portals
+                    .iter()
+                    .map(|&addr| Portal {
+                        addr,
+                        tpgt: t.group_of(addr),
+                    })
+                    .collect(),
                 allowed_initiators: t.allowed_initiators.clone(),
                 chap: creds(&t.chap),
                 mutual_chap: creds(&t.mutual_chap),

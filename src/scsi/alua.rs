@@ -1,8 +1,9 @@
-//! Implicit ALUA (SPC-4 §5.16): the target port group an LU is reached through, its access
-//! state, and REPORT TARGET PORT GROUPS. vvold gives every portal of a target the same iSCSI
-//! target portal group tag, so each target has exactly one SCSI target port (relative port
-//! id 1) and therefore one target port group; its state is configuration, never changed by
-//! the initiator (SET TARGET PORT GROUPS is not implemented: TPGS = 01b, implicit only).
+//! Implicit ALUA (SPC-4 §5.16): the target port groups an LU is reached through, their access
+//! states, and REPORT TARGET PORT GROUPS. A target has one or more target port groups, one
+//! per iSCSI target portal group: the portals of a group share its iSCSI target portal group
+//! tag, which is also the group id and the relative target port id of the group's single SCSI
+//! target port. States are configuration, never changed by the initiator (SET TARGET PORT
+//! GROUPS is not implemented: TPGS = 01b, implicit only).
 
 use bytes::Bytes;
 
@@ -30,7 +31,7 @@ impl AluaState {
     }
 }
 
-/// The target port group an LU's target port belongs to.
+/// One target port group. Its only target port has relative target port id = `id`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortGroup {
     pub id: u16,
@@ -57,18 +58,20 @@ pub(crate) fn report_target_port_groups(id: &DiskIdentity, cdb: Cdb<'_>) -> Resu
         _ => return Err(Sense::invalid_cdb_field(1, Some(7))),
     };
     let alloc = cdb.be32(6) as usize;
-    let g = id.port_group;
     let mut d = vec![0u8; if extended { 8 } else { 4 }];
     if extended {
         d[4] = 0x10; // FORMAT TYPE 001b
         d[5] = 0; // IMPLICIT TRANSITION TIME: states never change under the initiator
     }
-    d.push(g.state.code()); // PREF=0
-    d.push(SUPPORTED_STATES);
-    d.extend_from_slice(&g.id.to_be_bytes());
-    d.extend_from_slice(&[0, 0x00, 0, 1]); // reserved, STATUS CODE, vendor, TARGET PORT COUNT
-    d.extend_from_slice(&[0, 0]);
-    d.extend_from_slice(&id.relative_port.to_be_bytes());
+    for g in id.groups() {
+        d.push(g.state.code()); // PREF=0
+        d.push(SUPPORTED_STATES);
+        d.extend_from_slice(&g.id.to_be_bytes());
+        d.extend_from_slice(&[0, 0x00, 0, 1]); // reserved, STATUS CODE, vendor, TARGET PORT COUNT
+        d.extend_from_slice(&[0, 0]);
+        // The group's one target port: relative target port id = group id.
+        d.extend_from_slice(&g.id.to_be_bytes());
+    }
     let len = (d.len() - 4) as u32;
     d[..4].copy_from_slice(&len.to_be_bytes());
     Ok(trim(d, alloc))
@@ -92,25 +95,62 @@ mod tests {
         let d = report_target_port_groups(&identity(), Cdb::new(&cdb(0, 255))).unwrap();
         assert_eq!(
             d.as_ref(),
-            &[0, 0, 0, 12, 0x00, 0x03, 0, 1, 0, 0, 0, 1, 0, 0, 0, 3]
+            &[0, 0, 0, 12, 0x00, 0x03, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]
         );
     }
 
     #[test]
     fn extended_format_and_configured_state() {
         let mut id = identity();
-        id.port_group = PortGroup {
+        id.port_groups = vec![PortGroup {
             id: 7,
             state: AluaState::ActiveNonOptimized,
-        };
+        }];
         let d = report_target_port_groups(&id, Cdb::new(&cdb(1, 255))).unwrap();
         assert_eq!(
             d.as_ref(),
-            &[0, 0, 0, 16, 0x10, 0, 0, 0, 0x01, 0x03, 0, 7, 0, 0, 0, 1, 0, 0, 0, 3]
+            &[0, 0, 0, 16, 0x10, 0, 0, 0, 0x01, 0x03, 0, 7, 0, 0, 0, 1, 0, 0, 0, 7]
         );
         let d = report_target_port_groups(&id, Cdb::new(&cdb(1, 6))).unwrap();
         assert_eq!(d.len(), 6);
         let e = report_target_port_groups(&id, Cdb::new(&cdb(2, 255))).unwrap_err();
         assert_eq!((e.field.unwrap().byte, e.field.unwrap().bit), (1, Some(7)));
+    }
+
+    #[test]
+    fn two_groups_each_with_its_own_port() {
+        let mut id = identity();
+        id.port_groups = vec![
+            PortGroup {
+                id: 1,
+                state: AluaState::ActiveOptimized,
+            },
+            PortGroup {
+                id: 2,
+                state: AluaState::ActiveNonOptimized,
+            },
+        ];
+        let d = report_target_port_groups(&id, Cdb::new(&cdb(0, 255))).unwrap();
+        assert_eq!(
+            d.as_ref(),
+            &[
+                0, 0, 0, 24, // RETURN DATA LENGTH
+                0x00, 0x03, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, // group 1 AO, port 1
+                0x01, 0x03, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2, // group 2 AN, port 2
+            ]
+        );
+        let d = report_target_port_groups(&id, Cdb::new(&cdb(1, 255))).unwrap();
+        assert_eq!(&d[..8], &[0, 0, 0, 28, 0x10, 0, 0, 0]);
+        assert_eq!(
+            &d[8..],
+            &[0x00, 0x03, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0x01, 0x03, 0, 2, 0, 0, 0, 1, 0, 0, 0, 2,]
+        );
+        assert_eq!(id.port(Some(2)), id.port_groups[1]);
+        assert_eq!(
+            id.port(Some(9)),
+            id.port_groups[0],
+            "unknown port: first group"
+        );
+        assert_eq!(id.port(None), id.port_groups[0]);
     }
 }

@@ -1,7 +1,7 @@
 //! A disk logical unit: identity, per-LU state (mode pages, PREVENT, unit attentions) and the
 //! command dispatcher the transport calls.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -34,10 +34,10 @@ pub struct DiskIdentity {
     pub num_blocks: u64,
     /// Hardware write protection: every write fails with WRITE PROTECTED.
     pub read_only: bool,
-    /// Relative target port identifier reported in VPD page 83h.
-    pub relative_port: u16,
-    /// The target port group (implicit ALUA) that port belongs to.
-    pub port_group: super::alua::PortGroup,
+    /// The target's port groups (implicit ALUA), in configuration order. Each group has
+    /// exactly one target port, whose relative target port id is the group id (= the iSCSI
+    /// target portal group tag). Empty is read as the default group 1, active/optimized.
+    pub port_groups: Vec<super::alua::PortGroup>,
     /// Member of a logical unit conglomerate (a Protocol Endpoint, or a VVol behind one):
     /// standard INQUIRY LU_CONG = 1 and VPD 86h LU_COLL_TYPE = 001b.
     pub conglomerate: bool,
@@ -48,6 +48,25 @@ pub struct DiskIdentity {
     /// READ CAPACITY(16) LBPME/LBPRZ, VPD B0h unmap limits and VPD B2h all derive from this
     /// one bit (see `provisioning`).
     pub thin: bool,
+}
+
+impl DiskIdentity {
+    /// The port groups, never empty.
+    pub fn groups(&self) -> Vec<super::alua::PortGroup> {
+        if self.port_groups.is_empty() {
+            vec![Default::default()]
+        } else {
+            self.port_groups.clone()
+        }
+    }
+
+    /// The group (= target port) with relative target port id `port`; the first group when
+    /// the port is unknown or not given.
+    pub fn port(&self, port: Option<u16>) -> super::alua::PortGroup {
+        let first = self.port_groups.first().copied().unwrap_or_default();
+        port.and_then(|p| self.port_groups.iter().find(|g| g.id == p).copied())
+            .unwrap_or(first)
+    }
 }
 
 /// Which reset the transport's task management function performed.
@@ -74,6 +93,8 @@ struct LuState {
     /// Nexuses with PREVENT ALLOW MEDIUM REMOVAL in effect (SBC-3 §5.12: per I_T nexus, and
     /// removal is prevented while any nexus prevents it).
     prevent: HashSet<NexusId>,
+    /// Relative target port id each I_T nexus came in through (set at login).
+    target_ports: HashMap<NexusId, u16>,
 }
 
 /// A disk logical unit. Shared by all sessions; all mutation goes through interior locks.
@@ -179,7 +200,7 @@ impl DiskLu {
         Ok(match command {
             TestUnitReady => Plan::Respond(Response::good_empty()),
             RequestSense => self.respond(Ok(self.request_sense(nexus, cdb))),
-            Inquiry => self.respond(inquiry::inquiry(id, cdb)),
+            Inquiry => self.respond(inquiry::inquiry(id, self.target_port(nexus), cdb)),
             ReadCapacity10 => self.respond(capacity::read_capacity_10(id, cdb)),
             ReadCapacity16 => self.respond(capacity::read_capacity_16(id, cdb)),
             ReportSupportedOperationCodes => self.respond(rsoc::report(cdb)),
@@ -237,7 +258,9 @@ impl DiskLu {
                         .map(|()| Bytes::new()),
                 )
             }
-            PersistentReserveIn => self.refusal(self.reservations.prin(cdb, id.relative_port)),
+            PersistentReserveIn => {
+                self.refusal(self.reservations.prin(cdb, self.target_port(nexus).id))
+            }
             PersistentReserveOut => match cdb.be32(5) {
                 super::pr::prout::PARAM_LEN => Plan::Parameters {
                     len: super::pr::prout::PARAM_LEN,
@@ -392,19 +415,34 @@ impl DiskLu {
         }
     }
 
-    /// A new I_T nexus (login) from initiator port `port`: it must first hear that it missed
-    /// everything before now. The port is what persistent reservations are registered to.
-    pub fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort) {
+    /// A new I_T nexus (login) from initiator port `port` through the target port with
+    /// relative target port id `target_port` (the iSCSI target portal group tag of the portal
+    /// the session logged in on): it must first hear that it missed everything before now.
+    /// The initiator port is what persistent reservations are registered to; the target port
+    /// decides which port group VPD page 83h reports.
+    pub fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort, target_port: u16) {
         self.unit_attentions
             .add_nexus(nexus, Sense::POWER_ON_OCCURRED);
+        self.state().target_ports.insert(nexus, target_port);
         self.reservations.nexus_added(nexus, port);
+    }
+
+    /// The target port (and so port group) `nexus` reaches this LU through; a nexus never
+    /// registered with [`DiskLu::nexus_added`] gets the first group.
+    fn target_port(&self, nexus: NexusId) -> super::alua::PortGroup {
+        let port = self.state().target_ports.get(&nexus).copied();
+        self.identity.port(port)
     }
 
     /// I_T nexus loss or logout: its unit attentions, PREVENT state and SPC-2 reservation die
     /// with it; its port's persistent registrations do not.
     pub fn nexus_removed(&self, nexus: NexusId) {
         self.unit_attentions.remove_nexus(nexus);
-        self.state().prevent.remove(&nexus);
+        {
+            let mut state = self.state();
+            state.prevent.remove(&nexus);
+            state.target_ports.remove(&nexus);
+        }
         self.copy_results.nexus_removed(nexus);
         self.reservations.nexus_removed(nexus);
     }
@@ -483,8 +521,7 @@ pub(crate) mod tests {
             block_size: 512,
             num_blocks: 2048,
             read_only: false,
-            relative_port: 3,
-            port_group: Default::default(),
+            port_groups: vec![Default::default()],
             conglomerate: false,
             administrative: false,
             thin: true,
@@ -527,7 +564,7 @@ pub(crate) mod tests {
     #[test]
     fn unit_attention_after_login_except_inquiry() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A, &port(A));
+        lu.nexus_added(A, &port(A), 1);
         let r = respond(lu.plan(A, &[0x12, 0, 0, 0, 36, 0]));
         assert_eq!(r.status, Status::Good);
         assert_eq!(sense_of(&respond(lu.plan(A, &TUR))), (6, 0x29, 0));
@@ -544,7 +581,7 @@ pub(crate) mod tests {
     #[test]
     fn unit_attention_pre_empts_invalid_opcode() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A, &port(A));
+        lu.nexus_added(A, &port(A), 1);
         assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (6, 0x29, 0));
         assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (5, 0x20, 0));
     }
@@ -552,7 +589,7 @@ pub(crate) mod tests {
     #[test]
     fn request_sense_returns_and_clears_ua() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A, &port(A));
+        lu.nexus_added(A, &port(A), 1);
         let r = respond(lu.plan(A, &[0x03, 0, 0, 0, 18, 0]));
         assert_eq!(r.status, Status::Good);
         assert_eq!((r.data[0], r.data[2], r.data[12]), (0x70, 6, 0x29));
@@ -563,8 +600,8 @@ pub(crate) mod tests {
     #[test]
     fn resets_clear_prevent_and_report_per_kind() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A, &port(A));
-        lu.nexus_added(B, &port(B));
+        lu.nexus_added(A, &port(A), 1);
+        lu.nexus_added(B, &port(B), 1);
         respond(lu.plan(A, &[0x03, 0, 0, 0, 18, 0]));
         respond(lu.plan(B, &[0x03, 0, 0, 0, 18, 0]));
         respond(lu.plan(A, &[0x1E, 0, 0, 0, 1, 0]));
@@ -607,8 +644,8 @@ pub(crate) mod tests {
     #[test]
     fn mode_select_swp_protects_writes_and_notifies_others() {
         let lu = DiskLu::new(identity());
-        lu.nexus_added(A, &port(A));
-        lu.nexus_added(B, &port(B));
+        lu.nexus_added(A, &port(A), 1);
+        lu.nexus_added(B, &port(B), 1);
         respond(lu.plan(A, &TUR));
         respond(lu.plan(B, &TUR));
         let select = [0x15, 0x10, 0, 0, 16, 0];
@@ -773,6 +810,51 @@ pub(crate) mod tests {
         assert_eq!(&r.data[..8], &[0, 0, 0, 12, 0, 3, 0, 1]);
         let set = [0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
         assert_eq!(sense_of(&respond(lu.plan(A, &set))), (5, 0x20, 0));
+    }
+
+    #[test]
+    fn vpd_83h_names_the_nexus_target_port() {
+        use crate::scsi::{AluaState, PortGroup};
+        let mut id = identity();
+        id.port_groups = vec![
+            PortGroup {
+                id: 1,
+                state: AluaState::ActiveOptimized,
+            },
+            PortGroup {
+                id: 2,
+                state: AluaState::ActiveNonOptimized,
+            },
+        ];
+        let lu = DiskLu::new(id);
+        lu.nexus_added(A, &port(A), 2);
+        lu.nexus_added(B, &port(B), 1);
+        let vpd83 = [0x12, 1, 0x83, 0, 255, 0];
+        let ports = |n: NexusId| {
+            let d = respond(lu.plan(n, &vpd83)).data;
+            (d[30..32].to_vec(), d[38..40].to_vec())
+        };
+        // The login unit attention comes first; INQUIRY is exempt from it anyway.
+        assert_eq!(ports(A), (vec![0, 2], vec![0, 2]));
+        assert_eq!(ports(B), (vec![0, 1], vec![0, 1]));
+        assert_eq!(
+            ports(NexusId(9)),
+            (vec![0, 1], vec![0, 1]),
+            "unknown: first group"
+        );
+        lu.nexus_removed(A);
+        assert_eq!(ports(A), (vec![0, 1], vec![0, 1]));
+        // Every nexus sees both groups in REPORT TARGET PORT GROUPS.
+        let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0];
+        for n in [B, NexusId(9)] {
+            let mut r = respond(lu.plan(n, &rtpg));
+            if r.status != Status::Good {
+                r = respond(lu.plan(n, &rtpg)); // after the power-on unit attention
+            }
+            assert_eq!(&r.data[..4], &[0, 0, 0, 24]);
+            assert_eq!((r.data[4], r.data[7]), (0x00, 1));
+            assert_eq!((r.data[16], r.data[19]), (0x01, 2));
+        }
     }
 
     #[test]

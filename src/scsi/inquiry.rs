@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::alua::PortGroup;
 use super::cdb::{put_ascii, trim, Cdb};
 use super::disk::DiskIdentity;
 use super::sense::Sense;
@@ -55,12 +56,13 @@ pub(crate) fn standard_data(
 }
 
 /// INQUIRY for an existing disk LU: standard data or a VPD page, cut to ALLOCATION LENGTH.
-pub(crate) fn inquiry(id: &DiskIdentity, cdb: Cdb<'_>) -> Result<Bytes, Sense> {
+/// `port` is the target port (and group) the command came in through.
+pub(crate) fn inquiry(id: &DiskIdentity, port: PortGroup, cdb: Cdb<'_>) -> Result<Bytes, Sense> {
     let evpd = cdb.bit(1, 0);
     let page = cdb.u8(2);
     let alloc = usize::from(cdb.be16(3));
     let data = if evpd {
-        vpd::page(id, page).ok_or(Sense::invalid_cdb_field(2, Some(7)))?
+        vpd::page(id, port, page).ok_or(Sense::invalid_cdb_field(2, Some(7)))?
     } else if page != 0 {
         return Err(Sense::invalid_cdb_field(2, Some(7)));
     } else {
@@ -87,7 +89,7 @@ mod tests {
     #[test]
     fn standard_page_bytes() {
         let id = identity();
-        let d = inquiry(&id, Cdb::new(&cdb(false, 0, 260))).unwrap();
+        let d = inquiry(&id, Default::default(), Cdb::new(&cdb(false, 0, 260))).unwrap();
         assert_eq!(d.len(), 96);
         assert_eq!(&d[..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x00, 0x02]);
         assert_eq!(&d[8..16], b"VVOLD   ");
@@ -102,31 +104,57 @@ mod tests {
     #[test]
     fn lu_cong_follows_the_identity() {
         let mut id = identity();
-        assert_eq!(inquiry(&id, Cdb::new(&cdb(false, 0, 96))).unwrap()[1], 0x00);
+        assert_eq!(
+            inquiry(&id, Default::default(), Cdb::new(&cdb(false, 0, 96))).unwrap()[1],
+            0x00
+        );
         id.conglomerate = true;
-        assert_eq!(inquiry(&id, Cdb::new(&cdb(false, 0, 96))).unwrap()[1], 0x40);
+        assert_eq!(
+            inquiry(&id, Default::default(), Cdb::new(&cdb(false, 0, 96))).unwrap()[1],
+            0x40
+        );
     }
 
     #[test]
     fn allocation_length_trims_and_511_equals_512() {
         let id = identity();
-        assert_eq!(inquiry(&id, Cdb::new(&cdb(false, 0, 5))).unwrap().len(), 5);
-        assert_eq!(inquiry(&id, Cdb::new(&cdb(false, 0, 0))).unwrap().len(), 0);
         assert_eq!(
-            inquiry(&id, Cdb::new(&cdb(false, 0, 511))).unwrap(),
-            inquiry(&id, Cdb::new(&cdb(false, 0, 512))).unwrap()
+            inquiry(&id, Default::default(), Cdb::new(&cdb(false, 0, 5)))
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(
+            inquiry(&id, Default::default(), Cdb::new(&cdb(false, 0, 0)))
+                .unwrap()
+                .len(),
+            0
+        );
+        assert_eq!(
+            inquiry(&id, Default::default(), Cdb::new(&cdb(false, 0, 511))).unwrap(),
+            inquiry(&id, Default::default(), Cdb::new(&cdb(false, 0, 512))).unwrap()
         );
     }
 
     #[test]
     fn page_code_without_evpd_is_invalid_field_byte_2() {
-        let e = inquiry(&identity(), Cdb::new(&cdb(false, 0x80, 255))).unwrap_err();
+        let e = inquiry(
+            &identity(),
+            Default::default(),
+            Cdb::new(&cdb(false, 0x80, 255)),
+        )
+        .unwrap_err();
         assert_eq!((e.asc, e.field.unwrap().byte), (0x24, 2));
     }
 
     #[test]
     fn unknown_vpd_page_is_invalid_field_byte_2() {
-        let e = inquiry(&identity(), Cdb::new(&cdb(true, 0xC7, 255))).unwrap_err();
+        let e = inquiry(
+            &identity(),
+            Default::default(),
+            Cdb::new(&cdb(true, 0xC7, 255)),
+        )
+        .unwrap_err();
         assert_eq!((e.asc, e.field.unwrap().byte), (0x24, 2));
     }
 }

@@ -2,6 +2,7 @@
 //! [`DiskIdentity`] alone so that the same LU looks identical from every path and after every
 //! restart: ESXi keys its device database on page 83h.
 
+use super::alua::PortGroup;
 use super::cdb::put_ascii;
 use super::disk::DiskIdentity;
 
@@ -18,12 +19,13 @@ pub(crate) fn max_transfer_blocks(id: &DiskIdentity) -> u32 {
 /// Supported pages, ascending as SPC-4 requires for page 00h.
 const SUPPORTED: [u8; 8] = [0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2];
 
-/// The whole page `code`, or None if we do not implement it.
-pub(crate) fn page(id: &DiskIdentity, code: u8) -> Option<Vec<u8>> {
+/// The whole page `code` as seen through target port `port`, or None if we do not implement
+/// it. Only page 83h depends on the port.
+pub(crate) fn page(id: &DiskIdentity, port: PortGroup, code: u8) -> Option<Vec<u8>> {
     let body = match code {
         0x00 => SUPPORTED.to_vec(),
         0x80 => unit_serial_number(id),
-        0x83 => device_identification(id),
+        0x83 => device_identification(id, port),
         0x86 => extended_inquiry(id),
         0x8F => super::xcopy::third_party_copy_page(),
         0xB0 => block_limits(id),
@@ -46,17 +48,18 @@ fn unit_serial_number(id: &DiskIdentity) -> Vec<u8> {
     s
 }
 
-fn device_identification(id: &DiskIdentity) -> Vec<u8> {
+fn device_identification(id: &DiskIdentity, port: PortGroup) -> Vec<u8> {
     let mut d = Vec::with_capacity(28);
     // NAA designator, LU association, binary code set. PIV=0 so no protocol identifier.
     d.extend_from_slice(&[0x01, 0x03, 0x00, 16]);
     d.extend_from_slice(&id.naa);
     // Relative target port designator: target-port association, PIV=1 with protocol iSCSI.
     d.extend_from_slice(&[0x51, 0x94, 0x00, 4, 0, 0]);
-    d.extend_from_slice(&id.relative_port.to_be_bytes());
+    d.extend_from_slice(&port.id.to_be_bytes());
     // Target port group designator (type 5): which ALUA group that port is in.
     d.extend_from_slice(&[0x51, 0x95, 0x00, 4, 0, 0]);
-    d.extend_from_slice(&id.port_group.id.to_be_bytes());
+    // The group's only port is this one, so the ids are the same.
+    d.extend_from_slice(&port.id.to_be_bytes());
     d
 }
 
@@ -98,23 +101,28 @@ mod tests {
     use super::*;
     use crate::scsi::disk::tests::identity;
 
+    const P: PortGroup = PortGroup {
+        id: 1,
+        state: crate::scsi::AluaState::ActiveOptimized,
+    };
+
     #[test]
     fn supported_pages_are_sorted_and_all_readable() {
         let id = identity();
-        let p = page(&id, 0).unwrap();
+        let p = page(&id, P, 0).unwrap();
         assert_eq!(&p[..4], &[0, 0, 0, 8]);
         assert!(p[4..].windows(2).all(|w| w[0] < w[1]));
         for &code in &p[4..] {
-            let q = page(&id, code).unwrap();
+            let q = page(&id, P, code).unwrap();
             assert_eq!(q[1], code);
             assert_eq!(usize::from(u16::from_be_bytes([q[2], q[3]])) + 4, q.len());
         }
-        assert!(page(&id, 0x89).is_none());
+        assert!(page(&id, P, 0x89).is_none());
     }
 
     #[test]
     fn serial_page() {
-        let p = page(&identity(), 0x80).unwrap();
+        let p = page(&identity(), P, 0x80).unwrap();
         assert_eq!(
             &p,
             &[0, 0x80, 0, 8, b'S', b'N', b'0', b'0', b'0', b'0', b'4', b'2']
@@ -124,17 +132,29 @@ mod tests {
     #[test]
     fn device_identification_is_naa_plus_relative_port() {
         let id = identity();
-        let p = page(&id, 0x83).unwrap();
+        let p = page(&id, P, 0x83).unwrap();
         assert_eq!(&p[..8], &[0, 0x83, 0, 36, 0x01, 0x03, 0, 16]);
         assert_eq!(&p[8..24], &id.naa);
-        assert_eq!(&p[24..32], &[0x51, 0x94, 0, 4, 0, 0, 0x00, 0x03]);
+        assert_eq!(&p[24..32], &[0x51, 0x94, 0, 4, 0, 0, 0x00, 0x01]);
         assert_eq!(&p[32..], &[0x51, 0x95, 0, 4, 0, 0, 0x00, 0x01]);
-        assert_eq!(p, page(&identity(), 0x83).unwrap(), "must be stable");
+        assert_eq!(p, page(&identity(), P, 0x83).unwrap(), "must be stable");
+        let other = PortGroup {
+            id: 0x0102,
+            state: crate::scsi::AluaState::ActiveNonOptimized,
+        };
+        let q = page(&id, other, 0x83).unwrap();
+        assert_eq!(
+            &q[..24],
+            &p[..24],
+            "the LU designator does not depend on the port"
+        );
+        assert_eq!(&q[24..32], &[0x51, 0x94, 0, 4, 0, 0, 0x01, 0x02]);
+        assert_eq!(&q[32..], &[0x51, 0x95, 0, 4, 0, 0, 0x01, 0x02]);
     }
 
     #[test]
     fn block_limits_is_sbc3_sized_with_transfer_limits() {
-        let p = page(&identity(), 0xB0).unwrap();
+        let p = page(&identity(), P, 0xB0).unwrap();
         assert_eq!(p.len(), 64);
         assert_eq!(p[3], 0x3C);
         assert_eq!(p[5], 255, "MAXIMUM COMPARE AND WRITE LENGTH");
@@ -147,17 +167,20 @@ mod tests {
     #[test]
     fn characteristics_and_provisioning() {
         let id = identity();
-        assert_eq!(&page(&id, 0xB1).unwrap()[4..6], &[0, 1]);
-        assert_eq!(page(&id, 0xB2).unwrap(), vec![0, 0xB2, 0, 4, 0, 0xE4, 2, 0]);
-        assert_eq!(&page(&id, 0x86).unwrap()[4..8], &[0, 1, 1, 1]);
+        assert_eq!(&page(&id, P, 0xB1).unwrap()[4..6], &[0, 1]);
+        assert_eq!(
+            page(&id, P, 0xB2).unwrap(),
+            vec![0, 0xB2, 0, 4, 0, 0xE4, 2, 0]
+        );
+        assert_eq!(&page(&id, P, 0x86).unwrap()[4..8], &[0, 1, 1, 1]);
     }
 
     #[test]
     fn lu_coll_type_follows_the_identity() {
         let mut id = identity();
-        assert_eq!(page(&id, 0x86).unwrap()[8], 0x00);
+        assert_eq!(page(&id, P, 0x86).unwrap()[8], 0x00);
         id.conglomerate = true;
-        let p = page(&id, 0x86).unwrap();
+        let p = page(&id, P, 0x86).unwrap();
         assert_eq!(p[8], 0x20);
         assert_eq!(p.len(), 64);
     }

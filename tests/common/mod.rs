@@ -120,6 +120,8 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The second portal of a [`Daemon::start_two_portals`] daemon.
+    pub addr2: Option<SocketAddr>,
     /// The embedded control API (VVol configurations only); a new port on every start.
     pub control: Option<SocketAddr>,
     dir: tempfile::TempDir,
@@ -135,6 +137,8 @@ enum Setup {
     Main(String),
     /// The VVol array: target `T_VVOL` with PEs, containers and the control API.
     Vvol(VvolOpts),
+    /// Custom text for a daemon listening on two portals (`addr`, `addr2`).
+    TwoPortals(fn(SocketAddr, SocketAddr) -> String),
 }
 
 impl Daemon {
@@ -153,12 +157,18 @@ impl Daemon {
         Daemon::start_setup(Setup::Vvol(o))
     }
 
+    /// A daemon listening on two loopback portals, configured by `text(addr, addr2)`.
+    pub fn start_two_portals(text: fn(SocketAddr, SocketAddr) -> String) -> Daemon {
+        Daemon::start_setup(Setup::TwoPortals(text))
+    }
+
     fn start_setup(setup: Setup) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("vvold.toml");
         let mut d = Daemon {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr2: None,
             control: None,
             dir,
             config,
@@ -176,6 +186,11 @@ impl Daemon {
                 let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
                 self.control = Some(control);
                 vvol_config_text(o, control)
+            }
+            Setup::TwoPortals(text) => {
+                let addr2 = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                self.addr2 = Some(addr2);
+                text(self.addr, addr2)
             }
         };
         std::fs::write(&self.config, text).expect("write config");
@@ -207,7 +222,11 @@ impl Daemon {
             self.log = self.dir.path().join(format!("vvold-{port}.log"));
             let out = File::create(&self.log).expect("log file");
             let err = out.try_clone().expect("log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_vvold"))
+            let mut command = Command::new(env!("CARGO_BIN_EXE_vvold"));
+            if let Some(addr2) = self.addr2 {
+                command.arg("--listen").arg(addr2.to_string());
+            }
+            let child = command
                 .env("NO_COLOR", "1")
                 .arg("--config")
                 .arg(&self.config)
@@ -252,7 +271,10 @@ impl Daemon {
             }
             let up =
                 |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
-            if up(&self.addr) && self.control.as_ref().is_none_or(up) {
+            if up(&self.addr)
+                && self.addr2.as_ref().is_none_or(up)
+                && self.control.as_ref().is_none_or(up)
+            {
                 return Ok(());
             }
             assert!(

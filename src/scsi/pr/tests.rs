@@ -15,7 +15,7 @@ const TUR: [u8; 6] = [0; 6];
 fn lu() -> DiskLu {
     let lu = DiskLu::new(identity());
     for n in [A, B] {
-        lu.nexus_added(n, &port(n));
+        lu.nexus_added(n, &port(n), 1);
         lu.plan(n, &TUR); // eat the power-on unit attention
     }
     lu
@@ -177,7 +177,7 @@ fn registrations_survive_reconnect_but_spc2_does_not() {
     prout(&lu, B, 1, 1, 7, 0, false);
     lu.nexus_removed(B);
     let again = NexusId(9);
-    lu.nexus_added(again, &port(B));
+    lu.nexus_added(again, &port(B), 1);
     lu.plan(again, &TUR);
     assert!(matches!(lu.plan(again, &WRITE10), Plan::Write { .. }));
     // With registrations present, SPC-2 RESERVE conflicts.
