@@ -124,6 +124,8 @@ type Routes = HashMap<String, HashMap<(u16, SecondaryId), Arc<BoundLu>>>;
 pub trait EngineHooks: Send + Sync {
     /// `host`'s bindings on `pe` changed: raise the bind unit attention on its sessions.
     fn bindings_changed(&self, host: &str, pe: u16);
+    /// `host` gained a binding of `lu`: its existing sessions start reaching that LU.
+    fn lu_bound(&self, host: &str, lu: &Arc<LogicalUnit>);
     /// A bound VVol's logical unit was replaced (resize): tell its hosts the capacity changed.
     fn lu_replaced(&self, hosts: &[String], lu: &Arc<LogicalUnit>);
 }
@@ -584,6 +586,9 @@ impl Engine {
         }
         self.publish();
         if let Some(h) = self.hooks.get() {
+            if let Some(lu) = lock(&self.open).get(&vvol).cloned() {
+                h.lu_bound(&b.host, &lu);
+            }
             h.bindings_changed(&b.host, b.pe);
         }
         info!(vvol = %vvol, host = %b.host, pe = b.pe, secondary = %b.secondary, "bound");

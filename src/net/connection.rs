@@ -154,6 +154,13 @@ async fn normal_session(
         return Err(ConnError::Protocol("target vanished after login"));
     };
     let initiator = login.params.initiator_name.clone();
+    // The SCSI target port is the portal group logged in through: relative target port id
+    // = target portal group tag = ALUA port group id.
+    let target_port = shared
+        .policy
+        .target(&target.name)
+        .and_then(|t| t.portal_for(local))
+        .map_or(crate::iscsi::policy::DEFAULT_TPGT, |p| p.tpgt);
     let session = Arc::new(Session {
         tsih: login.tsih,
         nexus: shared.sessions.alloc_nexus(),
@@ -164,6 +171,7 @@ async fn normal_session(
         },
         initiator: initiator.clone(),
         target: target.clone(),
+        target_port,
         window: window.clone(),
         tasks: Mutex::new(HashMap::new()),
         closing: watch::channel(false).0,
@@ -178,16 +186,10 @@ async fn normal_session(
         let _ = tokio::time::timeout(Duration::from_secs(10), old.wait_closed()).await;
     }
     // Reservations are held by the initiator port (name + ISID), which outlives the nexus.
-    let port = crate::scsi::InitiatorPort::new(&session.initiator, session.key.isid);
-    // The SCSI target port is the portal group logged in through: relative target port id
-    // = target portal group tag = ALUA port group id.
-    let target_port = shared
-        .policy
-        .target(&target.name)
-        .and_then(|t| t.portal_for(local))
-        .map_or(crate::iscsi::policy::DEFAULT_TPGT, |p| p.tpgt);
+    let port = session.initiator_port();
     for lu in session_lus(shared, &session) {
-        lu.disk.nexus_added(session.nexus, &port, target_port);
+        lu.disk
+            .nexus_added(session.nexus, &port, session.target_port);
     }
     let span =
         info_span!("session", tsih = session.tsih, initiator = %initiator, target = %target.name);

@@ -52,10 +52,25 @@ impl EngineHooks for NetHooks {
     }
 
     fn lu_replaced(&self, hosts: &[String], lu: &Arc<LogicalUnit>) {
+        for host in hosts {
+            self.lu_bound(host, lu);
+        }
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
         for nexus in self.sessions_of(&hosts) {
             lu.disk
                 .establish_unit_attention(Some(nexus), Sense::CAPACITY_DATA_CHANGED);
+        }
+    }
+
+    fn lu_bound(&self, host: &str, lu: &Arc<LogicalUnit>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for s in shared.sessions.all() {
+            if s.initiator.eq_ignore_ascii_case(host) {
+                lu.disk
+                    .nexus_attached(s.nexus, &s.initiator_port(), s.target_port);
+            }
         }
     }
 }

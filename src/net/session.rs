@@ -92,6 +92,8 @@ pub struct Session {
     pub key: SessionKey,
     pub initiator: String,
     pub target: Arc<Target>,
+    /// Relative target port (= portal group tag) the session logged in through.
+    pub target_port: u16,
     pub window: Arc<Mutex<CmdWindow>>,
     pub tasks: Mutex<HashMap<Itt, Arc<Task>>>,
     /// Set to true to make the session's connection close (reinstatement, cold reset).
@@ -108,6 +110,11 @@ impl Session {
             .filter(|t| lun.is_none_or(|l| t.lun == l))
             .cloned()
             .collect()
+    }
+
+    /// The initiator port (name + ISID) reservations are held by.
+    pub fn initiator_port(&self) -> crate::scsi::InitiatorPort {
+        crate::scsi::InitiatorPort::new(&self.initiator, self.key.isid)
     }
 
     pub fn close(&self) {

@@ -423,6 +423,13 @@ impl DiskLu {
     pub fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort, target_port: u16) {
         self.unit_attentions
             .add_nexus(nexus, Sense::POWER_ON_OCCURRED);
+        self.nexus_attached(nexus, port, target_port);
+    }
+
+    /// An existing I_T nexus starts reaching this LU (a VVol bound for its host after login):
+    /// it learns the nexus's initiator and target ports, but no power-on condition applies,
+    /// since nothing was reset (the bind itself is announced on the PE).
+    pub fn nexus_attached(&self, nexus: NexusId, port: &InitiatorPort, target_port: u16) {
         self.state().target_ports.insert(nexus, target_port);
         self.reservations.nexus_added(nexus, port);
     }
@@ -855,6 +862,19 @@ pub(crate) mod tests {
             assert_eq!((r.data[4], r.data[7]), (0x00, 1));
             assert_eq!((r.data[16], r.data[19]), (0x01, 2));
         }
+    }
+
+    #[test]
+    fn attached_nexus_has_its_port_but_no_power_on_ua() {
+        let lu = DiskLu::new(identity());
+        lu.nexus_attached(A, &port(A), 1);
+        let tur = respond(lu.plan(A, &[0, 0, 0, 0, 0, 0]));
+        assert_eq!(tur.status, Status::Good, "no unit attention after a bind");
+        lu.nexus_added(B, &port(B), 1);
+        assert_eq!(
+            sense_of(&respond(lu.plan(B, &[0, 0, 0, 0, 0, 0]))),
+            (6, 0x29, 0)
+        );
     }
 
     #[test]
