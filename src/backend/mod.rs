@@ -178,3 +178,18 @@ pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> IoResult<()> {
         _ => Err(BackendError::OutOfRange { offset, len }),
     }
 }
+
+/// A cheap deterministic byte pattern (xorshift) for backend tests, so mismatches are not
+/// masked by repetition.
+#[cfg(test)]
+pub(crate) fn test_pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -194,18 +194,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// A cheap deterministic byte pattern (xorshift) so mismatches are not masked by repetition.
-    fn pattern(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::backend::test_pattern as pattern;
 
     async fn read_vec(dev: &RamDevice, offset: u64, len: usize) -> Vec<u8> {
         dev.read(offset, BytesMut::zeroed(len))

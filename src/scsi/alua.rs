@@ -119,17 +119,7 @@ mod tests {
 
     #[test]
     fn two_groups_each_with_its_own_port() {
-        let mut id = identity();
-        id.port_groups = vec![
-            PortGroup {
-                id: 1,
-                state: AluaState::ActiveOptimized,
-            },
-            PortGroup {
-                id: 2,
-                state: AluaState::ActiveNonOptimized,
-            },
-        ];
+        let id = crate::scsi::disk::tests::two_group_identity();
         let d = report_target_port_groups(&id, Cdb::new(&cdb(0, 255))).unwrap();
         assert_eq!(
             d.as_ref(),

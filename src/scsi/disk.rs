@@ -516,6 +516,23 @@ pub(crate) mod tests {
     use super::*;
     use crate::scsi::Status;
 
+    /// A target with two port groups: 1 active/optimized, 2 active/non-optimized.
+    pub(crate) fn two_group_identity() -> DiskIdentity {
+        use crate::scsi::{AluaState, PortGroup};
+        let mut id = identity();
+        id.port_groups = vec![
+            PortGroup {
+                id: 1,
+                state: AluaState::ActiveOptimized,
+            },
+            PortGroup {
+                id: 2,
+                state: AluaState::ActiveNonOptimized,
+            },
+        ];
+        id
+    }
+
     pub(crate) fn identity() -> DiskIdentity {
         DiskIdentity {
             vendor: "VVOLD".into(),
@@ -821,18 +838,7 @@ pub(crate) mod tests {
 
     #[test]
     fn vpd_83h_names_the_nexus_target_port() {
-        use crate::scsi::{AluaState, PortGroup};
-        let mut id = identity();
-        id.port_groups = vec![
-            PortGroup {
-                id: 1,
-                state: AluaState::ActiveOptimized,
-            },
-            PortGroup {
-                id: 2,
-                state: AluaState::ActiveNonOptimized,
-            },
-        ];
+        let id = two_group_identity();
         let lu = DiskLu::new(id);
         lu.nexus_added(A, &port(A), 2);
         lu.nexus_added(B, &port(B), 1);

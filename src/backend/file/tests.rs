@@ -6,18 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A cheap deterministic byte pattern (xorshift) so mismatches are not masked by repetition.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::backend::test_pattern as pattern;
 
 fn temp_path(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("lun.img")
