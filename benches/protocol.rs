@@ -7,6 +7,7 @@ use vvold::iscsi::pdu::{self, op, Bhs, InitiatorPdu, Itt, Residual, Seq, SerialN
 use vvold::iscsi::window::CmdWindow;
 use vvold::scsi::disk::{DiskIdentity, DiskLu};
 use vvold::scsi::{Lun, NexusId};
+use vvold::vvol::qos::CapLimiter;
 
 fn read10_command() -> Bhs {
     let mut b = Bhs::new(op::SCSI_COMMAND);
@@ -96,5 +97,20 @@ fn cmd_window(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pdu_codec, crc32c, cdb_plan, cmd_window);
+fn qos_admit(c: &mut Criterion) {
+    let capped = CapLimiter::new(Some(1_000_000));
+    let mut now = 0u64;
+    c.bench_function("qos_cap_admit", |b| {
+        b.iter(|| {
+            now += 1_000;
+            capped.admit(black_box(now), 1)
+        })
+    });
+    let unlimited = CapLimiter::new(None);
+    c.bench_function("qos_cap_admit_unlimited", |b| {
+        b.iter(|| unlimited.admit(black_box(1), 1))
+    });
+}
+
+criterion_group!(benches, pdu_codec, crc32c, cdb_plan, cmd_window, qos_admit);
 criterion_main!(benches);

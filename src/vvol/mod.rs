@@ -6,4 +6,5 @@ pub mod address;
 pub mod binding;
 pub mod catalog;
 pub mod inband;
+pub mod qos;
 pub mod report;
