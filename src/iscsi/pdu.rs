@@ -557,14 +557,27 @@ pub struct Seq {
     pub maxcmdsn: u32,
 }
 
-pub fn scsi_response(itt: Itt, status: u8, residual: Residual, seq: Seq, data_len: usize) -> Bhs {
-    let mut b = Bhs::new(op::SCSI_RESPONSE);
-    b.0[1] = 0x80 | residual.flags();
-    b.0[2] = 0; // response: command completed at target
-    b.0[3] = status;
+/// The part every target response shares: opcode, flags, data segment length, ITT and the
+/// StatSN/ExpCmdSN/MaxCmdSN triple at offsets 24/28/32.
+fn target_pdu(opcode: u8, flags: u8, itt: Itt, seq: Seq, data_len: usize) -> Bhs {
+    let mut b = Bhs::new(opcode);
+    b.0[1] = flags;
     b.set_data_segment_len(data_len);
     b.set_u32(16, itt.0);
     b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
+    b
+}
+
+pub fn scsi_response(itt: Itt, status: u8, residual: Residual, seq: Seq, data_len: usize) -> Bhs {
+    let mut b = target_pdu(
+        op::SCSI_RESPONSE,
+        0x80 | residual.flags(),
+        itt,
+        seq,
+        data_len,
+    );
+    b.0[2] = 0; // response: command completed at target
+    b.0[3] = status;
     b.set_u32(44, residual.count());
     b
 }
@@ -603,12 +616,9 @@ pub fn data_in(
 
 #[allow(clippy::too_many_arguments)]
 pub fn r2t(lun: Lun, itt: Itt, ttt: u32, seq: Seq, r2tsn: u32, offset: u32, len: u32) -> Bhs {
-    let mut b = Bhs::new(op::R2T);
-    b.0[1] = 0x80;
+    let mut b = target_pdu(op::R2T, 0x80, itt, seq, 0);
     b.set_lun(lun);
-    b.set_u32(16, itt.0);
     b.set_u32(20, ttt);
-    b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
     b.set_u32(36, r2tsn);
     b.set_u32(40, offset);
     b.set_u32(44, len);
@@ -616,22 +626,15 @@ pub fn r2t(lun: Lun, itt: Itt, ttt: u32, seq: Seq, r2tsn: u32, offset: u32, len:
 }
 
 pub fn nop_in(lun: Lun, itt: Itt, ttt: u32, seq: Seq, data_len: usize) -> Bhs {
-    let mut b = Bhs::new(op::NOP_IN);
-    b.0[1] = 0x80;
-    b.set_data_segment_len(data_len);
+    let mut b = target_pdu(op::NOP_IN, 0x80, itt, seq, data_len);
     b.set_lun(lun);
-    b.set_u32(16, itt.0);
     b.set_u32(20, ttt);
-    b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
     b
 }
 
 pub fn tmf_response(itt: Itt, response: TmfResponse, seq: Seq) -> Bhs {
-    let mut b = Bhs::new(op::TASK_MGMT_RESPONSE);
-    b.0[1] = 0x80;
+    let mut b = target_pdu(op::TASK_MGMT_RESPONSE, 0x80, itt, seq, 0);
     b.0[2] = response as u8;
-    b.set_u32(16, itt.0);
-    b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
     b
 }
 
@@ -677,43 +680,29 @@ pub fn text_response(
     seq: Seq,
     data_len: usize,
 ) -> Bhs {
-    let mut b = Bhs::new(op::TEXT_RESPONSE);
-    b.0[1] = if final_bit { 0x80 } else { 0 } | if cont { 0x40 } else { 0 };
-    b.set_data_segment_len(data_len);
-    b.set_u32(16, itt.0);
+    let flags = if final_bit { 0x80 } else { 0 } | if cont { 0x40 } else { 0 };
+    let mut b = target_pdu(op::TEXT_RESPONSE, flags, itt, seq, data_len);
     b.set_u32(20, ttt);
-    b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
     b
 }
 
 pub fn logout_response(itt: Itt, response: u8, seq: Seq) -> Bhs {
-    let mut b = Bhs::new(op::LOGOUT_RESPONSE);
-    b.0[1] = 0x80;
+    let mut b = target_pdu(op::LOGOUT_RESPONSE, 0x80, itt, seq, 0);
     b.0[2] = response;
-    b.set_u32(16, itt.0);
-    b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
     b
 }
 
 /// Reject: the data segment is the offending BHS.
 pub fn reject(reason: RejectReason, seq: Seq) -> Bhs {
-    let mut b = Bhs::new(op::REJECT);
-    b.0[1] = 0x80;
+    let mut b = target_pdu(op::REJECT, 0x80, Itt::RESERVED, seq, BHS_LEN);
     b.0[2] = reason as u8;
-    b.set_data_segment_len(BHS_LEN);
-    b.set_u32(16, 0xFFFF_FFFF);
-    b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
     b
 }
 
 /// Asynchronous Message (RFC 7143 §11.9); `event` 1 = target requests logout, 0 = SCSI event.
 pub fn async_message(lun: Lun, event: u8, param: [u16; 3], seq: Seq, data_len: usize) -> Bhs {
-    let mut b = Bhs::new(op::ASYNC_MESSAGE);
-    b.0[1] = 0x80;
-    b.set_data_segment_len(data_len);
+    let mut b = target_pdu(op::ASYNC_MESSAGE, 0x80, Itt::RESERVED, seq, data_len);
     b.set_lun(lun);
-    b.set_u32(16, 0xFFFF_FFFF);
-    b.set_sequence(seq.statsn, seq.expcmdsn, seq.maxcmdsn);
     b.0[36] = event;
     b.set_u16(38, param[0]);
     b.set_u16(40, param[1]);
