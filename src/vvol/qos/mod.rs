@@ -2,8 +2,12 @@
 //! shared by every session and path of that volume (see `shared/reference/qos-design-study.md`
 //! §6). Costs are normalized: one unit per started 32 KiB, as ESXi's own per-disk limits count.
 
+pub mod arbiter;
 pub mod gcra;
+mod heap;
+pub mod stats;
 
+pub use arbiter::{Arbiter, Phase, PhaseCounts, VolKey};
 pub use gcra::CapLimiter;
 
 /// Default normalization unit: 32 KiB.

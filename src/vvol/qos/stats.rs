@@ -1,0 +1,401 @@
+//! Per-volume I/O telemetry: counters the data path bumps with relaxed atomics, and the
+//! once-a-second bookkeeping that turns them into 1 s and 10 s windows (IOPS raw and
+//! normalized, MB/s, latency percentiles, throttled time) and a status, as the design study
+//! §6.5 describes (after the Windows Storage QoS flow status).
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Latency buckets: four per power of two (≤ 19 % wide), from 0 ns to about 18 minutes.
+pub const BUCKETS: usize = 160;
+
+fn bucket(ns: u64) -> usize {
+    let e = 63 - (ns | 1).leading_zeros() as usize;
+    if e < 2 {
+        return ns as usize;
+    }
+    ((e - 1) * 4 + ((ns >> (e - 2)) & 3) as usize).min(BUCKETS - 1)
+}
+
+/// Midpoint of a bucket, in ns.
+fn bucket_mid(i: usize) -> u64 {
+    if i < 4 {
+        return i as u64;
+    }
+    let e = i / 4 + 1;
+    let m = (i % 4) as u64;
+    let lo = (4 + m) << (e - 2);
+    let hi = (5 + m) << (e - 2);
+    (lo + hi) / 2
+}
+
+/// One finished I/O, as the data path reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct IoRecord {
+    pub bytes: u64,
+    pub write: bool,
+    pub units: u32,
+    /// From the command's start to the end of its backend work.
+    pub latency_ns: u64,
+    /// Of which held back by QoS (cap delay and waiting for a backend slot).
+    pub throttled_ns: u64,
+    /// Whether the cap delayed it.
+    pub capped: bool,
+}
+
+/// Cumulative counters, shared by every session of the volume.
+#[derive(Debug)]
+pub struct VolStats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    units: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    capped: AtomicU64,
+    throttled_ns: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+}
+
+impl Default for VolStats {
+    fn default() -> Self {
+        VolStats {
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            units: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            capped: AtomicU64::new(0),
+            throttled_ns: AtomicU64::new(0),
+            latency_sum_ns: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// A copy of the counters at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    pub reads: u64,
+    pub writes: u64,
+    pub units: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub capped: u64,
+    pub throttled_ns: u64,
+    pub latency_sum_ns: u64,
+    pub latency: Vec<u64>,
+}
+
+impl VolStats {
+    pub fn record(&self, io: &IoRecord) {
+        if io.write {
+            self.writes.fetch_add(1, Relaxed);
+            self.bytes_written.fetch_add(io.bytes, Relaxed);
+        } else {
+            self.reads.fetch_add(1, Relaxed);
+            self.bytes_read.fetch_add(io.bytes, Relaxed);
+        }
+        self.units.fetch_add(io.units as u64, Relaxed);
+        if io.capped {
+            self.capped.fetch_add(1, Relaxed);
+        }
+        if io.throttled_ns > 0 {
+            self.throttled_ns.fetch_add(io.throttled_ns, Relaxed);
+        }
+        self.latency_sum_ns.fetch_add(io.latency_ns, Relaxed);
+        self.latency[bucket(io.latency_ns)].fetch_add(1, Relaxed);
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            reads: self.reads.load(Relaxed),
+            writes: self.writes.load(Relaxed),
+            units: self.units.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            capped: self.capped.load(Relaxed),
+            throttled_ns: self.throttled_ns.load(Relaxed),
+            latency_sum_ns: self.latency_sum_ns.load(Relaxed),
+            latency: self.latency.iter().map(|b| b.load(Relaxed)).collect(),
+        }
+    }
+}
+
+/// What one second added.
+#[derive(Debug, Clone, Default)]
+struct Second {
+    reads: u64,
+    writes: u64,
+    units: u64,
+    bytes: u64,
+    capped: u64,
+    throttled_ns: u64,
+    latency_sum_ns: u64,
+    latency: Vec<u32>,
+}
+
+/// The flow status of a volume (design study §6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum QosStatus {
+    Ok,
+    /// The cap delayed I/O in the last second.
+    CapLimited,
+    /// Backlogged for 3 seconds in a row while served below 98 % of the lower limit.
+    InsufficientThroughput,
+}
+
+/// Latency percentiles in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+/// One window's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Window {
+    pub seconds: u32,
+    /// Raw I/Os per second.
+    pub iops: f64,
+    /// Normalized units per second (what the limits count).
+    pub units_per_s: f64,
+    pub read_iops: f64,
+    pub write_iops: f64,
+    /// Megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    pub latency_us: Latency,
+    /// Milliseconds per second that I/Os spent held by QoS, summed over I/Os.
+    pub throttled_ms_per_s: f64,
+    /// I/Os the cap delayed, per second.
+    pub capped_per_s: f64,
+}
+
+/// Seconds a window spans.
+pub const SHORT: usize = 1;
+pub const LONG: usize = 10;
+
+/// The last ten seconds of one volume and its status.
+#[derive(Debug, Default)]
+pub struct History {
+    last: Option<Counters>,
+    last_backlog_ns: u64,
+    seconds: VecDeque<Second>,
+    short_seconds: u32,
+    good_seconds: u32,
+    insufficient: bool,
+    capped: bool,
+}
+
+impl History {
+    /// Close one second: `now` are the counters at its end, `backlog_ns` the cumulative time
+    /// the volume had I/Os queued, `lower` its reservation.
+    pub fn tick(&mut self, now: Counters, backlog_ns: u64, lower: Option<u32>) {
+        let Some(prev) = self.last.replace(now.clone()) else {
+            self.last_backlog_ns = backlog_ns;
+            return;
+        };
+        let s = Second {
+            reads: now.reads - prev.reads,
+            writes: now.writes - prev.writes,
+            units: now.units - prev.units,
+            bytes: (now.bytes_read + now.bytes_written) - (prev.bytes_read + prev.bytes_written),
+            capped: now.capped - prev.capped,
+            throttled_ns: now.throttled_ns - prev.throttled_ns,
+            latency_sum_ns: now.latency_sum_ns - prev.latency_sum_ns,
+            latency: now
+                .latency
+                .iter()
+                .zip(&prev.latency)
+                .map(|(a, b)| (a - b).min(u32::MAX as u64) as u32)
+                .collect(),
+        };
+        let backlogged = backlog_ns.saturating_sub(self.last_backlog_ns) >= 500_000_000;
+        self.last_backlog_ns = backlog_ns;
+        let short = lower.is_some_and(|r| backlogged && (s.units as f64) < 0.98 * r as f64);
+        if short {
+            self.short_seconds += 1;
+            self.good_seconds = 0;
+        } else {
+            self.short_seconds = 0;
+            self.good_seconds += 1;
+        }
+        if self.short_seconds >= 3 {
+            self.insufficient = true;
+        } else if self.good_seconds >= 2 {
+            self.insufficient = false;
+        }
+        self.capped = s.capped > 0;
+        self.seconds.push_back(s);
+        while self.seconds.len() > LONG {
+            self.seconds.pop_front();
+        }
+    }
+
+    pub fn status(&self) -> QosStatus {
+        if self.insufficient {
+            QosStatus::InsufficientThroughput
+        } else if self.capped {
+            QosStatus::CapLimited
+        } else {
+            QosStatus::Ok
+        }
+    }
+
+    /// Figures over the last `seconds` closed seconds (fewer if the volume is younger).
+    pub fn window(&self, seconds: usize) -> Window {
+        let n = self.seconds.len().min(seconds);
+        let mut w = Window {
+            seconds: n as u32,
+            ..Window::default()
+        };
+        if n == 0 {
+            return w;
+        }
+        let recent = self.seconds.iter().skip(self.seconds.len() - n);
+        let mut hist = vec![0u64; BUCKETS];
+        let (mut ios, mut lat_sum) = (0u64, 0u64);
+        for s in recent {
+            w.read_iops += s.reads as f64;
+            w.write_iops += s.writes as f64;
+            w.units_per_s += s.units as f64;
+            w.mb_per_s += s.bytes as f64 / 1e6;
+            w.throttled_ms_per_s += s.throttled_ns as f64 / 1e6;
+            w.capped_per_s += s.capped as f64;
+            ios += s.reads + s.writes;
+            lat_sum += s.latency_sum_ns;
+            for (h, v) in hist.iter_mut().zip(&s.latency) {
+                *h += *v as u64;
+            }
+        }
+        let d = n as f64;
+        for v in [
+            &mut w.read_iops,
+            &mut w.write_iops,
+            &mut w.units_per_s,
+            &mut w.mb_per_s,
+            &mut w.throttled_ms_per_s,
+            &mut w.capped_per_s,
+        ] {
+            *v /= d;
+        }
+        w.iops = w.read_iops + w.write_iops;
+        if ios > 0 {
+            w.latency_us = Latency {
+                mean: lat_sum as f64 / ios as f64 / 1e3,
+                p50: percentile(&hist, ios, 0.50),
+                p99: percentile(&hist, ios, 0.99),
+                p999: percentile(&hist, ios, 0.999),
+            };
+        }
+        w
+    }
+}
+
+fn percentile(hist: &[u64], total: u64, q: f64) -> f64 {
+    let rank = ((total as f64 * q).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return bucket_mid(i) as f64 / 1e3;
+        }
+    }
+    0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(latency_us: u64, units: u32) -> IoRecord {
+        IoRecord {
+            bytes: 4096,
+            write: false,
+            units,
+            latency_ns: latency_us * 1000,
+            throttled_ns: 0,
+            capped: false,
+        }
+    }
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for ns in (0..5_000_000u64).step_by(997) {
+            let b = bucket(ns);
+            assert!(b >= last);
+            last = b;
+            let mid = bucket_mid(b) as f64;
+            if ns > 100 {
+                assert!((mid - ns as f64).abs() / ns as f64 <= 0.2, "{ns} -> {mid}");
+            }
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    #[test]
+    fn windows_and_percentiles() {
+        let stats = VolStats::default();
+        let mut h = History::default();
+        h.tick(stats.counters(), 0, None);
+        for s in 0..12 {
+            for i in 0..1000u64 {
+                // 1 % of I/Os take 10 ms, the rest 100 µs.
+                stats.record(&io(if i % 100 == 0 { 10_000 } else { 100 }, 2));
+            }
+            h.tick(stats.counters(), 0, None);
+            assert_eq!(h.window(LONG).seconds as usize, (s + 1).min(LONG));
+        }
+        let w = h.window(LONG);
+        assert_eq!(w.iops, 1000.0);
+        assert_eq!(w.units_per_s, 2000.0);
+        assert!((w.mb_per_s - 4.096).abs() < 1e-9);
+        assert!((w.latency_us.p50 - 100.0).abs() < 20.0, "{w:?}");
+        assert!((w.latency_us.p999 - 10_000.0).abs() < 2000.0, "{w:?}");
+        assert!((w.latency_us.mean - 199.0).abs() < 1.0, "{w:?}");
+        assert_eq!(h.status(), QosStatus::Ok);
+    }
+
+    #[test]
+    fn insufficient_throughput_needs_three_backlogged_short_seconds() {
+        let stats = VolStats::default();
+        let mut h = History::default();
+        let mut backlog = 0;
+        h.tick(stats.counters(), backlog, Some(1000));
+        for s in 0..3 {
+            assert_eq!(h.status(), QosStatus::Ok, "second {s}");
+            for _ in 0..500 {
+                stats.record(&io(100, 1));
+            }
+            backlog += 900_000_000;
+            h.tick(stats.counters(), backlog, Some(1000));
+        }
+        assert_eq!(h.status(), QosStatus::InsufficientThroughput);
+        // Not backlogged: the client asks for less than its reservation; that is not a
+        // shortfall of the array. Two such seconds clear the status.
+        for _ in 0..2 {
+            h.tick(stats.counters(), backlog, Some(1000));
+        }
+        assert_eq!(h.status(), QosStatus::Ok);
+    }
+
+    #[test]
+    fn cap_limited_while_the_cap_delays() {
+        let stats = VolStats::default();
+        let mut h = History::default();
+        h.tick(stats.counters(), 0, None);
+        let mut r = io(100, 1);
+        r.capped = true;
+        r.throttled_ns = 2_000_000;
+        stats.record(&r);
+        h.tick(stats.counters(), 0, None);
+        assert_eq!(h.status(), QosStatus::CapLimited);
+        assert_eq!(h.window(SHORT).throttled_ms_per_s, 2.0);
+        h.tick(stats.counters(), 0, None);
+        assert_eq!(h.status(), QosStatus::Ok);
+    }
+}
