@@ -11,10 +11,12 @@ use std::future::Future;
 pub mod file;
 pub mod null;
 pub mod ram;
+pub mod rated;
 
 pub use file::FileDevice;
 pub use null::NullDevice;
 pub use ram::RamDevice;
+pub use rated::{RatedDevice, RatedPool};
 
 /// Errors from a backend. Each maps to the sense a SCSI initiator should see.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,8 @@ pub enum AnyDevice {
     Ram(std::sync::Arc<RamDevice>),
     Null(NullDevice),
     File(FileDevice),
+    /// RAM behind an emulated disk of fixed capacity (QoS labs and tests).
+    Rated(RatedDevice),
 }
 
 impl BlockDevice for AnyDevice {
@@ -119,6 +123,7 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.size(),
             AnyDevice::Null(d) => d.size(),
             AnyDevice::File(d) => d.size(),
+            AnyDevice::Rated(d) => d.size(),
         }
     }
 
@@ -127,6 +132,7 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.read(offset, buf).await,
             AnyDevice::Null(d) => d.read(offset, buf).await,
             AnyDevice::File(d) => d.read(offset, buf).await,
+            AnyDevice::Rated(d) => d.read(offset, buf).await,
         }
     }
 
@@ -135,6 +141,7 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.write(offset, data, fua).await,
             AnyDevice::Null(d) => d.write(offset, data, fua).await,
             AnyDevice::File(d) => d.write(offset, data, fua).await,
+            AnyDevice::Rated(d) => d.write(offset, data, fua).await,
         }
     }
 
@@ -143,6 +150,7 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.flush().await,
             AnyDevice::Null(d) => d.flush().await,
             AnyDevice::File(d) => d.flush().await,
+            AnyDevice::Rated(d) => d.flush().await,
         }
     }
 
@@ -151,6 +159,7 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.thin(),
             AnyDevice::Null(d) => d.thin(),
             AnyDevice::File(d) => d.thin(),
+            AnyDevice::Rated(d) => d.thin(),
         }
     }
 
@@ -159,6 +168,7 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.discard(offset, len).await,
             AnyDevice::Null(d) => d.discard(offset, len).await,
             AnyDevice::File(d) => d.discard(offset, len).await,
+            AnyDevice::Rated(d) => d.discard(offset, len).await,
         }
     }
 
@@ -167,6 +177,7 @@ impl BlockDevice for AnyDevice {
             AnyDevice::Ram(d) => d.allocation(offset, len).await,
             AnyDevice::Null(d) => d.allocation(offset, len).await,
             AnyDevice::File(d) => d.allocation(offset, len).await,
+            AnyDevice::Rated(d) => d.allocation(offset, len).await,
         }
     }
 }
