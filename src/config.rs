@@ -68,7 +68,40 @@ pub struct Config {
     /// The control service (VASA-provider role).
     #[serde(default)]
     pub control: ControlConfig,
+    /// Per-volume I/O control (caps, reservations, weights).
+    #[serde(default)]
+    pub qos: QosConfig,
 }
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QosConfig {
+    /// Off: no caps, no reservations, no per-volume telemetry.
+    pub enabled: bool,
+    /// Cost normalization: one unit per started `unit_bytes` of an I/O (0: one per I/O).
+    /// Containers may override it.
+    pub unit_bytes: u32,
+    /// How far reservation tags may lag before the reservation clock slows (ms).
+    pub max_lag_ms: u64,
+    /// I/Os the normal LUNs' pool lets reach the backends at once.
+    pub lun_window: u32,
+}
+
+impl Default for QosConfig {
+    fn default() -> Self {
+        QosConfig {
+            enabled: true,
+            unit_bytes: crate::vvol::qos::DEFAULT_UNIT_BYTES,
+            max_lag_ms: 500,
+            lun_window: DEFAULT_WINDOW,
+        }
+    }
+}
+
+/// Default in-flight window of a QoS pool: deep enough to keep a file backend busy, shallow
+/// enough that the arbiter, not the device queue, decides the order (design study S7: 32
+/// keeps a reservation, 128 loses half of it).
+pub const DEFAULT_WINDOW: u32 = 64;
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +153,18 @@ pub struct ContainerConfig {
     pub default_lower_iops: Option<u32>,
     #[serde(default)]
     pub default_weight: Option<u32>,
+    /// I/Os the container's pool lets reach its backend at once.
+    #[serde(default)]
+    pub window: Option<u32>,
+    /// Cost normalization for this container (default: qos.unit_bytes).
+    #[serde(default)]
+    pub unit_bytes: Option<u32>,
+    /// Rated backend: the emulated disk's capacity in normalized IOPS ...
+    #[serde(default)]
+    pub rated_iops: Option<u32>,
+    /// ... and its service latency on an idle disk, in µs (jittered ±50 %).
+    #[serde(default)]
+    pub rated_latency_us: Option<u64>,
 }
 
 fn default_overcommit() -> f64 {
@@ -288,6 +333,13 @@ pub struct LunConfig {
     pub read_only: bool,
     /// Unit serial number (VPD 80h); derived from the array identity when absent.
     pub serial: Option<String>,
+    /// IOPS cap, reservation and weight (normalized I/Os; see [qos]).
+    #[serde(default)]
+    pub upper_iops: Option<u32>,
+    #[serde(default)]
+    pub lower_iops: Option<u32>,
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 fn default_block_size() -> u32 {
@@ -423,6 +475,9 @@ impl Config {
                         ),
                     ));
                 }
+                lun.limits()
+                    .validate()
+                    .map_err(|e| err(format!("{key}.upper_iops"), e.to_string()))?;
                 match (lun.backend, &lun.path) {
                     (BackendKind::File, None) => {
                         return Err(err(format!("{key}.path"), "the file backend needs a path"))
@@ -577,6 +632,31 @@ impl Config {
             cont.default_limits()
                 .validate()
                 .map_err(|e| err(format!("{key}.default_*_iops"), e.to_string()))?;
+            if let Some(w) = cont.window {
+                range(&format!("{key}.window"), w, 1, 4096)?;
+            }
+            let rated = cont.backend == crate::vvol::catalog::ContainerBackend::Rated;
+            if let Some(c) = cont.rated_iops {
+                range(&format!("{key}.rated_iops"), c, 10, 10_000_000)?;
+            }
+            if let Some(l) = cont.rated_latency_us {
+                range(
+                    &format!("{key}.rated_latency_us"),
+                    l.min(u32::MAX as u64) as u32,
+                    1,
+                    10_000_000,
+                )?;
+            }
+            if !rated && (cont.rated_iops.is_some() || cont.rated_latency_us.is_some()) {
+                return Err(err(
+                    format!("{key}.rated_iops"),
+                    "only the rated backend takes rated_iops and rated_latency_us",
+                ));
+            }
+        }
+        range("qos.lun_window", self.qos.lun_window, 1, 4096)?;
+        if self.qos.max_lag_ms == 0 || self.qos.max_lag_ms > 60_000 {
+            return Err(err("qos.max_lag_ms", "must be 1..=60000"));
         }
         let ctl = &self.control;
         if let Some(l) = &ctl.listen {
@@ -610,6 +690,15 @@ impl ContainerConfig {
         parse_size(&self.capacity).unwrap_or(0)
     }
 
+    /// The container pool's in-flight window.
+    pub fn window(&self) -> u32 {
+        self.window.unwrap_or(match self.backend {
+            // The emulated disk's own depth; the design study's default.
+            crate::vvol::catalog::ContainerBackend::Rated => 32,
+            _ => DEFAULT_WINDOW,
+        })
+    }
+
     pub fn default_limits(&self) -> crate::vvol::catalog::IoLimits {
         crate::vvol::catalog::IoLimits {
             upper: self.default_upper_iops,
@@ -620,6 +709,14 @@ impl ContainerConfig {
 }
 
 impl LunConfig {
+    pub fn limits(&self) -> crate::vvol::catalog::IoLimits {
+        crate::vvol::catalog::IoLimits {
+            upper: self.upper_iops,
+            lower: self.lower_iops,
+            weight: self.weight,
+        }
+    }
+
     /// Size in bytes (validated by `Config::validate`).
     pub fn size_bytes(&self) -> u64 {
         parse_size(&self.size).unwrap_or(0)

@@ -4,9 +4,10 @@
 //! bound VVols, drains I/O before an unbind completes, and publishes an immutable routing
 //! snapshot that the data path reads without locks.
 
+use super::qos::{Qos, VolQos};
 use super::{naa_designator, LogicalUnit, PRODUCT, REVISION, VENDOR};
-use crate::backend::{AnyDevice, FileDevice, RamDevice};
-use crate::config::Config;
+use crate::backend::{AnyDevice, FileDevice, RamDevice, RatedDevice, RatedPool};
+use crate::config::{Config, ContainerConfig};
 use crate::scsi::disk::{DiskIdentity, DiskLu};
 use crate::scsi::Sense;
 use crate::store::{BindingRecord, Store, StoreError};
@@ -144,7 +145,21 @@ pub struct Engine {
     ops: tokio::sync::Mutex<()>,
     hooks: OnceLock<Arc<dyn EngineHooks>>,
     control_initiators: Vec<String>,
+    qos: Arc<Qos>,
+    /// Settings of the configured containers (pool window, normalization, rated disk).
+    container_cfg: HashMap<String, ContainerConfig>,
+    default_unit_bytes: u32,
+    lun_window: u32,
+    /// Each VVol's I/O control, kept across unbind and resize so its cap and telemetry are
+    /// continuous; created when the VVol is first opened.
+    vvol_qos: Mutex<HashMap<Uuid, Arc<VolQos>>>,
+    /// Normal LUs under QoS, by (lowercased target, LUN).
+    luns: Mutex<HashMap<(String, u16), Arc<LogicalUnit>>>,
 }
+
+/// Rated containers without settings (made through the store, not the config file).
+const DEFAULT_RATED_IOPS: u32 = 10_000;
+const DEFAULT_RATED_LATENCY_US: u64 = 1_000;
 
 impl Engine {
     /// Open the catalog, create the configured containers, restore bindings exactly as they
@@ -154,6 +169,7 @@ impl Engine {
         data_dir: &Path,
         array_id: &str,
         pes: Vec<Arc<Pe>>,
+        qos: Arc<Qos>,
     ) -> Result<Engine, EngineError> {
         let store = Arc::new(Store::open(data_dir)?);
         for c in &cfg.containers {
@@ -210,6 +226,16 @@ impl Engine {
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
+            qos,
+            container_cfg: cfg
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), c.clone()))
+                .collect(),
+            default_unit_bytes: cfg.qos.unit_bytes,
+            lun_window: cfg.qos.lun_window,
+            vvol_qos: Mutex::new(HashMap::new()),
+            luns: Mutex::new(HashMap::new()),
         };
         // An unbind interrupted by a crash had stopped new I/O already: finish it.
         let draining: Vec<Binding> = lock(&engine.table)
@@ -363,12 +389,15 @@ impl Engine {
                     }
                 })?)
             }
-            ContainerBackend::Ram => {
+            ContainerBackend::Ram | ContainerBackend::Rated => {
                 let dev = lock(&self.ram)
                     .entry(v.id)
                     .or_insert_with(|| Arc::new(RamDevice::new(v.size)))
                     .clone();
-                AnyDevice::Ram(dev)
+                match self.pool(&container).rated.clone() {
+                    Some(disk) => AnyDevice::Rated(RatedDevice::new(dev, disk)),
+                    None => AnyDevice::Ram(dev),
+                }
             }
         };
         let id = v.id.to_string();
@@ -394,12 +423,96 @@ impl Engine {
         };
         let disk = DiskLu::new(identity);
         self.attach_pr_persistence(&disk);
-        Ok(LogicalUnit::new(
-            0,
-            crate::scsi::Lun::default(),
-            disk,
-            device,
-        ))
+        let lu = LogicalUnit::new(0, crate::scsi::Lun::default(), disk, device);
+        if let Some(q) = self.vvol_qos(v, &container) {
+            let _ = lu.qos.set(q);
+        }
+        Ok(lu)
+    }
+
+    /// The QoS pool of a container, created on first use.
+    fn pool(&self, c: &Container) -> Arc<super::qos::QosPool> {
+        let cfg = self.container_cfg.get(&c.name);
+        let unit_bytes = cfg
+            .and_then(|c| c.unit_bytes)
+            .unwrap_or(self.default_unit_bytes);
+        let window = cfg.map_or(crate::config::DEFAULT_WINDOW, ContainerConfig::window);
+        let rated = (c.backend == ContainerBackend::Rated).then(|| {
+            let iops = cfg.and_then(|c| c.rated_iops).unwrap_or(DEFAULT_RATED_IOPS);
+            let latency = cfg
+                .and_then(|c| c.rated_latency_us)
+                .unwrap_or(DEFAULT_RATED_LATENCY_US);
+            Arc::new(RatedPool::new(
+                iops,
+                window,
+                Duration::from_micros(latency),
+                unit_bytes,
+            ))
+        });
+        self.qos.pool(&c.name, window, unit_bytes, rated)
+    }
+
+    fn vvol_qos(&self, v: &Vvol, c: &Container) -> Option<Arc<VolQos>> {
+        let mut map = lock(&self.vvol_qos);
+        if let Some(q) = map.get(&v.id) {
+            return Some(q.clone());
+        }
+        let q = self.qos.volume(
+            format!("vvol:{}", v.id),
+            Some(v.id),
+            &self.pool(c),
+            v.limits,
+        )?;
+        map.insert(v.id, q.clone());
+        Some(q)
+    }
+
+    pub fn qos(&self) -> &Arc<Qos> {
+        &self.qos
+    }
+
+    /// Put a normal LU under QoS with the limits stored through the API, or else `configured`.
+    pub fn attach_lun_qos(
+        &self,
+        target: &str,
+        lu: &Arc<LogicalUnit>,
+        configured: IoLimits,
+    ) -> Result<(), EngineError> {
+        let limits = self.store.lun_limits(target, lu.id)?.unwrap_or(configured);
+        let pool = self
+            .qos
+            .pool("luns", self.lun_window, self.default_unit_bytes, None);
+        if let Some(q) = self
+            .qos
+            .volume(format!("lun:{target}/{}", lu.id), None, &pool, limits)
+        {
+            let _ = lu.qos.set(q);
+        }
+        lock(&self.luns).insert((target.to_ascii_lowercase(), lu.id), lu.clone());
+        Ok(())
+    }
+
+    /// Change a normal LU's limits live and keep them.
+    pub fn set_lun_limits(
+        &self,
+        target: &str,
+        lun: u16,
+        limits: IoLimits,
+    ) -> Result<IoLimits, EngineError> {
+        let lu = lock(&self.luns)
+            .get(&(target.to_ascii_lowercase(), lun))
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::Store(StoreError::NotFound {
+                    what: "LUN",
+                    id: format!("{target}/{lun}"),
+                })
+            })?;
+        self.store.set_lun_limits(target, lun, limits)?;
+        if let Some(q) = lu.qos.get() {
+            q.set_limits(limits);
+        }
+        Ok(limits)
     }
 
     fn hosts_of(&self, vvol: Uuid) -> Vec<String> {
@@ -466,6 +579,7 @@ impl Engine {
         }
         self.store.delete_vvol(id)?;
         lock(&self.ram).remove(&id);
+        lock(&self.vvol_qos).remove(&id);
         info!(vvol = %id, "VVol deleted");
         Ok(())
     }
@@ -473,7 +587,7 @@ impl Engine {
     pub async fn resize_vvol(&self, id: Uuid, size: u64) -> Result<Vvol, EngineError> {
         let _ops = self.ops.lock().await;
         let current = self.store.vvol(id)?;
-        if self.store.container(&current.container)?.backend == ContainerBackend::Ram
+        if self.store.container(&current.container)?.backend != ContainerBackend::File
             && size != current.size
         {
             // A RAM disk's chunk table is fixed at creation; growing it would mean copying the
@@ -506,8 +620,42 @@ impl Engine {
         Ok(v)
     }
 
+    /// Change a VVol's limits; a bound VVol's I/O sees them on its next command.
     pub fn set_limits(&self, id: Uuid, limits: IoLimits) -> Result<Vvol, EngineError> {
-        Ok(self.store.set_limits(id, limits)?)
+        let v = self.store.set_limits(id, limits)?;
+        if let Some(q) = lock(&self.vvol_qos).get(&id) {
+            q.set_limits(v.limits);
+        }
+        self.warn_overcommit(&v.container);
+        Ok(v)
+    }
+
+    /// Admission control (design study §6.1): say so when a pool's reservations pass 90 % of
+    /// what its backend is known to deliver. Not refused: the arbiter then shares the
+    /// capacity in proportion to the reservations and reports InsufficientThroughput.
+    fn warn_overcommit(&self, container: &str) {
+        let Ok(c) = self.store.container(container) else {
+            return;
+        };
+        let Some(capacity) = self.pool(&c).rated.as_ref().map(|r| r.capacity()) else {
+            return;
+        };
+        let Ok(vvols) = self.store.vvols(Some(container)) else {
+            return;
+        };
+        let sum: u64 = vvols
+            .iter()
+            .filter_map(|v| v.limits.lower)
+            .map(u64::from)
+            .sum();
+        if sum as f64 > 0.9 * capacity as f64 {
+            warn!(
+                container,
+                reservations = sum,
+                capacity,
+                "lower limits exceed 90% of the pool's capacity"
+            );
+        }
     }
 
     // ---- bindings ------------------------------------------------------------------------

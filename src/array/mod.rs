@@ -3,6 +3,7 @@
 
 pub mod engine;
 mod pr_store;
+pub mod qos;
 
 use crate::backend::{AnyDevice, BlockDevice, FileDevice, NullDevice, RamDevice};
 use crate::config::{BackendKind, Config, LunConfig, TargetConfig};
@@ -11,7 +12,7 @@ use crate::scsi::Lun;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Not an IEEE-registered company id: vvold is a lab array. NAA-6 keeps ESXi's `naa.` names.
 const NAA_COMPANY_ID: u32 = 0x5A_56_4C;
@@ -45,6 +46,9 @@ pub struct LogicalUnit {
     /// Writes hold it shared, COMPARE AND WRITE exclusively: that is what makes ATS atomic
     /// against every other write to the LU.
     pub write_lock: tokio::sync::RwLock<()>,
+    /// Its I/O control, once the array has put it under QoS (never for Protocol Endpoints,
+    /// nor when QoS is off).
+    pub qos: OnceLock<Arc<qos::VolQos>>,
 }
 
 impl LogicalUnit {
@@ -55,6 +59,7 @@ impl LogicalUnit {
             disk,
             device,
             write_lock: tokio::sync::RwLock::new(()),
+            qos: OnceLock::new(),
         }
     }
 }
@@ -92,7 +97,7 @@ impl Array {
             source,
         })?;
         let array_id = array_id(data_dir)?;
-        let targets = cfg
+        let targets: Vec<Arc<Target>> = cfg
             .targets
             .iter()
             .map(|t| open_target(t, data_dir, &array_id).map(Arc::new))
@@ -106,7 +111,19 @@ impl Array {
                     .map(|p| Arc::new(protocol_endpoint(&array_id, t, p)))
             })
             .collect::<Vec<_>>();
-        let engine = engine::Engine::open(cfg, data_dir, &array_id, pes)?;
+        let qos = Arc::new(qos::Qos::new(qos::QosSettings {
+            enabled: cfg.qos.enabled,
+            max_lag: std::time::Duration::from_millis(cfg.qos.max_lag_ms),
+        }));
+        let engine = engine::Engine::open(cfg, data_dir, &array_id, pes, qos)?;
+        for (t, target) in cfg.targets.iter().zip(targets.iter()) {
+            let target: &Arc<Target> = target;
+            for l in &t.luns {
+                if let Some(lu) = target.luns.get(&l.id) {
+                    engine.attach_lun_qos(&t.name, lu, l.limits())?;
+                }
+            }
+        }
         // Every LU keeps APTPL reservations in the catalog; the VVols get theirs when opened.
         let all_targets: &Vec<Arc<Target>> = &targets;
         for lu in all_targets.iter().flat_map(|t| t.luns.values()) {

@@ -74,6 +74,61 @@ enum Cmd {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Per-volume I/O control: limits and telemetry.
+    Qos {
+        #[command(subcommand)]
+        cmd: QosCmd,
+    },
+    /// A live view of every volume's I/O (refreshed each interval; Ctrl-C stops).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// Stop after this many refreshes (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QosCmd {
+    /// Change limits live: VOLUME is a VVol id or lun:TARGET/N. Limits not given keep their
+    /// value; `none` removes one.
+    Set {
+        volume: String,
+        #[arg(long, value_parser = parse_limit)]
+        upper: Option<Limit>,
+        #[arg(long, value_parser = parse_limit)]
+        lower: Option<Limit>,
+        #[arg(long, value_parser = parse_limit)]
+        weight: Option<Limit>,
+    },
+    /// Telemetry of every volume (1 s and 10 s windows) and pool.
+    Show,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Limit {
+    Set(u32),
+    Clear,
+}
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    match s {
+        "none" | "off" => Ok(Limit::Clear),
+        _ => s
+            .parse()
+            .map(Limit::Set)
+            .map_err(|_| format!("'{s}' is not a number or 'none'")),
+    }
+}
+
+fn apply(current: Option<u32>, change: Option<Limit>) -> Option<u32> {
+    match change {
+        None => current,
+        Some(Limit::Set(v)) => Some(v),
+        Some(Limit::Clear) => None,
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,6 +330,75 @@ fn print_bindings(b: &[BindingInfo]) {
     );
 }
 
+fn opt(v: Option<u32>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn print_qos(r: &QosReport) {
+    let mut vols: Vec<_> = r.volumes.iter().collect();
+    vols.sort_by(|a, b| b.window_1s.iops.total_cmp(&a.window_1s.iops));
+    table(
+        &[
+            "VOLUME",
+            "POOL",
+            "UPPER",
+            "LOWER",
+            "WEIGHT",
+            "STATUS",
+            "IOPS 1s",
+            "UNITS/s 1s",
+            "IOPS 10s",
+            "MB/s 10s",
+            "P50 us",
+            "P99 us",
+            "THROTTLED ms/s",
+        ],
+        vols.iter()
+            .map(|v| {
+                let (s, l) = (&v.window_1s, &v.window_10s);
+                vec![
+                    v.name.clone(),
+                    v.pool.clone(),
+                    opt(v.limits.upper),
+                    opt(v.limits.lower),
+                    opt(v.limits.weight),
+                    format!("{:?}", v.status),
+                    format!("{:.0}", s.iops),
+                    format!("{:.0}", s.units_per_s),
+                    format!("{:.0}", l.iops),
+                    format!("{:.1}", l.mb_per_s),
+                    format!("{:.0}", l.latency_us.p50),
+                    format!("{:.0}", l.latency_us.p99),
+                    format!("{:.1}", s.throttled_ms_per_s),
+                ]
+            })
+            .collect(),
+    );
+    println!();
+    table(
+        &[
+            "POOL", "WINDOW", "INFLIGHT", "QUEUED", "RESERVED", "CAPACITY", "LAG ms",
+        ],
+        r.pools
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.window.to_string(),
+                    p.inflight.to_string(),
+                    p.queued.to_string(),
+                    p.reservations.to_string(),
+                    opt(p.capacity),
+                    format!("{:.1}", p.reservation_lag_ms),
+                ]
+            })
+            .collect(),
+    );
+    if !r.enabled {
+        println!("\nQoS is off ([qos] enabled = false): no limits are applied.");
+    }
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     let c = Client {
         url: cli.url,
@@ -459,6 +583,80 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let b: Vec<BindingInfo> = c.call("GET", &path, none)?;
             emit!(b, |b: &Vec<BindingInfo>| print_bindings(b));
+        }
+        Cmd::Qos { cmd: QosCmd::Show } => {
+            let r: QosReport = c.call("GET", "/api/v1/qos", none)?;
+            emit!(r, print_qos);
+        }
+        Cmd::Qos {
+            cmd:
+                QosCmd::Set {
+                    volume,
+                    upper,
+                    lower,
+                    weight,
+                },
+        } => {
+            let change = |cur: IoLimits| IoLimits {
+                upper: apply(cur.upper, upper),
+                lower: apply(cur.lower, lower),
+                weight: apply(cur.weight, weight),
+            };
+            if let Some(lun) = volume.strip_prefix("lun:") {
+                let (target, n) = lun
+                    .rsplit_once('/')
+                    .and_then(|(t, n)| Some((t, n.parse::<u16>().ok()?)))
+                    .ok_or_else(|| format!("'{volume}' is not lun:TARGET/N"))?;
+                let r: QosReport = c.call("GET", "/api/v1/qos", none)?;
+                let cur = r
+                    .volumes
+                    .iter()
+                    .find(|v| v.name.eq_ignore_ascii_case(&volume))
+                    .map(|v| v.limits)
+                    .unwrap_or_default();
+                let l: LunLimits = c.call(
+                    "PUT",
+                    &format!("/api/v1/targets/{target}/luns/{n}/limits"),
+                    Some(&change(cur)),
+                )?;
+                emit!(l, |l: &LunLimits| println!(
+                    "lun:{}/{} upper={} lower={} weight={}",
+                    l.target,
+                    l.lun,
+                    opt(l.limits.upper),
+                    opt(l.limits.lower),
+                    opt(l.limits.weight)
+                ));
+            } else {
+                let id = uuid::Uuid::parse_str(&volume)
+                    .map_err(|_| format!("'{volume}' is not a VVol id or lun:TARGET/N"))?;
+                let cur: VvolInfo = c.call("GET", &format!("/api/v1/vvols/{id}"), none)?;
+                let v: VvolInfo = c.call(
+                    "PUT",
+                    &format!("/api/v1/vvols/{id}/limits"),
+                    Some(&change(cur.limits)),
+                )?;
+                emit!(v, |v: &VvolInfo| print_vvols(std::slice::from_ref(v)));
+            }
+        }
+        Cmd::Top { interval, count } => {
+            let mut n = 0;
+            loop {
+                let r: QosReport = c.call("GET", "/api/v1/qos", none)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+                } else {
+                    // Clear the screen and home the cursor, like top(1).
+                    print!("\x1b[2J\x1b[H");
+                    println!("vvold top  {}  (every {interval} s)\n", c.url);
+                    print_qos(&r);
+                }
+                n += 1;
+                if count.is_some_and(|c| n >= c) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(interval.max(1)));
+            }
         }
     }
     Ok(())

@@ -137,6 +137,7 @@ fn main() -> ExitCode {
             shared: Arc::downgrade(&shared),
             bind_ua: cfg.control.bind_unit_attention,
         }));
+        tokio::spawn(engine.qos().clone().run_telemetry());
         let server = match Server::bind(&listen, shared.clone()).await {
             Ok(s) => s,
             Err(e) => {

@@ -40,6 +40,15 @@ pub trait Ops: Send + Sync + 'static {
     fn unbind(&self, req: UnbindRequest) -> OpsFuture<'_, Vec<BindingInfo>>;
     fn unbind_all(&self, host: String) -> OpsFuture<'_, Vec<BindingInfo>>;
     fn bindings(&self, host: Option<String>) -> OpsFuture<'_, Vec<BindingInfo>>;
+    /// Per-volume and per-pool QoS telemetry.
+    fn qos(&self) -> OpsFuture<'_, QosReport>;
+    /// Change a normal LUN's limits live (kept across restarts).
+    fn set_lun_limits(
+        &self,
+        target: String,
+        lun: u16,
+        limits: crate::vvol::catalog::IoLimits,
+    ) -> OpsFuture<'_, LunLimits>;
 }
 
 #[derive(Clone)]
@@ -66,6 +75,12 @@ pub fn router(ops: Arc<dyn Ops>, token: Option<String>) -> Router {
         .route("/api/v1/unbind", post(unbind))
         .route("/api/v1/unbind-all", post(unbind_all))
         .route("/api/v1/bindings", get(bindings))
+        .route("/api/v1/qos", get(qos))
+        .route(
+            "/api/v1/targets/:target/luns/:lun/limits",
+            put(set_lun_limits),
+        )
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such API path".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -174,11 +189,47 @@ async fn set_limits(
     b: Result<Json<crate::vvol::catalog::IoLimits>, JsonRejection>,
 ) -> Result<Json<VvolInfo>, ApiError> {
     let id = parse_id(&id)?;
+    let limits = valid_limits(b)?;
+    Ok(Json(st.ops.set_limits(id, limits).await?))
+}
+
+fn valid_limits(
+    b: Result<Json<crate::vvol::catalog::IoLimits>, JsonRejection>,
+) -> Result<crate::vvol::catalog::IoLimits, ApiError> {
     let limits = body(b)?;
     limits
         .validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    Ok(Json(st.ops.set_limits(id, limits).await?))
+    Ok(limits)
+}
+
+async fn set_lun_limits(
+    State(st): State<AppState>,
+    Path((target, lun)): Path<(String, String)>,
+    b: Result<Json<crate::vvol::catalog::IoLimits>, JsonRejection>,
+) -> Result<Json<LunLimits>, ApiError> {
+    let lun: u16 = lun
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("'{lun}' is not a LUN number")))?;
+    let limits = valid_limits(b)?;
+    Ok(Json(st.ops.set_lun_limits(target, lun, limits).await?))
+}
+
+async fn qos(State(st): State<AppState>) -> Result<Json<QosReport>, ApiError> {
+    Ok(Json(st.ops.qos().await?))
+}
+
+/// Prometheus text exposition of the QoS telemetry.
+async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let text = crate::array::qos::prometheus(&st.ops.qos().await?);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn bind(

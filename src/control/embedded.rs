@@ -167,6 +167,28 @@ impl Ops for Embedded {
         }))
     }
 
+    fn qos(&self) -> OpsFuture<'_, QosReport> {
+        let report = self.engine.qos().report();
+        Box::pin(async move { Ok(report) })
+    }
+
+    fn set_lun_limits(
+        &self,
+        target: String,
+        lun: u16,
+        limits: IoLimits,
+    ) -> OpsFuture<'_, LunLimits> {
+        let engine = self.engine.clone();
+        Box::pin(blocking(move || {
+            let limits = engine.set_lun_limits(&target, lun, limits)?;
+            Ok(LunLimits {
+                target,
+                lun,
+                limits,
+            })
+        }))
+    }
+
     fn bind(&self, req: BindRequest) -> OpsFuture<'_, BindingInfo> {
         Box::pin(async move {
             let b = self.engine.bind(req.vvol, &req.host, req.pe).await?;

@@ -147,3 +147,13 @@ pub struct UnbindAllRequest {
 pub struct ErrorBody {
     pub error: String,
 }
+
+pub use crate::array::qos::QosReport;
+
+/// A normal LUN's limits after a change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LunLimits {
+    pub target: String,
+    pub lun: u16,
+    pub limits: IoLimits,
+}

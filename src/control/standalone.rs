@@ -304,6 +304,23 @@ impl Ops for Standalone {
         Box::pin(self.http("PUT", format!("/api/v1/vvols/{id}/limits"), json(limits)))
     }
 
+    fn qos(&self) -> OpsFuture<'_, QosReport> {
+        Box::pin(self.http("GET", "/api/v1/qos".into(), None))
+    }
+
+    fn set_lun_limits(
+        &self,
+        target: String,
+        lun: u16,
+        limits: IoLimits,
+    ) -> OpsFuture<'_, LunLimits> {
+        Box::pin(self.http(
+            "PUT",
+            format!("/api/v1/targets/{target}/luns/{lun}/limits"),
+            json(limits),
+        ))
+    }
+
     fn bind(&self, req: BindRequest) -> OpsFuture<'_, BindingInfo> {
         Box::pin(async move {
             let pes = self.pe_list().await?;

@@ -6,7 +6,7 @@ use super::route::Completion;
 use super::session::{lock, Session, Task};
 use super::writer::{Numbering, OutPdu, OutSender};
 use crate::array::engine::{Engine, InflightGuard};
-use crate::array::LogicalUnit;
+use crate::array::{qos, LogicalUnit};
 use crate::backend::BlockDevice;
 use crate::iscsi::pdu::{self, Itt, Residual, Seq};
 use crate::scsi::{self, Lun, Plan, Response, Sense, Status};
@@ -252,12 +252,23 @@ pub async fn run(ctx: Arc<ConnCtx>, job: Job, data: Bytes) {
         Plan::Respond(r) => r,
         Plan::Parameters { .. } => lu.disk.sense_response(Sense::INTERNAL_TARGET_FAILURE),
         media => {
+            // QoS first: the cap, then a slot of the pool's backend window.
+            let admission = match lu.qos.get() {
+                Some(q) => match qos::charge(&media, q.pool.unit_bytes) {
+                    Some(c) => Some((q, q.admit(c).await)),
+                    None => None,
+                },
+                None => None,
+            };
             // An aborted task never reaches the backend; one that started is let finish.
             if !task.start() {
                 return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
             }
             let r = ctx.media(&lu, nexus, media, data).await;
             task.finish();
+            if let Some((q, a)) = admission {
+                q.finish(a);
+            }
             r
         }
     };

@@ -147,6 +147,7 @@ fn backend_str(b: ContainerBackend) -> &'static str {
     match b {
         ContainerBackend::File => "file",
         ContainerBackend::Ram => "ram",
+        ContainerBackend::Rated => "rated",
     }
 }
 
@@ -154,7 +155,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Container> {
     let backend: String = r.get(1)?;
     let backend = match backend.as_str() {
         "ram" => ContainerBackend::Ram,
-        // The CHECK constraint allows only 'file' and 'ram'.
+        "rated" => ContainerBackend::Rated,
+        // The CHECK constraint allows nothing else.
         _ => ContainerBackend::File,
     };
     Ok(Container {

@@ -16,6 +16,7 @@ mod containers;
 mod error;
 mod files;
 mod lifecycle;
+mod lun_limits;
 mod pr;
 mod reconcile;
 mod schema;

@@ -66,8 +66,10 @@ mod migration_tests {
         drop(Store::open(dir.path()).unwrap());
         {
             let conn = rusqlite::Connection::open(dir.path().join(super::super::DB_FILE)).unwrap();
-            conn.execute_batch("DROP TABLE pr_state; UPDATE schema_version SET version = 1")
-                .unwrap();
+            conn.execute_batch(
+                "DROP TABLE pr_state; DROP TABLE lun_limits; UPDATE schema_version SET version = 1",
+            )
+            .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         s.save_pr_state("60", &[7]).unwrap();

@@ -80,7 +80,36 @@ CREATE TABLE pr_state (
 );
 ";
 
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// Version 4: containers of the `rated` backend (RAM behind an emulated disk, for QoS labs),
+/// and the stored limits of normal LUNs.
+/// SQLite cannot change a CHECK in place: the table is rebuilt (foreign keys are off while
+/// migrations run, and checked before they commit).
+const V4: &str = "
+CREATE TABLE containers_v4 (
+    name TEXT PRIMARY KEY,
+    backend TEXT NOT NULL CHECK (backend IN ('file', 'ram', 'rated')),
+    capacity INTEGER NOT NULL CHECK (capacity >= 0),
+    overcommit_ratio REAL NOT NULL CHECK (overcommit_ratio > 0),
+    default_upper INTEGER,
+    default_lower INTEGER,
+    default_weight INTEGER
+);
+INSERT INTO containers_v4 SELECT name, backend, capacity, overcommit_ratio, default_upper,
+    default_lower, default_weight FROM containers;
+DROP TABLE containers;
+ALTER TABLE containers_v4 RENAME TO containers;
+-- Limits of normal LUNs set through the API; they win over the configuration file's.
+CREATE TABLE lun_limits (
+    target TEXT NOT NULL,
+    lun INTEGER NOT NULL CHECK (lun BETWEEN 0 AND 16383),
+    upper INTEGER,
+    lower INTEGER,
+    weight INTEGER,
+    PRIMARY KEY (target, lun)
+) WITHOUT ROWID;
+";
+
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -99,8 +128,11 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     // FULL: a commit survives power loss, not only a process kill. Metadata is rarely
     // written, so the extra fsync per commit costs nothing that matters.
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", true)?;
+    // Off while migrating, as SQLite prescribes for table rebuilds; `migrate` checks the
+    // foreign keys itself before it commits.
+    conn.pragma_update(None, "foreign_keys", false)?;
     migrate(&mut conn)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
 }
 
@@ -129,6 +161,14 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         "INSERT INTO schema_version (version) VALUES (?1)",
         [SCHEMA_VERSION],
     )?;
+    let dangling: i64 = tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    if dangling > 0 {
+        return Err(StoreError::InvalidValue(format!(
+            "migration left {dangling} rows with dangling references; nothing was changed"
+        )));
+    }
     tx.commit()?;
     if found > 0 {
         tracing::info!("migrated the metadata database from version {found} to {SCHEMA_VERSION}");
@@ -193,6 +233,52 @@ mod tests {
         assert!(c
             .execute(
                 "INSERT INTO bindings VALUES ('nope', 'esx3', 5, 8, 'active')",
+                []
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn v4_rebuilds_containers_keeping_their_vvols() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version VALUES (3);
+                 INSERT INTO containers (name, backend, capacity, overcommit_ratio, default_upper)
+                     VALUES ('lab', 'file', 1024, 1.0, 500);
+                 INSERT INTO vvols (id, container, type, size, block_size, created, state)
+                     VALUES ('v1', 'lab', 'data', 512, 512, 0, 'ready');",
+            )
+            .unwrap();
+        }
+        let c = open(&path).unwrap();
+        let upper: i64 = c
+            .query_row(
+                "SELECT default_upper FROM containers WHERE name = 'lab'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(upper, 500);
+        c.execute(
+            "INSERT INTO containers (name, backend, capacity, overcommit_ratio) VALUES ('q', 'rated', 1, 1.0)",
+            [],
+        )
+        .unwrap();
+        // The VVol still names its container, and foreign keys are enforced again.
+        assert!(c
+            .execute("DELETE FROM containers WHERE name = 'lab'", [])
+            .is_err());
+        assert!(c
+            .execute(
+                "INSERT INTO vvols (id, container, type, size, block_size, created, state)
+                     VALUES ('v2', 'nope', 'data', 512, 512, 0, 'ready')",
                 []
             )
             .is_err());

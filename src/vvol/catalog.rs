@@ -46,6 +46,9 @@ pub enum ContainerBackend {
     File,
     /// In memory (lost at exit; for labs and tests).
     Ram,
+    /// In memory, behind an emulated disk of fixed capacity that all the container's VVols
+    /// share (QoS labs: makes contention real on any machine).
+    Rated,
 }
 
 /// Per-VVol IOPS limits in normalized I/Os per second (cost = ceil(len / 32 KiB)).

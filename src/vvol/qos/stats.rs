@@ -3,7 +3,7 @@
 //! normalized, MB/s, latency percentiles, throttled time) and a status, as the design study
 //! §6.5 describes (after the Windows Storage QoS flow status).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -137,7 +137,7 @@ struct Second {
 }
 
 /// The flow status of a volume (design study §6.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QosStatus {
     Ok,
     /// The cap delayed I/O in the last second.
@@ -147,7 +147,7 @@ pub enum QosStatus {
 }
 
 /// Latency percentiles in µs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub mean: f64,
     pub p50: f64,
@@ -156,7 +156,7 @@ pub struct Latency {
 }
 
 /// One window's figures.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Window {
     pub seconds: u32,
     /// Raw I/Os per second.
