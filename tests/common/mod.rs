@@ -752,6 +752,8 @@ pub struct VvolOpts {
     pub token: Option<String>,
     /// CHAP (user, secret) the target requires.
     pub chap: Option<(String, String)>,
+    /// TOML appended to the configuration (more containers, a [qos] table).
+    pub extra: String,
 }
 
 /// The VVol array's configuration, its control API on `control`.
@@ -804,7 +806,10 @@ capacity = "1GiB"
 listen = "{control}"
 initiators = ["{CONTROL_IQN}"]
 {token}
-"#
+
+{extra}
+"#,
+        extra = o.extra
     )
 }
 
