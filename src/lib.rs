@@ -5,6 +5,7 @@
 //! - [`scsi`]: SPC/SBC command emulation, pure
 //! - [`iscsi`]: PDU codec, login and negotiation, session sequencing, pure
 //! - [`net`]: the async edge: sockets, tasks, timers
+//! - [`loadgen`]: an async edge of its own: the `vvold-load` closed-loop load generator
 
 pub mod array;
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod initiator;
 pub mod iscsi;
+pub mod loadgen;
 pub mod net;
 pub mod scsi;
 pub mod store;

@@ -96,6 +96,24 @@ impl ScsiResult {
     }
 }
 
+/// What a normal session negotiated and where its sequence numbers stand, handed over with
+/// the socket by [`Session::into_parts`] to code that runs its own (pipelined) engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionParams {
+    /// The next CmdSN to send.
+    pub cmdsn: u32,
+    pub expstatsn: u32,
+    pub maxcmdsn: u32,
+    /// Largest data segment the target accepts in one PDU (its MaxRecvDataSegmentLength).
+    pub target_max_recv: usize,
+    pub first_burst: usize,
+    pub max_burst: usize,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    pub header_digest: bool,
+    pub data_digest: bool,
+}
+
 /// A received PDU.
 #[derive(Debug, Clone)]
 pub struct RxPdu {
@@ -145,6 +163,24 @@ impl Session {
         };
         s.do_login(opts).await?;
         Ok(s)
+    }
+
+    /// Give up the session's socket and what was negotiated, for an engine that keeps many
+    /// commands in flight. Nothing may be outstanding (this initiator never leaves any).
+    pub fn into_parts(self) -> (TcpStream, SessionParams) {
+        let params = SessionParams {
+            cmdsn: self.cmdsn,
+            expstatsn: self.expstatsn,
+            maxcmdsn: self.maxcmdsn,
+            target_max_recv: self.target_max_recv,
+            first_burst: self.first_burst,
+            max_burst: self.max_burst,
+            immediate_data: self.immediate_data,
+            initial_r2t: self.initial_r2t,
+            header_digest: self.header_digest,
+            data_digest: self.data_digest,
+        };
+        (self.stream, params)
     }
 
     fn next_itt(&mut self) -> u32 {
