@@ -831,6 +831,36 @@ mod tests {
     }
 
     #[test]
+    fn qos_keys_are_checked_and_named() {
+        let rated_on_file = LAB_DEFAULT.replace(
+            "capacity = \"100GiB\"",
+            "capacity = \"100GiB\"\nrated_iops = 1000",
+        );
+        let e = Config::parse(&rated_on_file).unwrap_err();
+        assert_eq!(e.key, "container[0].rated_iops");
+        let window =
+            LAB_DEFAULT.replace("capacity = \"100GiB\"", "capacity = \"100GiB\"\nwindow = 0");
+        assert_eq!(
+            Config::parse(&window).unwrap_err().key,
+            "container[0].window"
+        );
+        let lun = LAB_DEFAULT.replace("size = \"4GiB\"", "size = \"4GiB\"\nupper_iops = 5");
+        let e = Config::parse(&lun).unwrap_err();
+        assert_eq!(e.key, "target[0].lun[0].upper_iops");
+        assert!(e.reason.contains("10..=1000000"), "{e}");
+        let off = format!("{LAB_DEFAULT}\n[qos]\nenabled = false\nlun_window = 8\n");
+        let c = Config::parse(&off).unwrap();
+        assert!(!c.qos.enabled);
+        assert_eq!(c.qos.lun_window, 8);
+        let rated = LAB_DEFAULT.replace(
+            "backend = \"file\"\ncapacity",
+            "backend = \"rated\"\ncapacity",
+        );
+        let c = Config::parse(&rated).unwrap();
+        assert_eq!(c.containers[0].window(), 32);
+    }
+
+    #[test]
     fn bad_block_size_names_the_key() {
         let t = LAB_DEFAULT.replace("size = \"4GiB\"", "size = \"4GiB\"\nblock_size = 1024");
         let e = Config::parse(&t).unwrap_err();
