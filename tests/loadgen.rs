@@ -42,7 +42,8 @@ fn random_reads_and_writes_at_qd8_over_two_sessions() {
     for rw in ["randread", "randwrite"] {
         let mut c = load(&d);
         c.args(["--volume", &format!("{LUN_FILE},qd=8,sessions=2")])
-            .args(["--rw", rw, "--seconds", "2", "--warmup", "0.5", "--json"]);
+            .args(["--rw", rw, "--seconds", "2", "--warmup", "0.5", "--json"])
+            .args(["--target-pid", &d.pid().to_string()]);
         let j = run_json(c);
         let vols = j["volumes"].as_array().expect("volumes");
         assert_eq!(vols.len(), 1, "{j}");
@@ -76,6 +77,8 @@ fn random_reads_and_writes_at_qd8_over_two_sessions() {
         assert_eq!(f(&j, "seconds"), 2.0);
         assert!(f(&j, "client_cpu_s") > 0.0, "{j}");
         assert!(f(&j, "client_cpu_us_per_io") > 0.0, "{j}");
+        assert!(f(&j, "target_cpu_s") > 0.0, "{j}");
+        assert!(f(&j, "target_cpu_us_per_io") > 0.0, "{j}");
     }
     d.assert_alive();
 }

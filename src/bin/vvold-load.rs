@@ -57,6 +57,10 @@ struct Args {
     /// Negotiate CRC32C data digests.
     #[arg(long)]
     data_digest: bool,
+    /// Also report this process's CPU time (utime + stime from /proc/PID/stat, all threads)
+    /// over the measured period, and per I/O: point it at the target.
+    #[arg(long, value_name = "PID")]
+    target_pid: Option<u32>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         warmup: a.warmup,
         header_digest: a.header_digest,
         data_digest: a.data_digest,
+        target_pid: a.target_pid,
     };
     let rt = if a.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -310,7 +310,16 @@ impl Session {
                 KeyValue::new("ErrorRecoveryLevel", "0"),
             ]);
         }
-        let (bhs, kv) = self.login_exchange(opts, 1, 3, true, &ops).await?;
+        let (mut bhs, mut kv) = self.login_exchange(opts, 1, 3, true, &ops).await?;
+        // A target may answer every key and still stay in the stage (T=0) until we have seen
+        // its answers (tgt does); ask again, with nothing left to negotiate.
+        let mut rounds = 0;
+        while bhs.0[1] & 0x80 == 0 && rounds < 4 {
+            let (b, more) = self.login_exchange(opts, 1, 3, true, &[]).await?;
+            bhs = b;
+            kv.extend(more);
+            rounds += 1;
+        }
         if bhs.0[1] & 0x83 != 0x83 {
             return Err(proto("target did not enter full feature phase"));
         }

@@ -163,6 +163,8 @@ pub struct LoadConfig {
     pub warmup: f64,
     pub header_digest: bool,
     pub data_digest: bool,
+    /// A process (the target) whose CPU time over the measured period is reported too.
+    pub target_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -211,6 +213,11 @@ pub struct Report {
     /// CPU time (user + system) this process used over the measured period.
     pub client_cpu_s: f64,
     pub client_cpu_us_per_io: f64,
+    /// CPU time of `--target-pid` over the measured period (all its threads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_cpu_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_cpu_us_per_io: Option<f64>,
     /// Length of the measured period.
     pub seconds: f64,
     pub warmup: f64,
@@ -297,6 +304,21 @@ pub fn process_cpu_seconds() -> f64 {
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU seconds (utime + stime, all threads) of process `pid` from /proc/PID/stat.
+pub fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces: state is
+    // field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tck = if tck > 0 { tck as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / tck)
 }
 
 fn metrics(
@@ -409,8 +431,10 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, String> {
 
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu0 = process_cpu_seconds();
+    let target0 = cfg.target_pid.and_then(pid_cpu_seconds);
     tokio::time::sleep_until(measure_to.into()).await;
     let cpu1 = process_cpu_seconds();
+    let target1 = cfg.target_pid.and_then(pid_cpu_seconds);
     let secs = measure_to.duration_since(measure_from).as_secs_f64();
 
     let mut per_volume: Vec<SessionStats> = cfg
@@ -476,14 +500,23 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, String> {
         });
     }
     let cpu = cpu1 - cpu0;
-    Ok(Report {
-        volumes,
-        client_cpu_s: (cpu * 1000.0).round() / 1000.0,
-        client_cpu_us_per_io: if total.ios > 0 {
+    let target_cpu = match (target0, target1) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let per_io = |cpu: f64| {
+        if total.ios > 0 {
             (cpu * 1e6 / total.ios as f64 * 100.0).round() / 100.0
         } else {
             0.0
-        },
+        }
+    };
+    Ok(Report {
+        volumes,
+        client_cpu_s: (cpu * 1000.0).round() / 1000.0,
+        client_cpu_us_per_io: per_io(cpu),
+        target_cpu_s: target_cpu.map(|c| (c * 1000.0).round() / 1000.0),
+        target_cpu_us_per_io: target_cpu.map(per_io),
         total: metrics(
             total.ios,
             total.bytes,
@@ -563,6 +596,9 @@ impl Report {
             "measured {:.1} s after {:.1} s warm-up; client CPU {:.3} s ({:.2} µs per I/O)",
             self.seconds, self.warmup, self.client_cpu_s, self.client_cpu_us_per_io
         );
+        if let (Some(s), Some(per_io)) = (self.target_cpu_s, self.target_cpu_us_per_io) {
+            let _ = writeln!(o, "target CPU {s:.3} s ({per_io:.2} µs per I/O)");
+        }
         o
     }
 }
@@ -624,6 +660,13 @@ mod tests {
         ] {
             assert!(parse_volume_spec(bad, &D).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn own_cpu_time_from_proc() {
+        let t = pid_cpu_seconds(std::process::id()).expect("/proc/self/stat");
+        assert!(t >= 0.0);
+        assert!(pid_cpu_seconds(u32::MAX).is_none());
     }
 
     #[test]

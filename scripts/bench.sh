@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# vvold against tgt on loopback, on this machine, with the same clients (issue 6).
+#
+# Starts tgtd (one target, a `null` backing-store LUN) and vvold twice (a null-backend LUN and
+# a ram-backend LUN) on free 127.0.0.1 ports, then runs every workload with each client against
+# each target and prints one table: IOPS, MB/s, mean and p99 latency (where the client gives
+# them), CPU time of the target process per I/O (utime + stime of /proc/PID/stat, all threads),
+# the client's CPU per I/O, and vvold/tgt ratios. Everything it starts is stopped by PID.
+#
+#   scripts/bench.sh               10 s per row (about 8 minutes)
+#   QUICK=1 scripts/bench.sh       3 s per row, 1 s warm-up
+#
+# Settings (environment):
+#   SECONDS=N        measured seconds per row (default 10; QUICK=1: 3)
+#   WARMUP=N         vvold-load warm-up seconds, not measured (default 2; QUICK=1: 1)
+#   ONLY="a b"       run only these workloads (names as in the table's first column)
+#   CLIENTS="iscsi-perf vvold-load"   which clients to run
+#   SKIP_BUILD=1     use the binaries already in target/release
+#   TGT_DEFAULTS=1   leave tgt's iSCSI parameters at its defaults (8 KiB PDUs, InitialR2T=Yes,
+#                    64 KiB FirstBurst); by default tgt is given vvold's (256 KiB PDUs...)
+#   OUT=FILE         where the rows go as TSV (default target/bench/bench-DATE.tsv)
+#
+# Clients: iscsi-perf (libiscsi-bin) reads only, through one session, and reports only average
+# IOPS, so its rows have no write workloads, no p99, and a mean latency derived from Little's
+# law (QD / IOPS, marked ~); its CPU is the process's whole run (bash `times`). vvold-load
+# (this repository) does everything; its CPU figures cover exactly the measured period, and it
+# samples the target's /proc/PID/stat at the same instants. iscsi-perf's target CPU is sampled
+# around its whole run (login included, which is negligible).
+set -euo pipefail
+
+# bash keeps its own running SECONDS counter (seeded from the environment): read the
+# environment's value instead.
+DURATION=$(printenv SECONDS || true)
+QUICK=${QUICK:-0}
+if [ -z "$DURATION" ]; then
+  if [ "$QUICK" = 1 ]; then DURATION=3; else DURATION=10; fi
+fi
+if [ -z "${WARMUP:-}" ]; then
+  if [ "$QUICK" = 1 ]; then WARMUP=1; else WARMUP=2; fi
+fi
+case "$DURATION" in '' | *[!0-9]*) echo "SECONDS must be a whole number" >&2; exit 2 ;; esac
+CLIENTS=${CLIENTS:-"iscsi-perf vvold-load"}
+ONLY=${ONLY:-}
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+
+# ---- tools ----
+need_apt=()
+command -v tgtd >/dev/null || need_apt+=(tgt)
+command -v iscsi-perf >/dev/null || need_apt+=(libiscsi-bin)
+command -v python3 >/dev/null || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  # Debian's policy-rc.d (containers) keeps the packaged tgt service from starting; on a
+  # full system the package may start a tgtd on 0.0.0.0:3260, which this script leaves alone.
+  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  fi
+fi
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  echo "== cargo build --release (vvold, vvold-load)"
+  cargo build --release --bin vvold --bin vvold-load
+fi
+VVOLD=$ROOT/target/release/vvold
+LOAD=$ROOT/target/release/vvold-load
+TCK=$(getconf CLK_TCK)
+
+# ---- bookkeeping: everything started here is stopped by PID ----
+TMP=$(mktemp -d /tmp/vvold-bench.XXXXXX)
+PIDS=()        # processes to stop, in order
+SUDO_PIDS=()   # those that need sudo to signal
+CLIENT_PID=""
+TGT_CTL=""
+TGTADM=""
+
+stop_pid() { # PID [sudo]: SIGTERM, then SIGKILL after 5 s
+  local pid=$1 k=(kill)
+  [ -n "${2:-}" ] && k=($SUDO kill)
+  [ -n "$pid" ] || return 0
+  "${k[@]}" -0 "$pid" 2>/dev/null || return 0
+  "${k[@]}" -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do
+    "${k[@]}" -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  "${k[@]}" -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_pid "$CLIENT_PID"
+  # tgtd ignores SIGTERM while it has targets; its own shutdown is: offline, delete, exit.
+  if [ -n "$TGT_CTL" ] && [ -n "$TGTADM" ]; then
+    $SUDO "$TGTADM" -C "$TGT_CTL" --op update --mode sys --name State -v offline >/dev/null 2>&1 || true
+    $SUDO "$TGTADM" -C "$TGT_CTL" --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+    $SUDO "$TGTADM" -C "$TGT_CTL" --op delete --mode system >/dev/null 2>&1 || true
+  fi
+  local p
+  for p in "${PIDS[@]}"; do stop_pid "$p"; done
+  for p in "${SUDO_PIDS[@]}"; do stop_pid "$p" sudo; done
+  wait 2>/dev/null || true
+  if [ -n "$TGT_CTL" ]; then
+    $SUDO rm -f "/var/run/tgtd/socket.$TGT_CTL" "/var/run/tgtd/socket.$TGT_CTL.lock"
+  fi
+  if [ $rc -ne 0 ]; then
+    echo "bench.sh failed (exit $rc); logs in $TMP" >&2
+  else
+    rm -rf "$TMP"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The PID of a child of $1 (the real daemon when it was started through sudo).
+child_of() {
+  local parent=$1 f
+  for _ in $(seq 50); do
+    for f in /proc/[0-9]*/stat; do
+      local st
+      read -r -a st < "$f" 2>/dev/null || continue
+      if [ "${st[3]}" = "$parent" ]; then echo "${st[0]}"; return 0; fi
+    done
+    sleep 0.1
+  done
+  return 1
+}
+
+wait_port() { # PORT PID NAME LOG
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$2" 2>/dev/null && ! $SUDO kill -0 "$2" 2>/dev/null; then
+      echo "$3 exited before listening; log:" >&2; cat "$4" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  echo "$3 does not listen on 127.0.0.1:$1; log:" >&2; cat "$4" >&2; return 1
+}
+
+# CPU ticks (utime + stime, all threads) of PID into TICKS; builtins only, nothing forked.
+cpu_ticks() {
+  local st
+  read -r -a st < "/proc/$1/stat"
+  TICKS=$((st[13] + st[14]))
+}
+
+# CPU seconds the shell's finished children have used, into CHILD_CPU (bash `times`, no fork).
+child_cpu() {
+  times > "$TMP/times"
+  local _a _b cu cs
+  { read -r _a _b; read -r cu cs; } < "$TMP/times"
+  CHILD_CPU="$cu $cs"
+}
+
+# ---- targets ----
+IQN_TGT=iqn.2026-11.io.vvold.bench:tgt
+IQN_NULL=iqn.2026-11.io.vvold.bench:null
+IQN_RAM=iqn.2026-11.io.vvold.bench:ram
+INITIATOR=iqn.2026-11.io.vvold.bench:client
+
+TGTADM=$(command -v tgtadm)
+TGT_PORT=$(free_port)
+# tgtd's "control port" names its management socket, /var/run/tgtd/socket.N, and must be
+# below 32768; take one no other tgtd uses.
+TGT_CTL=$((TGT_PORT % 30000 + 1000))
+while [ -e "/var/run/tgtd/socket.$TGT_CTL" ]; do TGT_CTL=$((TGT_CTL + 1)); done
+echo "== tgtd on 127.0.0.1:$TGT_PORT (control port $TGT_CTL)"
+$SUDO tgtd -f -C "$TGT_CTL" --iscsi "portal=127.0.0.1:$TGT_PORT" > "$TMP/tgtd.log" 2>&1 &
+TGT_PID=$!
+if [ -n "$SUDO" ]; then
+  TGT_PID=$(child_of "$TGT_PID")
+  SUDO_PIDS+=("$TGT_PID")
+else
+  PIDS+=("$TGT_PID")
+fi
+wait_port "$TGT_PORT" "$TGT_PID" tgtd "$TMP/tgtd.log"
+tgtadm() { $SUDO "$TGTADM" -C "$TGT_CTL" --lld iscsi "$@"; }
+tgtadm --mode target --op new --tid 1 --targetname "$IQN_TGT"
+# LUN 0 of a tgt target is its own controller LU; the disk is LUN 1. The null store ignores
+# the path and always reports 1 TiB (tgt usr/bs_null.c); reads return no data, writes vanish.
+tgtadm --mode logicalunit --op new --tid 1 --lun 1 --bstype null --backing-store /dev/null
+tgtadm --mode target --op bind --tid 1 --initiator-address ALL
+if [ "${TGT_DEFAULTS:-0}" != 1 ]; then
+  # tgt defaults to 8 KiB PDUs both ways, InitialR2T=Yes and one R2T: give it what vvold
+  # offers, so the rows compare implementations rather than defaults.
+  for kv in MaxRecvDataSegmentLength=262144 MaxXmitDataSegmentLength=262144 \
+            FirstBurstLength=262144 MaxBurstLength=1048576 InitialR2T=No ImmediateData=Yes \
+            MaxOutstandingR2T=8; do
+    tgtadm --mode target --op update --tid 1 --name "${kv%%=*}" --value "${kv#*=}"
+  done
+fi
+
+start_vvold() { # NAME IQN BACKEND SIZE -> PORT_<NAME>, PID_<NAME>
+  local name=$1 iqn=$2 backend=$3 size=$4
+  local port ctl
+  port=$(free_port); ctl=$(free_port)
+  cat > "$TMP/$name.toml" <<EOF
+listen = ["127.0.0.1:$port"]
+
+[iscsi]
+max_recv_data_segment_length = 262144
+max_burst_length = 1048576
+first_burst_length = 262144
+immediate_data = true
+initial_r2t = false
+queue_depth = 128
+
+[[target]]
+name = "$iqn"
+
+[[target.lun]]
+id = 0
+backend = "$backend"
+size = "$size"
+
+[control]
+listen = "127.0.0.1:$ctl"
+EOF
+  echo "== vvold ($backend) on 127.0.0.1:$port"
+  "$VVOLD" --config "$TMP/$name.toml" --data-dir "$TMP/$name-data" \
+    --listen "127.0.0.1:$port" --control-listen "127.0.0.1:$ctl" --log-level warn \
+    > "$TMP/$name.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_port "$port" "$pid" "vvold ($backend)" "$TMP/$name.log"
+  printf -v "PORT_$name" %s "$port"
+  printf -v "PID_$name" %s "$pid"
+}
+start_vvold null "$IQN_NULL" null 1TiB
+start_vvold ram "$IQN_RAM" ram 1GiB
+
+# name portal iqn lun pid
+TARGETS=(
+  "tgt 127.0.0.1:$TGT_PORT $IQN_TGT 1 $TGT_PID"
+  "vvold-null 127.0.0.1:$PORT_null $IQN_NULL 0 $PID_null"
+  "vvold-ram 127.0.0.1:$PORT_ram $IQN_RAM 0 $PID_ram"
+)
+
+# Fill the RAM LUN once, so reads copy real memory rather than take the unwritten-zero path.
+echo "== filling the ram LUN (1 GiB, sequential 1 MiB writes)"
+"$LOAD" --portal "127.0.0.1:$PORT_ram" --target "$IQN_RAM" --initiator "$INITIATOR" \
+  --volume 0 --rw write --bs 1m --qd 4 --seconds 3 --warmup 0 > "$TMP/fill.txt"
+
+# ---- workloads ----
+# name | vvold-load arguments | iscsi-perf arguments ("-": it cannot) | queue depth in total
+WORKLOADS=(
+  "randread-4k-qd1|--rw randread --bs 4k --qd 1|-r -m 1 -b 8|1"
+  "randread-4k-qd16|--rw randread --bs 4k --qd 16|-r -m 16 -b 8|16"
+  "randread-4k-qd64|--rw randread --bs 4k --qd 64|-r -m 64 -b 8|64"
+  "randwrite-4k-qd1|--rw randwrite --bs 4k --qd 1|-|1"
+  "randwrite-4k-qd16|--rw randwrite --bs 4k --qd 16|-|16"
+  "randwrite-4k-qd64|--rw randwrite --bs 4k --qd 64|-|64"
+  "read-128k-qd8|--rw read --bs 128k --qd 8|-m 8 -b 256|8"
+  "randread-4k-16x8|--rw randread --bs 4k --qd 8 --sessions 16|-|128"
+)
+
+mkdir -p "$ROOT/target/bench"
+OUT=${OUT:-$ROOT/target/bench/bench-$(date +%Y%m%d-%H%M%S).tsv}
+printf 'workload\tclient\ttarget\tiops\tmbps\tmean_us\tp99_us\ttarget_cpu_us_per_io\ttarget_cpu_pct\tclient_cpu_us_per_io\terrors\n' > "$OUT"
+
+run_load() { # workload args target-line
+  local w=$1 args=$2 t=$3
+  local name portal iqn lun pid
+  read -r name portal iqn lun pid <<< "$t"
+  # shellcheck disable=SC2086
+  "$LOAD" --portal "$portal" --target "$iqn" --initiator "$INITIATOR" --volume "$lun" $args \
+    --seconds "$DURATION" --warmup "$WARMUP" --target-pid "$pid" --json \
+    > "$TMP/load.json" 2> "$TMP/load.err" &
+  CLIENT_PID=$!
+  if ! wait "$CLIENT_PID"; then
+    CLIENT_PID=""
+    echo "vvold-load failed against $name:" >&2; cat "$TMP/load.err" >&2
+    printf '%s\tvvold-load\t%s\t0\t0\t-\t-\t-\t-\t-\tfailed\n' "$w" "$name" >> "$OUT"
+    return 0
+  fi
+  CLIENT_PID=""
+  python3 - "$TMP/load.json" "$DURATION" "$w" "$name" >> "$OUT" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+t = j["total"]
+secs = float(j["seconds"])
+tcpu = j.get("target_cpu_s")
+print("\t".join(str(x) for x in [
+    sys.argv[3], "vvold-load", sys.argv[4], t["iops"], t["mbps"], t["lat_us"]["mean"],
+    t["lat_us"]["p99"], j.get("target_cpu_us_per_io", "-"),
+    "-" if tcpu is None else round(100 * tcpu / secs, 1),
+    j["client_cpu_us_per_io"], t["errors"]]))
+EOF
+}
+
+run_perf() { # workload args qd bs target-line
+  local w=$1 args=$2 qd=$3 bs=$4 t=$5
+  local name portal iqn lun pid
+  read -r name portal iqn lun pid <<< "$t"
+  local t0 t1 c0 c1 s0 s1
+  child_cpu; c0=$CHILD_CPU
+  cpu_ticks "$pid"; t0=$TICKS
+  s0=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  iscsi-perf -i "$INITIATOR" $args -t "$DURATION" "iscsi://$portal/$iqn/$lun" \
+    > "$TMP/perf.out" 2>&1 &
+  CLIENT_PID=$!
+  local rc=0
+  wait "$CLIENT_PID" || rc=$?
+  CLIENT_PID=""
+  cpu_ticks "$pid"; t1=$TICKS
+  s1=$(date +%s.%N)
+  child_cpu; c1=$CHILD_CPU
+  local iops
+  iops=$(tr '\r' '\n' < "$TMP/perf.out" | sed -n 's/^iops average \([0-9]*\).*/\1/p' | tail -1)
+  if [ $rc -ne 0 ] || [ -z "$iops" ]; then
+    echo "iscsi-perf failed against $name (exit $rc):" >&2; tr '\r' '\n' < "$TMP/perf.out" | tail -5 >&2
+    printf '%s\tiscsi-perf\t%s\t0\t0\t-\t-\t-\t-\t-\tfailed\n' "$w" "$name" >> "$OUT"
+    return 0
+  fi
+  python3 - "$w" "$name" "$iops" "$qd" "$bs" "$t0" "$t1" "$TCK" "$s0" "$s1" "$c0" "$c1" \
+    >> "$OUT" <<'EOF'
+import re, sys
+w, name, iops, qd, bs, t0, t1, tck, s0, s1 = sys.argv[1:11]
+def secs(s):  # bash `times`: "0m1.234s 0m0.567s"
+    return sum(int(m) * 60 + float(x) for m, x in re.findall(r"(\d+)m([\d.]+)s", s))
+iops = float(iops); wall = float(s1) - float(s0)
+ios = iops * wall
+tcpu = (int(t1) - int(t0)) / int(tck)
+ccpu = secs(sys.argv[12]) - secs(sys.argv[11])
+print("\t".join(str(x) for x in [
+    w, "iscsi-perf", name, iops, round(iops * int(bs) / 1e6, 2),
+    "~%.1f" % (int(qd) / iops * 1e6), "-", round(tcpu * 1e6 / ios, 2),
+    round(100 * tcpu / wall, 1), round(ccpu * 1e6 / ios, 2), 0]))
+EOF
+}
+
+echo "== $(date -u +%FT%TZ): ${DURATION}s per row, vvold-load warm-up ${WARMUP}s; rows go to $OUT"
+for wl in "${WORKLOADS[@]}"; do
+  IFS='|' read -r w largs pargs qd <<< "$wl"
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $w "* ]]; then continue; fi
+  bs=4096; [[ $w == *128k* ]] && bs=131072
+  for client in $CLIENTS; do
+    [ "$client" = iscsi-perf ] && [ "$pargs" = - ] && continue
+    for t in "${TARGETS[@]}"; do
+      printf '   %-18s %-10s %s\n' "$w" "$client" "${t%% *}"
+      if [ "$client" = vvold-load ]; then
+        run_load "$w" "$largs" "$t"
+      else
+        run_perf "$w" "$pargs" "$qd" "$bs" "$t"
+      fi
+    done
+  done
+done
+
+# ---- the table ----
+echo
+echo "vvold vs tgt on loopback: $(date -u +%F), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)),"
+echo "kernel $(uname -r), $(tgtd -V 2>/dev/null | head -1 || echo tgt), vvold $(git rev-parse --short HEAD 2>/dev/null || echo '?'),"
+echo "${DURATION}s per row; target CPU = utime+stime of the target process per I/O; x = vvold / tgt, same client"
+echo
+python3 - "$OUT" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+def num(s):
+    try:
+        return float(str(s).lstrip("~"))
+    except ValueError:
+        return None
+base = {(r["workload"], r["client"]): r for r in rows if r["target"] == "tgt"}
+hdr = ("workload", "client", "target", "IOPS", "MB/s", "mean µs", "p99 µs",
+       "tgt µs/IO", "tgt CPU%", "cli µs/IO", "x IOPS", "x mean", "x CPU/IO", "err")
+fmt = "{:<18} {:<10} {:<10} {:>9} {:>8} {:>9} {:>8} {:>9} {:>8} {:>9} {:>7} {:>7} {:>8} {:>4}"
+print(fmt.format(*hdr))
+last = None
+for r in rows:
+    key = (r["workload"], r["client"])
+    if last is not None and key != last:
+        print()
+    last = key
+    b = base.get(key)
+    def ratio(col):
+        if b is None or r["target"] == "tgt":
+            return ""
+        x, y = num(r[col]), num(b[col])
+        return "%.2f" % (x / y) if x is not None and y else ""
+    iops = num(r["iops"])
+    print(fmt.format(r["workload"], r["client"], r["target"],
+                     "%.0f" % iops if iops is not None else r["iops"], r["mbps"], r["mean_us"],
+                     r["p99_us"], r["target_cpu_us_per_io"], r["target_cpu_pct"],
+                     r["client_cpu_us_per_io"], ratio("iops"), ratio("mean_us"),
+                     ratio("target_cpu_us_per_io"), r["errors"]))
+EOF
+echo
+echo "rows: $OUT"
