@@ -19,6 +19,18 @@
 #   TGT_DEFAULTS=1   leave tgt's iSCSI parameters at its defaults (8 KiB PDUs, InitialR2T=Yes,
 #                    64 KiB FirstBurst); by default tgt is given vvold's (256 KiB PDUs...)
 #   OUT=FILE         where the rows go as TSV (default target/bench/bench-DATE.tsv)
+#   PIN=split        target processes on TARGET_CPUS (default 0), clients on CLIENT_CPUS
+#                    (default 1): IOPS per target core, the client never on the target's core
+#   PIN=same         targets and clients all on SAME_CPU (default 0): no cross-CPU wake-ups,
+#                    so the rows compare the CPU cost of client + target per I/O
+#   PIN=none         (default) let the scheduler place them
+#
+# Placement matters a great deal on a small VM: where an idle vCPU halts (no guest halt
+# polling), waking the other CPU costs tens of microseconds, so a client and a target that the
+# scheduler happens to put on the same CPU ping-pong several times faster at low queue depth
+# than on two CPUs (on the 2-vCPU VM this was written on, 4 KiB reads at QD 1: ~50K IOPS on one
+# CPU, ~10K across two). Compare rows within one run (targets are interleaved row by row), and
+# pin when runs must be comparable with each other.
 #
 # Clients: iscsi-perf (libiscsi-bin) reads only, through one session, and reports only average
 # IOPS, so its rows have no write workloads, no p99, and a mean latency derived from Little's
@@ -41,6 +53,13 @@ fi
 case "$DURATION" in '' | *[!0-9]*) echo "SECONDS must be a whole number" >&2; exit 2 ;; esac
 CLIENTS=${CLIENTS:-"iscsi-perf vvold-load"}
 ONLY=${ONLY:-}
+PIN=${PIN:-none}
+case "$PIN" in
+  none) TARGET_PIN=(); CLIENT_PIN=() ;;
+  split) TARGET_PIN=(taskset -c "${TARGET_CPUS:-0}"); CLIENT_PIN=(taskset -c "${CLIENT_CPUS:-1}") ;;
+  same) TARGET_PIN=(taskset -c "${SAME_CPU:-0}"); CLIENT_PIN=(taskset -c "${SAME_CPU:-0}") ;;
+  *) echo "PIN must be none, split or same" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -173,7 +192,7 @@ TGT_PORT=$(free_port)
 TGT_CTL=$((TGT_PORT % 30000 + 1000))
 while [ -e "/var/run/tgtd/socket.$TGT_CTL" ]; do TGT_CTL=$((TGT_CTL + 1)); done
 echo "== tgtd on 127.0.0.1:$TGT_PORT (control port $TGT_CTL)"
-$SUDO tgtd -f -C "$TGT_CTL" --iscsi "portal=127.0.0.1:$TGT_PORT" > "$TMP/tgtd.log" 2>&1 &
+$SUDO "${TARGET_PIN[@]}" tgtd -f -C "$TGT_CTL" --iscsi "portal=127.0.0.1:$TGT_PORT" > "$TMP/tgtd.log" 2>&1 &
 TGT_PID=$!
 if [ -n "$SUDO" ]; then
   TGT_PID=$(child_of "$TGT_PID")
@@ -225,7 +244,7 @@ size = "$size"
 listen = "127.0.0.1:$ctl"
 EOF
   echo "== vvold ($backend) on 127.0.0.1:$port"
-  "$VVOLD" --config "$TMP/$name.toml" --data-dir "$TMP/$name-data" \
+  "${TARGET_PIN[@]}" "$VVOLD" --config "$TMP/$name.toml" --data-dir "$TMP/$name-data" \
     --listen "127.0.0.1:$port" --control-listen "127.0.0.1:$ctl" --log-level warn \
     > "$TMP/$name.log" 2>&1 &
   local pid=$!
@@ -271,7 +290,8 @@ run_load() { # workload args target-line
   local name portal iqn lun pid
   read -r name portal iqn lun pid <<< "$t"
   # shellcheck disable=SC2086
-  "$LOAD" --portal "$portal" --target "$iqn" --initiator "$INITIATOR" --volume "$lun" $args \
+  "${CLIENT_PIN[@]}" "$LOAD" --portal "$portal" --target "$iqn" --initiator "$INITIATOR" \
+    --volume "$lun" $args \
     --seconds "$DURATION" --warmup "$WARMUP" --target-pid "$pid" --json \
     > "$TMP/load.json" 2> "$TMP/load.err" &
   CLIENT_PID=$!
@@ -305,7 +325,7 @@ run_perf() { # workload args qd bs target-line
   cpu_ticks "$pid"; t0=$TICKS
   s0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  iscsi-perf -i "$INITIATOR" $args -t "$DURATION" "iscsi://$portal/$iqn/$lun" \
+  "${CLIENT_PIN[@]}" iscsi-perf -i "$INITIATOR" $args -t "$DURATION" "iscsi://$portal/$iqn/$lun" \
     > "$TMP/perf.out" 2>&1 &
   CLIENT_PID=$!
   local rc=0
@@ -360,7 +380,7 @@ done
 echo
 echo "vvold vs tgt on loopback: $(date -u +%F), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)),"
 echo "kernel $(uname -r), $(tgtd -V 2>/dev/null | head -1 || echo tgt), vvold $(git rev-parse --short HEAD 2>/dev/null || echo '?'),"
-echo "${DURATION}s per row; target CPU = utime+stime of the target process per I/O; x = vvold / tgt, same client"
+echo "${DURATION}s per row, PIN=$PIN; target CPU = utime+stime of the target process per I/O; x = vvold / tgt, same client"
 echo
 python3 - "$OUT" <<'EOF'
 import csv, sys
