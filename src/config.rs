@@ -202,6 +202,8 @@ pub struct IscsiConfig {
     pub nop_timeout_secs: u64,
     /// CHAP credentials required for discovery sessions (none: discovery is open).
     pub discovery_chap: Option<ChapConfig>,
+    /// Threads serving connections, each with its own connections (0: one per CPU).
+    pub worker_threads: u32,
 }
 
 impl Default for IscsiConfig {
@@ -217,6 +219,7 @@ impl Default for IscsiConfig {
             nop_interval_secs: 30,
             nop_timeout_secs: 15,
             discovery_chap: None,
+            worker_threads: 0,
         }
     }
 }

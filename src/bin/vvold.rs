@@ -51,7 +51,25 @@ enum Mode {
 /// Exit status for a configuration that cannot be used.
 const EXIT_CONFIG: u8 = 2;
 
+/// glibc serves allocations above its mmap threshold (128 KiB at first) with a fresh mmap,
+/// so every large I/O buffer was mapped, page-faulted in and unmapped again: 128 KiB reads
+/// spent half their CPU in page faults (perf, README "Performance"). Above this threshold
+/// buffers come from the heap and are reused; memory stays bounded by the buffers in flight.
+#[cfg(target_env = "gnu")]
+fn keep_large_buffers_on_the_heap() {
+    const THRESHOLD: libc::c_int = 32 << 20;
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * THRESHOLD);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn keep_large_buffers_on_the_heap() {}
+
 fn main() -> ExitCode {
+    keep_large_buffers_on_the_heap();
     let args = Args::parse();
     let filter = match &args.log_level {
         Some(l) => tracing_subscriber::EnvFilter::try_new(l),

@@ -9,6 +9,7 @@ pub mod policy;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod workers;
 pub mod writer;
 
 use crate::array::Array;

@@ -1,6 +1,6 @@
 //! Listening on the configured portals and handing each connection to its own task.
 
-use super::{connection, Shared};
+use super::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -40,18 +40,23 @@ impl Server {
 
     /// Accept connections until the process ends.
     pub async fn run(self) {
+        let workers = match super::workers::Workers::start(
+            super::workers::count(self.shared.iscsi.worker_threads),
+            self.shared.clone(),
+        ) {
+            Ok(w) => Arc::new(w),
+            Err(e) => return error!("cannot start the network threads: {e}"),
+        };
         let mut tasks = Vec::new();
         for l in self.listeners {
-            let shared = self.shared.clone();
+            let workers = workers.clone();
             if let Ok(a) = l.local_addr() {
                 info!("listening on {a}");
             }
             tasks.push(tokio::spawn(async move {
                 loop {
                     match l.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(connection::serve(stream, shared.clone()));
-                        }
+                        Ok((stream, _)) => workers.dispatch(stream),
                         Err(e) => {
                             // EMFILE and friends: back off instead of spinning.
                             error!("accept failed: {e}");
