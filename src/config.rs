@@ -204,6 +204,8 @@ pub struct IscsiConfig {
     pub discovery_chap: Option<ChapConfig>,
     /// Threads serving connections, each with its own connections (0: one per CPU).
     pub worker_threads: u32,
+    /// µs a network thread keeps polling after traffic before it sleeps (0: sleep at once).
+    pub poll_us: u64,
 }
 
 impl Default for IscsiConfig {
@@ -220,6 +222,7 @@ impl Default for IscsiConfig {
             nop_timeout_secs: 15,
             discovery_chap: None,
             worker_threads: 0,
+            poll_us: 100,
         }
     }
 }
@@ -415,6 +418,9 @@ impl Config {
             65_535,
         )?;
         range("iscsi.queue_depth", i.queue_depth, 1, 128)?;
+        if i.poll_us > 10_000 {
+            return Err(err("iscsi.poll_us", "must be 0..=10000"));
+        }
         if self.targets.is_empty() {
             return Err(err("target", "at least one target is needed"));
         }

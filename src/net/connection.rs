@@ -376,6 +376,7 @@ impl<'a> FullFeature<'a> {
             };
             self.last_rx
                 .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            super::workers::spin::activity();
             match self.on_pdu(reader, h).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) => break Ok(()),

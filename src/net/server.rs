@@ -42,6 +42,7 @@ impl Server {
     pub async fn run(self) {
         let workers = match super::workers::Workers::start(
             super::workers::count(self.shared.iscsi.worker_threads),
+            std::time::Duration::from_micros(self.shared.iscsi.poll_us),
             self.shared.clone(),
         ) {
             Ok(w) => Arc::new(w),
