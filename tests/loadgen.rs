@@ -1,5 +1,6 @@
 //! `vvold-load` against the real daemon: pipelined random reads and writes over two sessions,
-//! its JSON report, and a clean failure for a LUN that does not exist.
+//! its JSON report, a volume spread over a set of LUNs, and a clean failure for a LUN that does
+//! not exist.
 
 mod common;
 
@@ -101,6 +102,27 @@ fn several_volumes_at_once_and_an_unknown_lun_fails_cleanly() {
     }
     let sum = vols[0]["ios"].as_u64().unwrap() + vols[1]["ios"].as_u64().unwrap();
     assert_eq!(j["total"]["ios"].as_u64(), Some(sum));
+
+    // One volume over a set of LUNs (@FILE): every command goes to one picked at random.
+    let list = d.data_dir().join("luns.txt");
+    std::fs::write(
+        &list,
+        format!("# a set\n{LUN_RAM}\n{LUN_NULL}\n{LUN_FILE}\n"),
+    )
+    .unwrap();
+    let mut c = load(&d);
+    c.args(["--volume", &format!("@{},qd=8,sessions=2", list.display())])
+        .args(["--seconds", "1", "--warmup", "0.2", "--json"]);
+    let j = run_json(c);
+    let v = &j["volumes"][0];
+    assert_eq!(v["luns"], 3, "{j}");
+    assert_eq!(v["luns_with_io"], 3, "{j}");
+    assert_eq!(v["errors"], 0, "{j}");
+    let (lo, hi) = (
+        v["lun_ios_min"].as_u64().unwrap(),
+        v["lun_ios_max"].as_u64().unwrap(),
+    );
+    assert!(lo > 0 && lo <= hi && hi < v["ios"].as_u64().unwrap(), "{j}");
 
     let mut c = load(&d);
     c.args(["--volume", "9", "--seconds", "1", "--warmup", "0"]);

@@ -26,8 +26,9 @@ struct Args {
     chap: Option<String>,
     /// A volume to drive (repeatable, all run at once):
     /// LUN[,qd=N][,sessions=S][,rw=randread|randwrite|read|write][,bs=SIZE], where LUN is
-    /// decimal (single level) or exactly 16 hex digits (all 8 bytes, e.g. 00FEE20000000001).
-    /// Default: 0.
+    /// decimal (single level) or exactly 16 hex digits (all 8 bytes, e.g. 00FEE20000000001),
+    /// or @FILE: a set of LUNs, one a line (# comments), each command of the volume's sessions
+    /// going to one picked at random. Default: 0.
     #[arg(long, value_name = "SPEC")]
     volume: Vec<String>,
     /// Access pattern of volumes that do not name one.

@@ -6,7 +6,8 @@
 //! wakes per I/O: each wake-up reads what arrived, completes every command in it, queues the
 //! replacements and sends them in one gathered write. Buffers are allocated once per session:
 //! the receive buffer, the queue of outgoing headers and one data pattern every write sends
-//! from. Data-In payloads are skipped in the receive buffer, never copied out.
+//! from. Data-In payloads are skipped in the receive buffer, never copied out. A session with a
+//! set of LUNs sends each command to one picked at random (the same PRNG as the offsets).
 
 use super::hist::Histogram;
 use super::Rw;
@@ -27,14 +28,21 @@ const RESERVED_TAG: u32 = 0xFFFF_FFFF;
 const STATUS_GOOD: u8 = 0x00;
 const STATUS_CHECK_CONDITION: u8 = 0x02;
 
+/// One LUN a session sends commands to.
+pub(super) struct LunPlan {
+    pub lun: [u8; 8],
+    /// Number of block-aligned positions of `bs` bytes in the LUN (at least 1).
+    pub positions: u64,
+    /// Logical blocks per I/O.
+    pub blocks_per_io: u32,
+}
+
 /// What one session does and when.
 pub(super) struct Plan {
-    pub lun: [u8; 8],
+    /// The LUNs, at least one; each command goes to one picked at random.
+    pub luns: Vec<LunPlan>,
     pub rw: Rw,
     pub bs: u32,
-    pub block_size: u32,
-    /// Number of block-aligned positions of `bs` bytes in the volume.
-    pub positions: u64,
     /// Index of this session among its volume's sessions, and how many there are.
     pub session: usize,
     pub sessions: usize,
@@ -56,6 +64,8 @@ pub struct SessionStats {
     pub unit_attentions: u64,
     pub hist: Histogram,
     pub per_second: Vec<u64>,
+    /// Good completions in the measured period per LUN of the plan.
+    pub lun_ios: Vec<u64>,
     pub first_error: Option<String>,
 }
 
@@ -72,6 +82,8 @@ impl SessionStats {
 struct Task {
     busy: bool,
     issued: Option<Instant>,
+    /// Index of its LUN in the plan.
+    lun: u32,
 }
 
 /// One outgoing PDU: header (and header digest) inline, data taken from the pattern (or, for
@@ -123,7 +135,8 @@ pub(super) struct Engine {
     p: SessionParams,
     plan: Plan,
     rng: Rng,
-    seq_next: u64,
+    /// Next position of sequential access, per LUN.
+    seq_next: Vec<u64>,
     tasks: Vec<Task>,
     free: Vec<u32>,
     outstanding: usize,
@@ -151,7 +164,12 @@ impl Engine {
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
         let qd = plan.qd.max(1);
-        let seq_next = plan.positions * plan.session as u64 / plan.sessions.max(1) as u64;
+        let sessions = plan.sessions.max(1) as u64;
+        let seq_next = plan
+            .luns
+            .iter()
+            .map(|l| l.positions * plan.session as u64 / sessions)
+            .collect();
         Engine {
             stream,
             p,
@@ -169,6 +187,7 @@ impl Engine {
             pattern,
             stats: SessionStats {
                 per_second: vec![0; plan.seconds],
+                lun_ios: vec![0; plan.luns.len()],
                 ..SessionStats::default()
             },
             plan,
@@ -254,30 +273,37 @@ impl Engine {
         }
     }
 
-    fn next_lba(&mut self) -> u64 {
+    /// The LUN (index in the plan) and LBA of the next command.
+    fn next_target(&mut self) -> (usize, u64) {
+        let li = match self.plan.luns.len() {
+            1 => 0,
+            n => self.rng.below(n as u64) as usize,
+        };
+        let l = &self.plan.luns[li];
         let pos = match self.plan.rw {
-            Rw::RandRead | Rw::RandWrite => self.rng.below(self.plan.positions),
+            Rw::RandRead | Rw::RandWrite => self.rng.below(l.positions),
             Rw::Read | Rw::Write => {
-                let p = self.seq_next;
-                self.seq_next += 1;
-                if self.seq_next >= self.plan.positions {
-                    self.seq_next = 0;
+                let next = &mut self.seq_next[li];
+                let p = *next;
+                *next += 1;
+                if *next >= l.positions {
+                    *next = 0;
                 }
                 p
             }
         };
-        pos * (self.plan.bs / self.plan.block_size) as u64
+        (li, pos * l.blocks_per_io as u64)
     }
 
     fn issue(&mut self, slot: u32, now: Instant) {
         let write = matches!(self.plan.rw, Rw::RandWrite | Rw::Write);
-        let lba = self.next_lba();
+        let (li, lba) = self.next_target();
         let bs = self.plan.bs;
-        let blocks = bs / self.plan.block_size;
+        let blocks = self.plan.luns[li].blocks_per_io;
         let mut h = [0u8; BHS_LEN];
         h[0] = op::SCSI_COMMAND;
         h[1] = 0x80 | if write { 0x20 } else { 0x40 } | 0x01; // F, W or R, SIMPLE
-        h[8..16].copy_from_slice(&self.plan.lun);
+        h[8..16].copy_from_slice(&self.plan.luns[li].lun);
         h[16..20].copy_from_slice(&slot.to_be_bytes());
         h[20..24].copy_from_slice(&bs.to_be_bytes());
         h[24..28].copy_from_slice(&self.p.cmdsn.to_be_bytes());
@@ -297,6 +323,7 @@ impl Engine {
         self.tasks[slot as usize] = Task {
             busy: true,
             issued: Some(now),
+            lun: li as u32,
         };
         self.outstanding += 1;
     }
@@ -532,19 +559,26 @@ impl Engine {
         }
     }
 
-    fn release(&mut self, itt: u32) -> Option<Instant> {
+    /// Free a busy task slot; what it was.
+    fn release(&mut self, itt: u32) -> Option<Task> {
         let t = self.tasks.get_mut(itt as usize)?;
         if !t.busy {
             return None;
         }
         t.busy = false;
+        let task = *t;
         self.outstanding -= 1;
         self.free.push(itt);
-        t.issued
+        Some(task)
     }
 
     fn complete(&mut self, itt: u32, status: u8, sense: &[u8], now: Instant) {
-        let Some(issued) = self.release(itt) else {
+        let Some(Task {
+            issued: Some(issued),
+            lun,
+            ..
+        }) = self.release(itt)
+        else {
             self.stats
                 .error(|| format!("status for unknown ITT {itt:#x}"));
             return;
@@ -554,6 +588,7 @@ impl Engine {
                 if now >= self.plan.measure_from && now < self.plan.measure_to {
                     let s = &mut self.stats;
                     s.ios += 1;
+                    s.lun_ios[lun as usize] += 1;
                     s.bytes += self.plan.bs as u64;
                     s.hist
                         .record(now.saturating_duration_since(issued).as_nanos() as u64);
@@ -584,13 +619,16 @@ impl Engine {
         let ttt = be32(h, 20);
         let offset = be32(h, 40) as usize;
         let len = be32(h, 44) as usize;
-        if !self.tasks.get(itt as usize).is_some_and(|t| t.busy)
-            || offset + len > self.pattern.len()
-        {
-            self.stats
-                .error(|| format!("R2T for ITT {itt:#x} at {offset}+{len} does not fit"));
-            return;
-        }
+        let lun = match self.tasks.get(itt as usize) {
+            Some(t) if t.busy && offset + len <= self.pattern.len() => {
+                self.plan.luns[t.lun as usize].lun
+            }
+            _ => {
+                self.stats
+                    .error(|| format!("R2T for ITT {itt:#x} at {offset}+{len} does not fit"));
+                return;
+            }
+        };
         let max = self.p.target_max_recv.max(512);
         let mut sent = 0;
         let mut datasn = 0u32;
@@ -601,7 +639,7 @@ impl Engine {
             if sent + n == len {
                 d[1] = 0x80;
             }
-            d[8..16].copy_from_slice(&self.plan.lun);
+            d[8..16].copy_from_slice(&lun);
             d[16..20].copy_from_slice(&itt.to_be_bytes());
             d[20..24].copy_from_slice(&ttt.to_be_bytes());
             d[28..32].copy_from_slice(&self.p.expstatsn.to_be_bytes());

@@ -1,10 +1,11 @@
 //! `vvold-load`: a closed-loop load generator that drives a target through real iSCSI sessions.
 //!
-//! Each volume (a LUN, single-level or a full 8-byte two-level VVol LUN) gets its own sessions,
-//! one TCP connection each with a distinct ISID. A session logs in with the one-command-at-a-time
-//! [`crate::initiator::Session`], clears the power-on unit attention, reads the capacity, then
-//! hands its socket to the pipelined [`engine`], which keeps up to QD READ(16)/WRITE(16) in
-//! flight. Completions after the warm-up and before the end count; latencies go to a log
+//! Each volume (a LUN, single-level or a full 8-byte two-level VVol LUN, or a set of LUNs named
+//! by `@FILE`) gets its own sessions, one TCP connection each with a distinct ISID. A session
+//! logs in with the one-command-at-a-time [`crate::initiator::Session`], clears the power-on unit
+//! attention and reads the capacity of each of its LUNs, then hands its socket to the pipelined
+//! [`engine`], which keeps up to QD READ(16)/WRITE(16) in flight, each to a LUN of the set
+//! picked at random. Completions after the warm-up and before the end count; latencies go to a log
 //! histogram, completions per second to `per_second` (for QoS cap checks), and the client's own
 //! CPU time over the measured period is reported so its cost per I/O is known.
 
@@ -52,11 +53,12 @@ impl Rw {
     }
 }
 
-/// One volume to drive.
+/// One volume to drive: one LUN, or a set of LUNs that each command picks one of at random.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {
-    pub lun: Lun,
-    /// The LUN as given (decimal, or 16 hex digits).
+    /// The LUNs (one, or the set an `@FILE` spec names), never empty, no duplicates.
+    pub luns: Vec<Lun>,
+    /// The LUN as given (decimal, or 16 hex digits), or `@FILE`.
     pub lun_text: String,
     /// Commands in flight per session.
     pub qd: usize,
@@ -89,6 +91,34 @@ pub fn parse_lun(s: &str) -> Result<Lun, String> {
     }
 }
 
+/// A set of LUNs, one per line as [`parse_lun`] takes them; blank lines and `#` comments are
+/// skipped. `origin` names the source in errors. Empty sets and duplicates are refused (a
+/// duplicate would get twice the share of I/O and make the count of LUNs that got I/O lie).
+pub fn parse_lun_list(text: &str, origin: &str) -> Result<Vec<Lun>, String> {
+    let mut luns = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let lun = parse_lun(l).map_err(|e| format!("{origin} line {}: {e}", i + 1))?;
+        if !seen.insert(lun) {
+            return Err(format!("{origin} line {}: LUN '{l}' listed twice", i + 1));
+        }
+        luns.push(lun);
+    }
+    if luns.is_empty() {
+        return Err(format!("{origin}: no LUN in it"));
+    }
+    Ok(luns)
+}
+
+/// The LUN's 8 bytes as 16 hex digits (how members of a set are named in errors).
+pub fn lun_hex(lun: Lun) -> String {
+    format!("{:016X}", u64::from_be_bytes(lun.to_bytes()))
+}
+
 /// A byte count: `4096`, `4k`, `128K`, `1m`, `4KiB`, `1MiB`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -106,13 +136,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
-/// `LUN[,qd=N][,sessions=S][,rw=..][,bs=..]`.
+/// `LUN[,qd=N][,sessions=S][,rw=..][,bs=..]`, where LUN may be `@FILE`: the set of LUNs the
+/// file lists (see [`parse_lun_list`]), every command of the volume's sessions going to one of
+/// them picked at random.
 pub fn parse_volume_spec(spec: &str, d: &VolumeDefaults) -> Result<VolumeSpec, String> {
     let mut parts = spec.split(',');
     let lun_text = parts.next().unwrap_or("").trim().to_string();
-    let lun = parse_lun(&lun_text)?;
+    let luns = match lun_text.strip_prefix('@') {
+        Some("") => return Err(format!("volume '{spec}': '@' needs a file name")),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("volume '{spec}': LUN list {path}: {e}"))?;
+            parse_lun_list(&text, path)?
+        }
+        None => vec![parse_lun(&lun_text)?],
+    };
     let mut v = VolumeSpec {
-        lun,
+        luns,
         lun_text,
         qd: d.qd,
         sessions: d.sessions,
@@ -198,8 +238,17 @@ pub struct VolumeReport {
     pub bs: u32,
     pub qd: usize,
     pub sessions: usize,
+    /// Capacity of the LUN (of a set: the sum over its LUNs).
     pub capacity_bytes: u64,
+    /// Logical block size of the LUN (of a set: the largest).
     pub block_size: u32,
+    /// How many LUNs the volume names (1 unless `@FILE`).
+    pub luns: usize,
+    /// How many of them completed at least one I/O in the measured period, and the fewest and
+    /// most I/Os one of them completed there.
+    pub luns_with_io: usize,
+    pub lun_ios_min: u64,
+    pub lun_ios_max: u64,
     #[serde(flatten)]
     pub metrics: Metrics,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -223,12 +272,12 @@ pub struct Report {
     pub warmup: f64,
 }
 
-/// What a session learned at login: the capacity of its volume.
+/// What a session learned at login: the size of each of its volume's LUNs.
 struct Ready {
     stream: tokio::net::TcpStream,
     params: crate::initiator::SessionParams,
-    blocks: u64,
-    block_size: u32,
+    /// (blocks, block size) of each LUN, in the volume's order.
+    geometry: Vec<(u64, u32)>,
 }
 
 async fn prepare(cfg: &LoadConfig, v: &VolumeSpec, isid: [u8; 6]) -> Result<Ready, String> {
@@ -240,8 +289,31 @@ async fn prepare(cfg: &LoadConfig, v: &VolumeSpec, isid: [u8; 6]) -> Result<Read
     let mut s = Session::login(cfg.portal, &o)
         .await
         .map_err(|e| format!("login to {} at {}: {e}", cfg.target, cfg.portal))?;
-    let lun = v.lun;
-    let what = |e| format!("LUN {}: {e}", v.lun_text);
+    let mut geometry = Vec::with_capacity(v.luns.len());
+    for &lun in &v.luns {
+        let name = if v.luns.len() == 1 {
+            v.lun_text.clone()
+        } else {
+            format!("{} ({})", lun_hex(lun), v.lun_text)
+        };
+        geometry.push(lun_geometry(&mut s, lun, &name, v.bs).await?);
+    }
+    let (stream, params) = s.into_parts();
+    Ok(Ready {
+        stream,
+        params,
+        geometry,
+    })
+}
+
+/// Clear a LUN's unit attentions and read its capacity: (blocks, block size).
+async fn lun_geometry(
+    s: &mut Session,
+    lun: Lun,
+    name: &str,
+    bs: u32,
+) -> Result<(u64, u32), String> {
+    let what = |e| format!("LUN {name}: {e}");
     // TEST UNIT READY until GOOD: the first command of a session reports the power-on UA
     // (and a VVol may report others); anything else is an error.
     let mut ready = false;
@@ -255,14 +327,13 @@ async fn prepare(cfg: &LoadConfig, v: &VolumeSpec, isid: [u8; 6]) -> Result<Read
             (2, Some((6, _, _))) => continue,
             (st, sense) => {
                 return Err(format!(
-                    "LUN {}: TEST UNIT READY answered status {st:#04x} sense {sense:02x?}",
-                    v.lun_text
+                    "LUN {name}: TEST UNIT READY answered status {st:#04x} sense {sense:02x?}"
                 ))
             }
         }
     }
     if !ready {
-        return Err(format!("LUN {}: unit attentions do not stop", v.lun_text));
+        return Err(format!("LUN {name}: unit attentions do not stop"));
     }
     let mut cdb = [0u8; 16];
     cdb[0] = 0x9E;
@@ -271,27 +342,22 @@ async fn prepare(cfg: &LoadConfig, v: &VolumeSpec, isid: [u8; 6]) -> Result<Read
     let r = s.command(lun, &cdb, None, 32).await.map_err(what)?;
     if r.status != 0 || r.data.len() < 12 {
         return Err(format!(
-            "LUN {}: READ CAPACITY(16) failed: status {:#04x} sense {:02x?}",
-            v.lun_text,
+            "LUN {name}: READ CAPACITY(16) failed: status {:#04x} sense {:02x?}",
             r.status,
             r.sense_code()
         ));
     }
     let last = u64::from_be_bytes(r.data[0..8].try_into().expect("8 bytes"));
     let block_size = u32::from_be_bytes(r.data[8..12].try_into().expect("4 bytes"));
-    if block_size == 0 || v.bs % block_size != 0 {
+    if block_size == 0 || bs % block_size != 0 {
         return Err(format!(
-            "LUN {}: bs {} is not a multiple of the block size {block_size}",
-            v.lun_text, v.bs
+            "LUN {name}: bs {bs} is not a multiple of the block size {block_size}"
         ));
     }
-    let (stream, params) = s.into_parts();
-    Ok(Ready {
-        stream,
-        params,
-        blocks: last + 1,
-        block_size,
-    })
+    if (last + 1) * (block_size as u64) < bs as u64 {
+        return Err(format!("LUN {name}: smaller than one I/O of {bs} bytes"));
+    }
+    Ok((last + 1, block_size))
 }
 
 /// CPU seconds (user + system) this process has used: the utime + stime of /proc/self/stat,
@@ -392,7 +458,9 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, String> {
     }
     let mut capacity = vec![(0u64, 0u32); cfg.volumes.len()];
     for (vi, _, r) in &ready {
-        capacity[*vi] = (r.blocks * r.block_size as u64, r.block_size);
+        let bytes = r.geometry.iter().map(|&(b, bsz)| b * bsz as u64).sum();
+        let largest = r.geometry.iter().map(|g| g.1).max().unwrap_or(0);
+        capacity[*vi] = (bytes, largest);
     }
 
     let start = Instant::now();
@@ -403,19 +471,22 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let mut handles = Vec::new();
     for (i, (vi, si, r)) in ready.into_iter().enumerate() {
         let v = &cfg.volumes[vi];
-        let positions = r.blocks * r.block_size as u64 / v.bs as u64;
-        if positions == 0 {
-            return Err(format!(
-                "LUN {}: smaller than one I/O of {} bytes",
-                v.lun_text, v.bs
-            ));
-        }
+        // `prepare` checked that every LUN holds at least one I/O and that bs is a multiple of
+        // its block size.
+        let luns = v
+            .luns
+            .iter()
+            .zip(&r.geometry)
+            .map(|(lun, &(blocks, block_size))| engine::LunPlan {
+                lun: lun.to_bytes(),
+                positions: blocks * block_size as u64 / v.bs as u64,
+                blocks_per_io: v.bs / block_size,
+            })
+            .collect();
         let plan = engine::Plan {
-            lun: v.lun.to_bytes(),
+            luns,
             rw: v.rw,
             bs: v.bs,
-            block_size: r.block_size,
-            positions,
             session: si,
             sessions: v.sessions,
             qd: v.qd,
@@ -440,8 +511,9 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, String> {
     let mut per_volume: Vec<SessionStats> = cfg
         .volumes
         .iter()
-        .map(|_| SessionStats {
+        .map(|v| SessionStats {
             per_second: vec![0; slots],
+            lun_ios: vec![0; v.luns.len()],
             ..SessionStats::default()
         })
         .collect();
@@ -457,6 +529,9 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, String> {
         acc.unit_attentions += s.unit_attentions;
         acc.hist.merge(&s.hist);
         for (a, b) in acc.per_second.iter_mut().zip(&s.per_second) {
+            *a += b;
+        }
+        for (a, b) in acc.lun_ios.iter_mut().zip(&s.lun_ios) {
             *a += b;
         }
         if acc.first_error.is_none() {
@@ -487,6 +562,10 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, String> {
             sessions: v.sessions,
             capacity_bytes,
             block_size,
+            luns: s.lun_ios.len(),
+            luns_with_io: s.lun_ios.iter().filter(|&&n| n > 0).count(),
+            lun_ios_min: s.lun_ios.iter().copied().min().unwrap_or(0),
+            lun_ios_max: s.lun_ios.iter().copied().max().unwrap_or(0),
             metrics: metrics(
                 s.ios,
                 s.bytes,
@@ -576,6 +655,13 @@ impl Report {
                 v.sessions.to_string(),
                 &v.metrics,
             );
+            if v.luns > 1 {
+                let _ = writeln!(
+                    o,
+                    "  {} LUNs, {} got I/O ({}..{} I/Os each)",
+                    v.luns, v.luns_with_io, v.lun_ios_min, v.lun_ios_max
+                );
+            }
             if let Some(e) = &v.first_error {
                 let _ = writeln!(o, "  first error: {e}");
             }
@@ -617,14 +703,14 @@ mod tests {
     #[test]
     fn spec_defaults_and_overrides() {
         let v = parse_volume_spec("0", &D).unwrap();
-        assert_eq!(v.lun, Lun::single(0));
+        assert_eq!(v.luns, [Lun::single(0)]);
         assert_eq!((v.qd, v.sessions, v.rw, v.bs), (16, 1, Rw::RandRead, 4096));
         let v = parse_volume_spec("3,qd=8,sessions=2,rw=write,bs=128k", &D).unwrap();
-        assert_eq!(v.lun, Lun::single(3));
+        assert_eq!(v.luns, [Lun::single(3)]);
         assert_eq!(v.lun_text, "3");
         assert_eq!((v.qd, v.sessions, v.rw, v.bs), (8, 2, Rw::Write, 131_072));
         let v = parse_volume_spec("300,bs=4KiB", &D).unwrap();
-        assert_eq!(v.lun.to_bytes(), [0x41, 0x2C, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(v.luns[0].to_bytes(), [0x41, 0x2C, 0, 0, 0, 0, 0, 0]);
         assert_eq!(v.bs, 4096);
     }
 
@@ -632,12 +718,12 @@ mod tests {
     fn spec_two_level_lun_is_taken_whole() {
         let v = parse_volume_spec("00FEE20000000001,rw=randwrite", &D).unwrap();
         assert_eq!(
-            v.lun.to_bytes(),
+            v.luns[0].to_bytes(),
             [0x00, 0xFE, 0xE2, 0x00, 0x00, 0x00, 0x00, 0x01]
         );
         assert_eq!(v.rw, Rw::RandWrite);
         let v = parse_volume_spec("00fee2000000abcd", &D).unwrap();
-        assert_eq!(v.lun.to_bytes()[6..], [0xAB, 0xCD]);
+        assert_eq!(v.luns[0].to_bytes()[6..], [0xAB, 0xCD]);
     }
 
     #[test]
@@ -657,9 +743,52 @@ mod tests {
             "0,bs=32m",
             "0,depth=4",
             "0,qd",
+            "@",
+            "@,qd=4",
+            "@/nonexistent/vvold-load-luns",
         ] {
             assert!(parse_volume_spec(bad, &D).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn lun_list_lines_comments_and_both_notations() {
+        let text = "# host esx-1\n00FEE20000000001\n\n  00ffe2000000000a  # on PE 255\n1\n300\n";
+        let luns = parse_lun_list(text, "f").unwrap();
+        assert_eq!(luns.len(), 4);
+        assert_eq!(
+            luns[0].to_bytes(),
+            [0x00, 0xFE, 0xE2, 0x00, 0x00, 0x00, 0x00, 0x01]
+        );
+        assert_eq!(lun_hex(luns[1]), "00FFE2000000000A");
+        assert_eq!(luns[2], Lun::single(1));
+        assert_eq!(luns[3], Lun::single(300));
+    }
+
+    #[test]
+    fn lun_list_errors_name_the_line() {
+        let e = parse_lun_list("1\n2\nbogus\n", "luns.txt").unwrap_err();
+        assert!(e.starts_with("luns.txt line 3:"), "{e}");
+        let e = parse_lun_list("00FEE20000000001\n00fee20000000001\n", "f").unwrap_err();
+        assert!(e.contains("line 2") && e.contains("twice"), "{e}");
+        assert!(parse_lun_list("\n# nothing\n", "f").is_err());
+        assert!(parse_lun_list("", "f").is_err());
+    }
+
+    #[test]
+    fn spec_from_a_lun_file() {
+        let path = std::env::temp_dir().join(format!("vvold-load-luns-{}", std::process::id()));
+        std::fs::write(&path, "00FEE20000000001\n00FFE20000000002\n").unwrap();
+        let spec = format!("@{},qd=8,sessions=4", path.display());
+        let v = parse_volume_spec(&spec, &D);
+        let bad = parse_volume_spec(&format!("@{},qd=0", path.display()), &D);
+        std::fs::remove_file(&path).unwrap();
+        let v = v.unwrap();
+        assert_eq!(v.lun_text, format!("@{}", path.display()));
+        assert_eq!(v.luns.len(), 2);
+        assert_eq!(lun_hex(v.luns[1]), "00FFE20000000002");
+        assert_eq!((v.qd, v.sessions, v.rw, v.bs), (8, 4, Rw::RandRead, 4096));
+        assert!(bad.is_err());
     }
 
     #[test]
