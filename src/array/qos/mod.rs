@@ -78,13 +78,18 @@ fn release_slot(arb: &mut Arbiter<Waiter>) {
 
 impl QosPool {
     async fn acquire(self: &Arc<Self>, key: VolKey, units: u32) -> Slot {
-        let (tx, rx) = oneshot::channel();
-        let queued = lock(&self.arbiter)
-            .submit(now_ns(), key, units, tx)
-            .is_none();
-        if !queued {
-            return Slot(Some(self.clone()));
-        }
+        let rx = {
+            let mut arb = lock(&self.arbiter);
+            // Uncontended, the usual case: no waiter to allocate.
+            if arb.try_fast(units) {
+                return Slot(Some(self.clone()));
+            }
+            let (tx, rx) = oneshot::channel();
+            if arb.submit(now_ns(), key, units, tx).is_some() {
+                return Slot(Some(self.clone()));
+            }
+            rx
+        };
         match rx.await {
             Ok(()) => Slot(Some(self.clone())),
             // The volume left the arbiter while this I/O waited: it goes without a slot.

@@ -211,6 +211,17 @@ impl<T> Arbiter<T> {
         now.saturating_sub(self.r_shift)
     }
 
+    /// The fast path alone: take a slot for an I/O of `cost` units if it may go at once (the
+    /// window has room and nothing waits). False: the caller must `submit` it.
+    pub fn try_fast(&mut self, cost: u32) -> bool {
+        if self.queued == 0 && self.inflight < self.window {
+            self.inflight += 1;
+            self.counts.fast += cost as u64;
+            return true;
+        }
+        false
+    }
+
     /// An I/O of `cost` units for `key` arrives. Returns it back when it may go to the
     /// backend at once; otherwise it is queued and comes out of a later `complete`/`pump`.
     pub fn submit(&mut self, now: u64, key: VolKey, cost: u32, item: T) -> Option<T> {
@@ -218,9 +229,7 @@ impl<T> Arbiter<T> {
             // Unknown volume: never hold an I/O hostage to a bookkeeping slip.
             return Some(item);
         }
-        if self.queued == 0 && self.inflight < self.window {
-            self.inflight += 1;
-            self.counts.fast += cost as u64;
+        if self.try_fast(cost) {
             return Some(item);
         }
         let v = &mut self.vols[key.0];
