@@ -15,6 +15,7 @@ use crate::vvol::address::{secondary_lun, SecondaryId};
 use crate::vvol::binding::{BindError, Binding, BindingState, BindingTable};
 use crate::vvol::catalog::{Container, ContainerBackend, IoLimits, Vvol, VvolType};
 use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -119,7 +120,10 @@ pub struct BoundLu {
 }
 
 /// host → (PE, secondary) → binding: read lock-free on every command to a secondary LUN.
-type Routes = HashMap<String, HashMap<(u16, SecondaryId), Arc<BoundLu>>>;
+/// FxHash, not SipHash: the keys come from the binding engine, not from the wire, and this
+/// lookup runs on every command to a VVol (SipHash of the host name and the key was most of
+/// `route`'s 4 % of the target's time with I/O spread over 1,000 VVols).
+type Routes = FxHashMap<String, FxHashMap<(u16, SecondaryId), Arc<BoundLu>>>;
 
 /// What the transport does when bindings change; set once by the daemon.
 pub trait EngineHooks: Send + Sync {
@@ -215,7 +219,7 @@ impl Engine {
             array_id: array_id.to_string(),
             pes,
             table: Mutex::new(table),
-            routes: ArcSwap::from_pointee(Routes::new()),
+            routes: ArcSwap::from_pointee(Routes::default()),
             open: Mutex::new(HashMap::new()),
             ram: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
@@ -337,7 +341,7 @@ impl Engine {
         let table = lock(&self.table);
         let open = lock(&self.open);
         let old = self.routes.load();
-        let mut routes = Routes::new();
+        let mut routes = Routes::default();
         for b in table.bindings(None) {
             let Some(lu) = open.get(&b.vvol) else {
                 continue;
