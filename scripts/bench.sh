@@ -40,16 +40,8 @@
 # around its whole run (login included, which is negligible).
 set -euo pipefail
 
-# bash keeps its own running SECONDS counter (seeded from the environment): read the
-# environment's value instead.
-DURATION=$(printenv SECONDS || true)
-QUICK=${QUICK:-0}
-if [ -z "$DURATION" ]; then
-  if [ "$QUICK" = 1 ]; then DURATION=3; else DURATION=10; fi
-fi
-if [ -z "${WARMUP:-}" ]; then
-  if [ "$QUICK" = 1 ]; then WARMUP=1; else WARMUP=2; fi
-fi
+# shellcheck source=scripts/lib/durations.sh
+source "$(dirname "$0")/lib/durations.sh"
 case "$DURATION" in '' | *[!0-9]*) echo "SECONDS must be a whole number" >&2; exit 2 ;; esac
 CLIENTS=${CLIENTS:-"iscsi-perf vvold-load"}
 ONLY=${ONLY:-}
