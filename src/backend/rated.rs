@@ -20,7 +20,6 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct RatedPool {
     slots: Semaphore,
-    window: u32,
     capacity: u32,
     ns_per_unit: u64,
     latency_ns: u64,
@@ -37,7 +36,6 @@ impl RatedPool {
     pub fn new(capacity: u32, window: u32, latency: std::time::Duration, unit_bytes: u32) -> Self {
         RatedPool {
             slots: Semaphore::new(window.max(1) as usize),
-            window: window.max(1),
             capacity: capacity.max(1),
             ns_per_unit: 1_000_000_000 / capacity.max(1) as u64,
             latency_ns: latency.as_nanos() as u64,
@@ -50,10 +48,6 @@ impl RatedPool {
 
     pub fn capacity(&self) -> u32 {
         self.capacity
-    }
-
-    pub fn window(&self) -> u32 {
-        self.window
     }
 
     fn jittered_latency(&self) -> u64 {

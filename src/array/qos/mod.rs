@@ -99,17 +99,6 @@ impl QosPool {
             Err(_) => (Slot(None), true),
         }
     }
-
-    /// Resize the in-flight window; I/Os queued behind a smaller window are released.
-    pub fn set_window(&self, window: u32) {
-        let mut arb = lock(&self.arbiter);
-        arb.set_window(window);
-        while let Some(w) = arb.pump(now_ns()) {
-            if w.send(()).is_err() {
-                release_slot(&mut arb);
-            }
-        }
-    }
 }
 
 /// What one I/O costs under QoS: bytes moved, whether it writes, and normalized units.
@@ -335,10 +324,6 @@ impl Qos {
             pools: Mutex::new(BTreeMap::new()),
             volumes: Mutex::new(Vec::new()),
         }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.settings.enabled
     }
 
     /// Create the pool `name` (the first call decides its settings) or return it.

@@ -178,10 +178,6 @@ impl<T> Arbiter<T> {
         self.window
     }
 
-    pub fn set_window(&mut self, window: u32) {
-        self.window = window.max(1);
-    }
-
     pub fn inflight(&self) -> u32 {
         self.inflight
     }
@@ -258,19 +254,10 @@ impl<T> Arbiter<T> {
     /// A dispatched I/O finished. Its slot goes to the next queued I/O, which is returned;
     /// with nothing queued the slot is freed.
     pub fn complete(&mut self, now: u64) -> Option<T> {
-        if self.queued == 0 || self.inflight > self.window {
+        if self.queued == 0 {
             self.inflight = self.inflight.saturating_sub(1);
             return None;
         }
-        self.dequeue(now).map(|(t, _)| t)
-    }
-
-    /// Dispatch while the window has room (after the window grew or a volume left).
-    pub fn pump(&mut self, now: u64) -> Option<T> {
-        if self.queued == 0 || self.inflight >= self.window {
-            return None;
-        }
-        self.inflight += 1;
         self.dequeue(now).map(|(t, _)| t)
     }
 
