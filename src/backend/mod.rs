@@ -182,6 +182,16 @@ impl BlockDevice for AnyDevice {
     }
 }
 
+/// Units of work of an I/O of `len` bytes: ceil(len / unit_bytes), at least 1 (a zero-length
+/// command still costs a slot); `unit_bytes` 0 counts every I/O as one. QoS limits and the
+/// rated disk's capacity both count in these units.
+pub fn io_units(len: u32, unit_bytes: u32) -> u32 {
+    if unit_bytes == 0 {
+        return 1;
+    }
+    len.div_ceil(unit_bytes).max(1)
+}
+
 /// Checks that `[offset, offset+len)` lies within a device of `size` bytes.
 pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> IoResult<()> {
     match offset.checked_add(len) {

@@ -65,7 +65,7 @@ impl RatedPool {
         let Ok(_slot) = self.slots.acquire().await else {
             return;
         };
-        let units = crate::vvol::qos::cost(len.min(u32::MAX as u64) as u32, self.unit_bytes);
+        let units = super::io_units(len.min(u32::MAX as u64) as u32, self.unit_bytes);
         let now = self.epoch.elapsed().as_nanos() as u64;
         let work = units as u64 * self.ns_per_unit;
         let mut free = self.next_free.load(Ordering::Relaxed);

@@ -13,14 +13,9 @@ pub use gcra::CapLimiter;
 /// Default normalization unit: 32 KiB.
 pub const DEFAULT_UNIT_BYTES: u32 = 32 * 1024;
 
-/// Normalized cost of one I/O of `len` bytes: ceil(len / unit), at least 1 (a zero-length
-/// command still costs a slot).
-pub fn cost(len: u32, unit_bytes: u32) -> u32 {
-    if unit_bytes == 0 {
-        return 1;
-    }
-    len.div_ceil(unit_bytes).max(1)
-}
+/// Normalized cost of one I/O of `len` bytes: ceil(len / unit), at least 1. Defined with the
+/// backends, whose emulated disk (`rated`) counts its capacity in the same units.
+pub use crate::backend::io_units as cost;
 
 #[cfg(test)]
 mod tests {
