@@ -441,18 +441,21 @@ impl Engine {
             .and_then(|c| c.unit_bytes)
             .unwrap_or(self.default_unit_bytes);
         let window = cfg.map_or(crate::config::DEFAULT_WINDOW, ContainerConfig::window);
-        let rated = (c.backend == ContainerBackend::Rated).then(|| {
+        let rated = || {
+            if c.backend != ContainerBackend::Rated {
+                return None;
+            }
             let iops = cfg.and_then(|c| c.rated_iops).unwrap_or(DEFAULT_RATED_IOPS);
             let latency = cfg
                 .and_then(|c| c.rated_latency_us)
                 .unwrap_or(DEFAULT_RATED_LATENCY_US);
-            Arc::new(RatedPool::new(
+            Some(Arc::new(RatedPool::new(
                 iops,
                 window,
                 Duration::from_micros(latency),
                 unit_bytes,
-            ))
-        });
+            )))
+        };
         self.qos.pool(&c.name, window, unit_bytes, rated)
     }
 
@@ -485,7 +488,7 @@ impl Engine {
         let limits = self.store.lun_limits(target, lu.id)?.unwrap_or(configured);
         let pool = self
             .qos
-            .pool("luns", self.lun_window, self.default_unit_bytes, None);
+            .pool("luns", self.lun_window, self.default_unit_bytes, || None);
         if let Some(q) = self
             .qos
             .volume(format!("lun:{target}/{}", lu.id), None, &pool, limits)

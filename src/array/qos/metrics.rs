@@ -68,28 +68,25 @@ fn by_window(
     ]
 }
 
+fn by_op(read: u64, write: u64) -> Vec<(Vec<(&'static str, &'static str)>, f64)> {
+    vec![
+        (vec![("op", "read")], read as f64),
+        (vec![("op", "write")], write as f64),
+    ]
+}
+
 /// Every volume and pool of `r`, as Prometheus text.
 pub fn prometheus(r: &QosReport) -> String {
     let mut o = Out(String::new());
     o.volumes(
         r,
         ("vvold_qos_ios_total", "counter", "I/Os completed."),
-        |v| {
-            vec![
-                (vec![("op", "read")], v.reads as f64),
-                (vec![("op", "write")], v.writes as f64),
-            ]
-        },
+        |v| by_op(v.reads, v.writes),
     );
     o.volumes(
         r,
         ("vvold_qos_bytes_total", "counter", "Bytes moved."),
-        |v| {
-            vec![
-                (vec![("op", "read")], v.bytes_read as f64),
-                (vec![("op", "write")], v.bytes_written as f64),
-            ]
-        },
+        |v| by_op(v.bytes_read, v.bytes_written),
     );
     o.volumes(
         r,

@@ -326,13 +326,14 @@ impl Qos {
         }
     }
 
-    /// Create the pool `name` (the first call decides its settings) or return it.
+    /// Create the pool `name` (the first call decides its settings; `rated` builds its
+    /// emulated disk, if any) or return it.
     pub fn pool(
         &self,
         name: &str,
         window: u32,
         unit_bytes: u32,
-        rated: Option<Arc<RatedPool>>,
+        rated: impl FnOnce() -> Option<Arc<RatedPool>>,
     ) -> Arc<QosPool> {
         lock(&self.pools)
             .entry(name.to_string())
@@ -344,7 +345,7 @@ impl Qos {
                         window,
                         self.settings.max_lag.as_nanos() as u64,
                     )),
-                    rated,
+                    rated: rated(),
                 })
             })
             .clone()

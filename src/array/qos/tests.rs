@@ -65,7 +65,7 @@ fn disabled_qos_has_no_volumes() {
         enabled: false,
         max_lag: Duration::from_millis(500),
     });
-    let p = q.pool("luns", 8, 32 * 1024, None);
+    let p = q.pool("luns", 8, 32 * 1024, || None);
     assert!(q
         .volume("lun:t/0".into(), None, &p, IoLimits::default())
         .is_none());
@@ -75,7 +75,7 @@ fn disabled_qos_has_no_volumes() {
 #[tokio::test]
 async fn a_full_window_queues_and_a_completion_hands_the_slot_on() {
     let q = qos();
-    let p = q.pool("c", 1, 32 * 1024, None);
+    let p = q.pool("c", 1, 32 * 1024, || None);
     let a = q.volume("a".into(), None, &p, IoLimits::default()).unwrap();
     let b = q
         .volume("b".into(), None, &p, limits(None, Some(100)))
@@ -102,7 +102,7 @@ async fn a_full_window_queues_and_a_completion_hands_the_slot_on() {
 #[tokio::test]
 async fn cap_is_shared_and_changes_live() {
     let q = qos();
-    let p = q.pool("c", 64, 32 * 1024, None);
+    let p = q.pool("c", 64, 32 * 1024, || None);
     let v = q
         .volume("v".into(), None, &p, limits(Some(1000), None))
         .unwrap();
@@ -133,7 +133,7 @@ async fn cap_is_shared_and_changes_live() {
 #[test]
 fn prometheus_text_names_every_volume() {
     let q = qos();
-    let p = q.pool("lab", 32, 32 * 1024, None);
+    let p = q.pool("lab", 32, 32 * 1024, || None);
     let _v = q
         .volume("vvol:\"x\"".into(), None, &p, limits(Some(500), Some(50)))
         .unwrap();
