@@ -8,6 +8,7 @@
 use bytes::{Bytes, BytesMut};
 use std::future::Future;
 
+pub mod buffer;
 pub mod file;
 pub mod null;
 pub mod ram;

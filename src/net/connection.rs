@@ -643,7 +643,7 @@ impl<'a> FullFeature<'a> {
             ctx.respond(&job.cmd, &job.task, full, None).await;
             return Ok(());
         }
-        let mut buf = BytesMut::zeroed(need as usize);
+        let mut buf = crate::backend::buffer::take(need as usize);
         let place = transfer.place_immediate(imm);
         let dst = &mut buf[place.buffer_offset..place.buffer_offset + place.take];
         if !reader.read_data(dst, place.discard).await? {

@@ -7,7 +7,7 @@ use super::session::{lock, Session, Task};
 use super::writer::{Numbering, OutPdu, OutSender};
 use crate::array::engine::{Engine, InflightGuard};
 use crate::array::{qos, LogicalUnit};
-use crate::backend::BlockDevice;
+use crate::backend::{buffer, BlockDevice};
 use crate::iscsi::pdu::{self, Itt, Residual, Seq};
 use crate::scsi::{self, Lun, Plan, Response, Sense, Status};
 use crate::vvol::inband::{self, InbandRequest};
@@ -292,21 +292,28 @@ impl ConnCtx {
         let write_err = |e: crate::backend::BackendError| lu.disk.sense_response(e.sense(true));
         match plan {
             Plan::Read { offset, len } => {
-                match lu.device.read(offset, BytesMut::zeroed(len as usize)).await {
+                match lu.device.read(offset, buffer::take(len as usize)).await {
                     Ok(buf) => Response::good(buf.freeze()),
                     Err(e) => read_err(e),
                 }
             }
             Plan::Write { offset, fua, .. } => {
                 let _w = lu.write_lock.read().await;
-                match lu.device.write(offset, data, fua).await {
+                // The backend gets a second handle, so the buffer is ours again when it is done.
+                let r = lu.device.write(offset, data.clone(), fua).await;
+                buffer::recycle(data);
+                match r {
                     Ok(()) => Response::good_empty(),
                     Err(e) => write_err(e),
                 }
             }
             Plan::Compare { offset, len } => {
-                match lu.device.read(offset, BytesMut::zeroed(len as usize)).await {
-                    Ok(actual) => scsi::disk::compare_result(&lu.disk, &data, &actual),
+                match lu.device.read(offset, buffer::take(len as usize)).await {
+                    Ok(actual) => {
+                        let r = scsi::disk::compare_result(&lu.disk, &data, &actual);
+                        buffer::recycle_mut(actual);
+                        r
+                    }
                     Err(e) => read_err(e),
                 }
             }
@@ -320,7 +327,7 @@ impl ConnCtx {
                 // Exclusive: no other write to this LU runs between the compare and the write.
                 let _w = lu.write_lock.write().await;
                 let (verify, write) = data.split_at(len as usize);
-                let actual = match lu.device.read(offset, BytesMut::zeroed(len as usize)).await {
+                let actual = match lu.device.read(offset, buffer::take(len as usize)).await {
                     Ok(a) => a,
                     Err(e) => return read_err(e),
                 };
@@ -422,13 +429,16 @@ impl ConnCtx {
                 let at = if backwards { seg.len - done - n } else { done };
                 let buf = src
                     .device
-                    .read(seg.source_offset + at, BytesMut::zeroed(n as usize))
+                    .read(seg.source_offset + at, buffer::take(n as usize))
                     .await
                     .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x11, 0x00))?;
-                dst.device
-                    .write(seg.destination_offset + at, buf.freeze(), false)
-                    .await
-                    .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0C, 0x00))?;
+                let buf = buf.freeze();
+                let r = dst
+                    .device
+                    .write(seg.destination_offset + at, buf.clone(), false)
+                    .await;
+                buffer::recycle(buf);
+                r.map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0C, 0x00))?;
                 done += n;
             }
             copied += seg.len;

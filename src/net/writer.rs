@@ -3,10 +3,11 @@
 //! whole batches of PDUs with one vectored write: header bytes from a per-batch arena,
 //! payloads as the `Bytes` the backend filled (never copied).
 
+use crate::backend::buffer;
 use crate::iscsi::digest;
 use crate::iscsi::pdu::{pad_len, Bhs, SerialNumber};
 use crate::iscsi::window::CmdWindow;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -116,8 +117,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 segs.push(arena.slice(h1..t1));
             }
         }
-        write_all_vectored(&mut w, &mut segs).await?;
-        segs.clear();
+        write_all_vectored(&mut w, &segs).await?;
+        // Last first: when a read went out as several Data-In slices, the slice at the
+        // buffer's aligned start is then the last handle and takes the buffer back to its pool.
+        while let Some(seg) = segs.pop() {
+            buffer::recycle(seg);
+        }
     }
     w.flush().await?;
     let _ = w.shutdown().await;
@@ -126,31 +131,27 @@ pub async fn run<W: AsyncWrite + Unpin>(
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     w: &mut W,
-    segs: &mut [Bytes],
+    segs: &[Bytes],
 ) -> std::io::Result<()> {
-    let mut i = 0;
+    // Progress is kept as (segment, offset into it) rather than by advancing the `Bytes`, so
+    // each segment is still whole afterwards and can be recycled.
+    let (mut i, mut skip) = (0, 0);
     while i < segs.len() {
         let n = {
-            let iov: Vec<IoSlice<'_>> = segs[i..]
-                .iter()
+            let iov: Vec<IoSlice<'_>> = std::iter::once(&segs[i][skip..])
+                .chain(segs[i + 1..].iter().map(|b| &b[..]))
                 .take(MAX_IOV)
-                .map(|b| IoSlice::new(b))
+                .map(IoSlice::new)
                 .collect();
             w.write_vectored(&iov).await?
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        let mut n = n;
-        while n > 0 && i < segs.len() {
-            let len = segs[i].len();
-            if len <= n {
-                n -= len;
-                i += 1;
-            } else {
-                segs[i].advance(n);
-                n = 0;
-            }
+        skip += n;
+        while i < segs.len() && skip >= segs[i].len() {
+            skip -= segs[i].len();
+            i += 1;
         }
     }
     Ok(())
