@@ -222,7 +222,11 @@ mod backend_contract {
             std::time::Duration::from_micros(1),
             32768,
         ));
-        overwrites(&RatedDevice::new(Arc::new(RamDevice::new(1 << 20)), pool), "rated").await;
+        overwrites(
+            &RatedDevice::new(Arc::new(RamDevice::new(1 << 20)), pool),
+            "rated",
+        )
+        .await;
         let dir = tempfile::tempdir().unwrap();
         let file = FileDevice::open(&dir.path().join("disk"), 1 << 20, true).unwrap();
         overwrites(&file, "file").await;

@@ -1,24 +1,28 @@
 //! A RAM disk that costs memory only where it has been written.
 //!
-//! The device is cut into fixed-size chunks, each allocated on its first write and guarded by
+//! The device is cut into 2 MiB chunks, each mapped on its first write (see `ram/region.rs` for why
+//! the memory comes straight from the kernel, in huge pages) and guarded by
 //! its own lock, so I/O from many connections only contends when it touches the same chunk, and
 //! no lock is ever held across more than one chunk's copy. Unwritten chunks read as zeros
-//! without being allocated. UNMAP gives whole chunks back (their data box is swapped for an
-//! empty one, which marks the chunk deallocated) and zeroes partial ones.
+//! without being allocated. UNMAP gives whole chunks back (their memory is swapped for an
+//! empty region, which marks the chunk deallocated) and zeroes partial ones.
 
 use super::{check_range, BackendError, BlockDevice, Extent, IoResult};
 use bytes::{Bytes, BytesMut};
+use region::Region;
 use std::ops::Range;
 use std::sync::{OnceLock, RwLock};
 
-/// Chunk size: big enough that the chunk table stays small (about 40 bytes per MiB of device),
-/// small enough that a scattered workload does not pin much untouched memory.
-const CHUNK: u64 = 1 << 20;
+mod region;
 
-/// A chunk's bytes; an empty box means deallocated (never written, or unmapped since), which
+/// Chunk size: one huge page, so each chunk can be a single TLB entry; the chunk table stays
+/// small (about 20 bytes per MiB of device).
+const CHUNK: u64 = region::HUGE_PAGE as u64;
+
+/// A chunk's bytes; an empty region means deallocated (never written, or unmapped since), which
 /// reads as zeros. Keeping the lock in place while releasing the memory means a discard never
 /// races with a reader over which lock guards the chunk.
-type Chunk = RwLock<Box<[u8]>>;
+type Chunk = RwLock<Region>;
 
 /// A lazily allocated, sparse RAM disk.
 pub struct RamDevice {
@@ -75,11 +79,15 @@ impl RamDevice {
         (self.size - index as u64 * CHUNK).min(CHUNK) as usize
     }
 
-    /// The chunk at `index`, allocating it zero-filled on first use. The allocation is a
-    /// calloc, so the OS still backs it lazily until the copy touches the pages.
-    fn chunk_or_alloc(&self, index: usize) -> &Chunk {
-        self.chunks[index]
-            .get_or_init(|| RwLock::new(vec![0u8; self.chunk_len(index)].into_boxed_slice()))
+    /// The chunk at `index`, mapping it zero-filled on first use (the kernel backs it lazily,
+    /// as the copy touches the pages).
+    fn chunk_or_alloc(&self, index: usize) -> IoResult<&Chunk> {
+        if let Some(chunk) = self.chunks[index].get() {
+            return Ok(chunk);
+        }
+        // Two first writers may both map; the loser's region is unmapped when dropped.
+        let fresh = Region::zeroed(self.chunk_len(index))?;
+        Ok(self.chunks[index].get_or_init(|| RwLock::new(fresh)))
     }
 }
 
@@ -130,12 +138,12 @@ impl BlockDevice for RamDevice {
         check_range(self.size, offset, data.len() as u64)?;
         for (index, dst, src) in pieces(offset, data.len()) {
             let mut chunk = self
-                .chunk_or_alloc(index)
+                .chunk_or_alloc(index)?
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
             if chunk.is_empty() {
                 // Unmapped earlier: map it again, zero-filled.
-                *chunk = vec![0u8; self.chunk_len(index)].into_boxed_slice();
+                *chunk = Region::zeroed(self.chunk_len(index))?;
             }
             chunk[dst].copy_from_slice(&data[src]);
         }
@@ -147,7 +155,7 @@ impl BlockDevice for RamDevice {
     }
 
     /// Whole chunks are released; the edges of the range are zeroed in place, so memory is
-    /// returned at 1 MiB granularity while reads return zeros for exactly the range.
+    /// returned at chunk granularity while reads return zeros for exactly the range.
     async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
         check_range(self.size, offset, len)?;
         let len = usize::try_from(len).map_err(|_| BackendError::OutOfRange { offset, len })?;
@@ -157,7 +165,7 @@ impl BlockDevice for RamDevice {
             };
             let mut data = chunk.write().unwrap_or_else(|e| e.into_inner());
             if range.len() == self.chunk_len(index) {
-                *data = Box::new([]);
+                *data = Region::empty();
             } else if let Some(bytes) = data.get_mut(range) {
                 bytes.fill(0);
             }
