@@ -57,18 +57,33 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 
     /// Fill `dst` completely: first from buffered bytes, then directly from the socket.
     async fn read_exact_into(&mut self, dst: &mut [u8]) -> Result<(), FrameError> {
+        self.read_exact_digesting(dst, None).await
+    }
+
+    /// [`Self::read_exact_into`], folding the bytes into `crc` piece by piece as each read
+    /// returns them, while they are still in the cache the kernel just copied them through
+    /// (rather than in a second pass over a large segment once it is complete).
+    async fn read_exact_digesting(
+        &mut self,
+        dst: &mut [u8],
+        mut crc: Option<&mut u32>,
+    ) -> Result<(), FrameError> {
         let buffered = (self.end - self.start).min(dst.len());
         dst[..buffered].copy_from_slice(&self.buf[self.start..self.start + buffered]);
         self.start += buffered;
-        let rest = &mut dst[buffered..];
-        if !rest.is_empty() {
-            match self.inner.read_exact(rest).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(FrameError::Closed)
-                }
-                Err(e) => return Err(e.into()),
+        if let Some(c) = crc.as_deref_mut() {
+            *c = digest::crc32c_append(*c, &dst[..buffered]);
+        }
+        let mut filled = buffered;
+        while filled < dst.len() {
+            let got = self.inner.read(&mut dst[filled..]).await?;
+            if got == 0 {
+                return Err(FrameError::Closed);
             }
+            if let Some(c) = crc.as_deref_mut() {
+                *c = digest::crc32c_append(*c, &dst[filled..filled + got]);
+            }
+            filled += got;
         }
         Ok(())
     }
@@ -143,20 +158,16 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             // No data segment: no padding and no data digest either (RFC 7143 §11.1).
             return Ok(true);
         }
-        self.read_exact_into(take).await?;
-        let mut crc = if self.data_digest {
-            digest::crc32c(take)
-        } else {
-            0
-        };
+        let mut crc = 0;
+        let digesting = self.data_digest;
+        self.read_exact_digesting(take, digesting.then_some(&mut crc))
+            .await?;
         let mut left = discard;
         let mut scratch = [0u8; 4096];
         while left > 0 {
             let n = left.min(scratch.len());
-            self.read_exact_into(&mut scratch[..n]).await?;
-            if self.data_digest {
-                crc = digest::crc32c_append(crc, &scratch[..n]);
-            }
+            self.read_exact_digesting(&mut scratch[..n], digesting.then_some(&mut crc))
+                .await?;
             left -= n;
         }
         let pad = pad_len(take.len() + discard);
@@ -219,6 +230,37 @@ mod tests {
         let h = r.read_header().await.unwrap();
         assert_eq!(h.bhs.data_segment_len(), 0);
         assert!(matches!(r.read_header().await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn data_digest_is_summed_over_pieces_as_they_arrive() {
+        // Longer than the header buffer and trickled through a small pipe, so the segment
+        // arrives over many reads; a flipped byte anywhere must still be caught.
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for flip in [None, Some(20), Some(39_999)] {
+            let mut wire = pdu(&data, false, true);
+            if let Some(at) = flip {
+                wire[48 + at] ^= 0x10;
+            }
+            let (mut tx, rx) = tokio::io::duplex(1000);
+            let feed = tokio::spawn(async move {
+                for piece in wire.chunks(777) {
+                    tokio::io::AsyncWriteExt::write_all(&mut tx, piece)
+                        .await
+                        .unwrap();
+                }
+            });
+            let mut r = PduReader::new(rx, 65536);
+            r.data_digest = true;
+            r.read_header().await.unwrap();
+            let mut got = vec![0u8; 30_000];
+            let ok = r.read_data(&mut got, 10_000).await.unwrap();
+            assert_eq!(ok, flip.is_none(), "flip at {flip:?}");
+            if flip.is_none() {
+                assert_eq!(got, data[..30_000]);
+            }
+            feed.await.unwrap();
+        }
     }
 
     #[tokio::test]
