@@ -2,9 +2,10 @@
 //! commands through the CmdSN window, gathers write data into the command's own buffer and
 //! hands complete commands to tasks. Everything the connection sends goes through its writer.
 
-use super::exec::{self, CommandInfo, ConnCtx, Job};
+use super::exec::{CommandInfo, ConnCtx, Job};
 use super::frame::{FrameError, Header, PduReader};
 use super::route;
+use super::runners::Runners;
 use super::session::{lock, Session, SessionKey, Task};
 use super::writer::{self, Numbering, OutPdu, WriterConfig};
 use super::Shared;
@@ -239,12 +240,18 @@ struct PendingWrite {
     buf: BytesMut,
 }
 
+/// Runners beyond the CmdSN window, for immediate commands (which the window does not count);
+/// past that they simply queue for a runner.
+const IMMEDIATE_ALLOWANCE: usize = 8;
+
 struct FullFeature<'a> {
     shared: &'a Arc<Shared>,
     out: mpsc::Sender<OutPdu>,
     window: Arc<Mutex<CmdWindow>>,
     session: Option<Arc<Session>>,
     ctx: Option<Arc<ConnCtx>>,
+    /// Run the commands; present with `ctx` (normal sessions).
+    runners: Option<Runners>,
     limits: TransferLimits,
     max_xmit: usize,
     pending: HashMap<Itt, PendingWrite>,
@@ -275,6 +282,7 @@ impl<'a> FullFeature<'a> {
             window,
             session: None,
             ctx: None,
+            runners: None,
             limits: TransferLimits {
                 first_burst: p.first_burst_length,
                 max_burst: p.max_burst_length,
@@ -308,16 +316,29 @@ impl<'a> FullFeature<'a> {
         local: SocketAddr,
     ) -> Self {
         let mut s = Self::base(shared, out.clone(), window, login, local);
-        s.ctx = Some(Arc::new(ConnCtx {
+        let ctx = Arc::new(ConnCtx {
             session: session.clone(),
             out,
             max_xmit: s.max_xmit,
             max_burst: login.params.max_burst_length as usize,
             engine: shared.array.engine.clone(),
             shared: shared.clone(),
-        }));
+        });
+        // One runner per command the initiator may have outstanding, plus immediate ones.
+        let most = shared.iscsi.queue_depth as usize + IMMEDIATE_ALLOWANCE;
+        s.runners = Some(Runners::new(ctx.clone(), most));
+        s.ctx = Some(ctx);
         s.session = Some(session);
         s
+    }
+
+    /// Hand a command to the connection's runners.
+    fn submit(&self, job: Job, data: Bytes) {
+        match &self.runners {
+            Some(r) => r.submit(job, data),
+            // Only normal sessions get as far as commands with a data phase or a plan.
+            None => debug!(itt = job.cmd.itt.0, "command on a session without runners"),
+        }
     }
 
     fn seq(&self) -> Seq {
@@ -563,7 +584,7 @@ impl<'a> FullFeature<'a> {
             cmd,
             task,
             lu: routed.lu,
-            cdb: cdb.to_vec(),
+            cdb: c.cdb.clone(),
             plan: routed.plan,
             completion: routed.completion,
             guard: routed.guard,
@@ -591,7 +612,7 @@ impl<'a> FullFeature<'a> {
         let (Some(lu), Some(len)) = (job.lu.clone(), data_len) else {
             // No data-out phase: drop any data the initiator sent along.
             self.discard(reader, h).await?;
-            tokio::spawn(exec::run(ctx, job, Bytes::new()));
+            self.submit(job, Bytes::new());
             return Ok(());
         };
         let mut need = len;
@@ -661,7 +682,7 @@ impl<'a> FullFeature<'a> {
             },
         );
         self.send_r2ts(c.itt, c.lun, &r2ts).await;
-        self.maybe_start(c.itt, &ctx);
+        self.maybe_start(c.itt);
         Ok(())
     }
 
@@ -677,7 +698,7 @@ impl<'a> FullFeature<'a> {
         }
     }
 
-    fn maybe_start(&mut self, itt: Itt, ctx: &Arc<ConnCtx>) {
+    fn maybe_start(&mut self, itt: Itt) {
         if !self
             .pending
             .get(&itt)
@@ -688,7 +709,7 @@ impl<'a> FullFeature<'a> {
         let Some(p) = self.pending.remove(&itt) else {
             return;
         };
-        tokio::spawn(exec::run(ctx.clone(), p.job, p.buf.freeze()));
+        self.submit(p.job, p.buf.freeze());
     }
 
     async fn on_data_out(
@@ -731,7 +752,7 @@ impl<'a> FullFeature<'a> {
         let next_ttt = &mut self.next_ttt;
         let r2ts = p.transfer.next_r2ts(|| alloc_ttt(next_ttt));
         self.send_r2ts(d.itt, lun, &r2ts).await;
-        self.maybe_start(d.itt, &ctx);
+        self.maybe_start(d.itt);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use super::writer::{Numbering, OutPdu, OutSender};
 use crate::array::engine::{Engine, InflightGuard};
 use crate::array::{qos, LogicalUnit};
 use crate::backend::{buffer, BlockDevice};
-use crate::iscsi::pdu::{self, Itt, Residual, Seq};
+use crate::iscsi::pdu::{self, CdbBytes, Itt, Residual, Seq};
 use crate::scsi::{self, Lun, Plan, Response, Sense, Status};
 use crate::vvol::inband::{self, InbandRequest};
 use bytes::{Bytes, BytesMut};
@@ -196,7 +196,7 @@ pub struct Job {
     pub cmd: CommandInfo,
     pub task: Arc<Task>,
     pub lu: Option<Arc<LogicalUnit>>,
-    pub cdb: Vec<u8>,
+    pub cdb: CdbBytes,
     pub plan: Plan,
     pub completion: Completion,
     /// Keeps a bound VVol's binding from finishing an unbind while this command runs.
@@ -204,7 +204,7 @@ pub struct Job {
 }
 
 /// Run a job whose Data-Out (if any) has fully arrived in `data`.
-pub async fn run(ctx: Arc<ConnCtx>, job: Job, data: Bytes) {
+pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     let Job {
         cmd,
         task,
@@ -240,9 +240,9 @@ pub async fn run(ctx: Arc<ConnCtx>, job: Job, data: Bytes) {
     if let Plan::Parameters { .. } = plan {
         // The parameter list decides what happens next (MODE SELECT answers, UNMAP and
         // EXTENDED COPY go on to the backend).
-        plan = lu.disk.apply_parameters(nexus, &cdb, &data);
+        plan = lu.disk.apply_parameters(nexus, cdb.as_slice(), &data);
         data = Bytes::new();
-        abort_preempted(&ctx, &lu.disk.take_preempted_nexuses(), cmd.lun).await;
+        abort_preempted(ctx, &lu.disk.take_preempted_nexuses(), cmd.lun).await;
     }
     let residual = match plan {
         Plan::Respond(_) | Plan::Read { .. } | Plan::Flush | Plan::LbaStatus { .. } => None,

@@ -7,6 +7,7 @@ pub mod frame;
 pub mod hooks;
 pub mod policy;
 pub mod route;
+pub mod runners;
 pub mod server;
 pub mod session;
 pub mod workers;

@@ -1,0 +1,126 @@
+//! The tasks that carry out a connection's commands.
+//!
+//! Spawning a task per command cost, per I/O, a 2 KiB allocation with 128-byte alignment
+//! (tokio aligns task cells, and glibc serves aligned requests outside its fast caches,
+//! consolidating fastbins on the way), the task's registration in the runtime's task list, and
+//! the matching frees: together about 5 % of the target's CPU for 4 KiB reads in a profile.
+//! Instead a connection keeps the runner tasks it has needed so far, and a command costs a queue
+//! push plus, if a runner is idle, one wake-up. Runners are created on demand up to the number
+//! of commands the initiator may have outstanding, so a command never waits for a runner while
+//! others block on their backend.
+
+use super::exec::{self, ConnCtx, Job};
+use super::session::lock;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+/// A connection's command runners. Dropping it (the connection ended) lets the runners finish
+/// whatever is still queued and exit.
+pub struct Runners {
+    state: Arc<Mutex<State>>,
+    ctx: Arc<ConnCtx>,
+    max: usize,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<(Job, Bytes)>,
+    /// Runners waiting for work.
+    idle: Vec<Waker>,
+    /// Runner tasks alive.
+    running: usize,
+    closed: bool,
+}
+
+impl Runners {
+    /// Runners for `ctx`'s commands, at most `max` of them (at least one).
+    pub fn new(ctx: Arc<ConnCtx>, max: usize) -> Runners {
+        Runners {
+            state: Arc::default(),
+            ctx,
+            max: max.max(1),
+        }
+    }
+
+    /// Run a job whose Data-Out (if any) has fully arrived in `data`.
+    pub fn submit(&self, job: Job, data: Bytes) {
+        let mut s = lock(&self.state);
+        s.queue.push_back((job, data));
+        if let Some(waker) = s.idle.pop() {
+            drop(s);
+            waker.wake();
+        } else if s.running < self.max {
+            s.running += 1;
+            drop(s);
+            tokio::spawn(run(self.state.clone(), self.ctx.clone()));
+        }
+        // Otherwise every runner is busy and the first to finish takes the job.
+    }
+}
+
+impl Drop for Runners {
+    fn drop(&mut self) {
+        let idle = {
+            let mut s = lock(&self.state);
+            s.closed = true;
+            std::mem::take(&mut s.idle)
+        };
+        idle.into_iter().for_each(Waker::wake);
+    }
+}
+
+async fn run(state: Arc<Mutex<State>>, ctx: Arc<ConnCtx>) {
+    while let Some((job, data)) = next(&state).await {
+        exec::run(&ctx, job, data).await;
+    }
+}
+
+/// The next queued job; `None` once the connection has ended and the queue is empty.
+async fn next(state: &Mutex<State>) -> Option<(Job, Bytes)> {
+    poll_fn(|cx| {
+        let mut s = lock(state);
+        if let Some(work) = s.queue.pop_front() {
+            return Poll::Ready(Some(work));
+        }
+        if s.closed {
+            s.running -= 1;
+            return Poll::Ready(None);
+        }
+        s.idle.push(cx.waker().clone());
+        Poll::Pending
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_runners_are_reused_and_leave_when_closed() {
+        // The queue discipline alone, without a connection: a waiting runner registers once,
+        // a submit wakes it, and closing releases every waiter.
+        let state = Arc::new(Mutex::new(State::default()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            lock(&state).running = 1;
+            let s2 = state.clone();
+            let waiter = tokio::spawn(async move { next(&s2).await.is_none() });
+            tokio::task::yield_now().await;
+            assert_eq!(lock(&state).idle.len(), 1);
+            let idle = {
+                let mut s = lock(&state);
+                s.closed = true;
+                std::mem::take(&mut s.idle)
+            };
+            idle.into_iter().for_each(Waker::wake);
+            assert!(waiter.await.unwrap());
+            assert_eq!(lock(&state).running, 0);
+        });
+    }
+}
