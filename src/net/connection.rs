@@ -573,7 +573,10 @@ impl<'a> FullFeature<'a> {
             read: c.read,
             write_residual: None,
         };
-        let task = Arc::new(Task::new(c.lun));
+        let task = match &self.runners {
+            Some(r) => r.task(c.lun),
+            None => Arc::new(Task::new(c.lun)),
+        };
         if lock(&session.tasks).insert(c.itt, task.clone()).is_some() {
             warn!(itt = c.itt.0, "ITT reused while its task is still active");
         }

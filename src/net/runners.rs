@@ -8,9 +8,13 @@
 //! push plus, if a runner is idle, one wake-up. Runners are created on demand up to the number
 //! of commands the initiator may have outstanding, so a command never waits for a runner while
 //! others block on their backend.
+//!
+//! The runners also keep the `Task` records of finished commands for reuse, so with the
+//! pooled data buffers a steady stream of reads and writes allocates nothing per command.
 
 use super::exec::{self, ConnCtx, Job};
-use super::session::lock;
+use super::session::{lock, Task};
+use crate::scsi::Lun;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -32,6 +36,8 @@ struct State {
     idle: Vec<Waker>,
     /// Runner tasks alive.
     running: usize,
+    /// Task records no one refers to any more, for reuse.
+    spare: Vec<Arc<Task>>,
     closed: bool,
 }
 
@@ -45,6 +51,18 @@ impl Runners {
         }
     }
 
+    /// A fresh task record for a new command.
+    pub fn task(&self, lun: Lun) -> Arc<Task> {
+        let spare = lock(&self.state).spare.pop();
+        if let Some(mut task) = spare {
+            if let Some(t) = Arc::get_mut(&mut task) {
+                *t = Task::new(lun);
+                return task;
+            }
+        }
+        Arc::new(Task::new(lun))
+    }
+
     /// Run a job whose Data-Out (if any) has fully arrived in `data`.
     pub fn submit(&self, job: Job, data: Bytes) {
         let mut s = lock(&self.state);
@@ -55,7 +73,7 @@ impl Runners {
         } else if s.running < self.max {
             s.running += 1;
             drop(s);
-            tokio::spawn(run(self.state.clone(), self.ctx.clone()));
+            tokio::spawn(run(self.state.clone(), self.ctx.clone(), self.max));
         }
         // Otherwise every runner is busy and the first to finish takes the job.
     }
@@ -72,16 +90,31 @@ impl Drop for Runners {
     }
 }
 
-async fn run(state: Arc<Mutex<State>>, ctx: Arc<ConnCtx>) {
-    while let Some((job, data)) = next(&state).await {
+async fn run(state: Arc<Mutex<State>>, ctx: Arc<ConnCtx>, keep: usize) {
+    let mut finished = None;
+    while let Some((job, data)) = next(&state, finished.take(), keep).await {
+        let task = job.task.clone();
         exec::run(&ctx, job, data).await;
+        finished = Some(task);
     }
 }
 
-/// The next queued job; `None` once the connection has ended and the queue is empty.
-async fn next(state: &Mutex<State>) -> Option<(Job, Bytes)> {
+/// The next queued job; `None` once the connection has ended and the queue is empty. The task
+/// record of the job just finished is kept for reuse if nothing else holds it (task management
+/// may still be looking at it) and fewer than `keep` are spare.
+async fn next(
+    state: &Mutex<State>,
+    finished: Option<Arc<Task>>,
+    keep: usize,
+) -> Option<(Job, Bytes)> {
+    let mut finished = finished;
     poll_fn(|cx| {
         let mut s = lock(state);
+        if let Some(mut task) = finished.take() {
+            if Arc::get_mut(&mut task).is_some() && s.spare.len() < keep {
+                s.spare.push(task);
+            }
+        }
         if let Some(work) = s.queue.pop_front() {
             return Poll::Ready(Some(work));
         }
@@ -110,7 +143,7 @@ mod tests {
         rt.block_on(async {
             lock(&state).running = 1;
             let s2 = state.clone();
-            let waiter = tokio::spawn(async move { next(&s2).await.is_none() });
+            let waiter = tokio::spawn(async move { next(&s2, None, 4).await.is_none() });
             tokio::task::yield_now().await;
             assert_eq!(lock(&state).idle.len(), 1);
             let idle = {
@@ -122,5 +155,26 @@ mod tests {
             assert!(waiter.await.unwrap());
             assert_eq!(lock(&state).running, 0);
         });
+    }
+
+    #[tokio::test]
+    async fn finished_task_records_are_kept_only_when_unshared() {
+        let state = Mutex::new(State {
+            closed: true,
+            running: 3,
+            ..State::default()
+        });
+        let free = Arc::new(Task::new(Lun::single(0)));
+        assert!(next(&state, Some(free), 4).await.is_none());
+        let held = Arc::new(Task::new(Lun::single(0)));
+        let _elsewhere = held.clone();
+        assert!(next(&state, Some(held), 4).await.is_none());
+        let over = Arc::new(Task::new(Lun::single(0)));
+        assert!(next(&state, Some(over), 1).await.is_none());
+        assert_eq!(
+            lock(&state).spare.len(),
+            1,
+            "only the first: unshared and room left"
+        );
     }
 }

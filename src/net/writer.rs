@@ -7,7 +7,7 @@ use crate::backend::buffer;
 use crate::iscsi::digest;
 use crate::iscsi::pdu::{pad_len, Bhs, SerialNumber};
 use crate::iscsi::window::CmdWindow;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -53,7 +53,9 @@ pub struct WriterConfig {
 }
 
 const MAX_BATCH: usize = 64;
-const MAX_IOV: usize = 256;
+/// Segments per write: every PDU of a full batch has at most three (header, data, trailer).
+const MAX_IOV: usize = 3 * MAX_BATCH;
+const ARENA: usize = 4096;
 
 /// Run until every sender is dropped (then flush and shut the socket's write side) or the
 /// socket fails.
@@ -66,6 +68,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let mut statsn = cfg.first_statsn;
     let mut batch: Vec<OutPdu> = Vec::with_capacity(MAX_BATCH);
     let mut segs: Vec<Bytes> = Vec::with_capacity(MAX_BATCH * 4);
+    // Positions of each PDU's header and trailer inside the batch's header arena.
+    let mut layout: Vec<(usize, usize, usize)> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -78,9 +82,10 @@ pub async fn run<W: AsyncWrite + Unpin>(
             let w = window.lock().unwrap_or_else(|e| e.into_inner());
             (w.expcmdsn(), w.maxcmdsn())
         };
-        let mut arena = BytesMut::with_capacity(batch.len() * 60);
-        // Positions of each PDU's header and trailer inside the arena.
-        let mut layout = Vec::with_capacity(batch.len());
+        // Headers and trailers of the batch, in a pooled page (a full batch needs 64 × 60
+        // bytes); it goes back to the pool with the segments below.
+        let mut arena = buffer::take(ARENA);
+        arena.clear();
         for p in batch.iter_mut() {
             match p.numbering {
                 Numbering::Status => {
@@ -108,7 +113,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             layout.push((h0, h1, arena.len()));
         }
         let arena = arena.freeze();
-        for (p, (h0, h1, t1)) in batch.drain(..).zip(layout) {
+        for (p, (h0, h1, t1)) in batch.drain(..).zip(layout.drain(..)) {
             segs.push(arena.slice(h0..h1));
             if !p.data.is_empty() {
                 segs.push(p.data);
@@ -117,6 +122,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 segs.push(arena.slice(h1..t1));
             }
         }
+        drop(arena);
         write_all_vectored(&mut w, &segs).await?;
         // Last first: when a read went out as several Data-In slices, the slice at the
         // buffer's aligned start is then the last handle and takes the buffer back to its pool.
@@ -138,12 +144,15 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     let (mut i, mut skip) = (0, 0);
     while i < segs.len() {
         let n = {
-            let iov: Vec<IoSlice<'_>> = std::iter::once(&segs[i][skip..])
-                .chain(segs[i + 1..].iter().map(|b| &b[..]))
-                .take(MAX_IOV)
-                .map(IoSlice::new)
-                .collect();
-            w.write_vectored(&iov).await?
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let pieces =
+                std::iter::once(&segs[i][skip..]).chain(segs[i + 1..].iter().map(|b| &b[..]));
+            let mut count = 0;
+            for (slot, piece) in iov.iter_mut().zip(pieces) {
+                *slot = IoSlice::new(piece);
+                count += 1;
+            }
+            w.write_vectored(&iov[..count]).await?
         };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
