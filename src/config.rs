@@ -165,6 +165,9 @@ pub struct ContainerConfig {
     /// ... and its service latency on an idle disk, in µs (jittered ±50 %).
     #[serde(default)]
     pub rated_latency_us: Option<u64>,
+    /// File backend: aligned I/O through O_DIRECT (default: the backend's own).
+    #[serde(default)]
+    pub direct_io: Option<bool>,
 }
 
 fn default_overcommit() -> f64 {
@@ -346,6 +349,9 @@ pub struct LunConfig {
     pub lower_iops: Option<u32>,
     #[serde(default)]
     pub weight: Option<u32>,
+    /// File backend: aligned I/O through O_DIRECT (default: the backend's own).
+    #[serde(default)]
+    pub direct_io: Option<bool>,
 }
 
 fn default_block_size() -> u32 {
@@ -498,6 +504,12 @@ impl Config {
                         ))
                     }
                     _ => {}
+                }
+                if lun.backend != BackendKind::File && lun.direct_io.is_some() {
+                    return Err(err(
+                        format!("{key}.direct_io"),
+                        "only the file backend takes direct_io",
+                    ));
                 }
             }
         }
@@ -662,6 +674,14 @@ impl Config {
                     "only the rated backend takes rated_iops and rated_latency_us",
                 ));
             }
+            if cont.backend != crate::vvol::catalog::ContainerBackend::File
+                && cont.direct_io.is_some()
+            {
+                return Err(err(
+                    format!("{key}.direct_io"),
+                    "only the file backend takes direct_io",
+                ));
+            }
         }
         range("qos.lun_window", self.qos.lun_window, 1, 4096)?;
         if self.qos.max_lag_ms == 0 || self.qos.max_lag_ms > 60_000 {
@@ -715,6 +735,19 @@ impl ContainerConfig {
             weight: self.default_weight,
         }
     }
+
+    /// How the container's file VVols do their I/O.
+    pub fn file_options(&self) -> crate::backend::file::FileOptions {
+        file_options(self.direct_io)
+    }
+}
+
+fn file_options(direct_io: Option<bool>) -> crate::backend::file::FileOptions {
+    let mut options = crate::backend::file::FileOptions::default();
+    if let Some(direct) = direct_io {
+        options.direct_io = direct;
+    }
+    options
 }
 
 impl LunConfig {
@@ -729,6 +762,11 @@ impl LunConfig {
     /// Size in bytes (validated by `Config::validate`).
     pub fn size_bytes(&self) -> u64 {
         parse_size(&self.size).unwrap_or(0)
+    }
+
+    /// How a file LUN does its I/O.
+    pub fn file_options(&self) -> crate::backend::file::FileOptions {
+        file_options(self.direct_io)
     }
 }
 
@@ -923,6 +961,53 @@ mod tests {
             .unwrap_err()
             .key
             .starts_with("container[0]"));
+    }
+
+    #[test]
+    fn direct_io_is_per_file_lun_and_container() {
+        use crate::backend::file::DEFAULT_DIRECT_IO;
+        let cfg = Config::lab_default();
+        assert_eq!(
+            cfg.targets[0].luns[0].file_options().direct_io,
+            DEFAULT_DIRECT_IO
+        );
+        assert_eq!(
+            cfg.containers[0].file_options().direct_io,
+            DEFAULT_DIRECT_IO
+        );
+        let flip = format!("direct_io = {}\n", !DEFAULT_DIRECT_IO);
+        let t = LAB_DEFAULT
+            .replace("size = \"4GiB\"\n", &format!("size = \"4GiB\"\n{flip}"))
+            .replace(
+                "capacity = \"100GiB\"\n",
+                &format!("capacity = \"100GiB\"\n{flip}"),
+            );
+        let cfg = Config::parse(&t).unwrap();
+        assert_eq!(
+            cfg.targets[0].luns[0].file_options().direct_io,
+            !DEFAULT_DIRECT_IO
+        );
+        assert_eq!(
+            cfg.containers[0].file_options().direct_io,
+            !DEFAULT_DIRECT_IO
+        );
+        // Only file storage has a page cache to bypass.
+        let ram = t.replace(
+            "backend = \"file\"\npath = \"lab-lun0.img\"\n",
+            "backend = \"ram\"\n",
+        );
+        assert_eq!(
+            Config::parse(&ram).unwrap_err().key,
+            "target[0].lun[0].direct_io"
+        );
+        let ram = t.replace(
+            "backend = \"file\"\ncapacity",
+            "backend = \"ram\"\ncapacity",
+        );
+        assert_eq!(
+            Config::parse(&ram).unwrap_err().key,
+            "container[0].direct_io"
+        );
     }
 
     #[test]

@@ -386,12 +386,20 @@ impl Engine {
         let device = match container.backend {
             ContainerBackend::File => {
                 let path = self.store.vvol_path(&v.container, v.id);
-                AnyDevice::File(FileDevice::open(&path, v.size, false).map_err(|e| {
-                    EngineError::Backend {
-                        vvol: v.id,
-                        reason: e.to_string(),
-                    }
-                })?)
+                // Containers made through the store, not the config file, get the defaults.
+                let options = self
+                    .container_cfg
+                    .get(&container.name)
+                    .map(ContainerConfig::file_options)
+                    .unwrap_or_default();
+                AnyDevice::File(
+                    FileDevice::open_with(&path, v.size, false, options).map_err(|e| {
+                        EngineError::Backend {
+                            vvol: v.id,
+                            reason: e.to_string(),
+                        }
+                    })?,
+                )
             }
             ContainerBackend::Ram | ContainerBackend::Rated => {
                 let dev = lock(&self.ram)

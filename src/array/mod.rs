@@ -222,7 +222,7 @@ fn open_device(l: &LunConfig, data_dir: &Path) -> Result<AnyDevice, crate::backe
             } else {
                 data_dir.join(path)
             };
-            AnyDevice::File(FileDevice::open(&path, size, true)?)
+            AnyDevice::File(FileDevice::open_with(&path, size, true, l.file_options())?)
         }
     })
 }
@@ -294,6 +294,70 @@ mod tests {
         assert_eq!(a, naa_designator("0123456789abcdef", "t/lun/0"));
         assert_ne!(a, naa_designator("0123456789abcdef", "t/lun/1"));
         assert_eq!(a[0] >> 4, 6);
+    }
+
+    /// `direct_io` reaches the file devices of LUNs and of containers' VVols.
+    #[tokio::test]
+    async fn file_devices_take_direct_io_from_the_config() {
+        use crate::backend::file::DEFAULT_DIRECT_IO;
+        // Next to the test binary, on the build's disk: O_DIRECT needs a file system that
+        // does it.
+        let exe = std::env::current_exe().unwrap();
+        let d = tempfile::tempdir_in(exe.parent().and_then(Path::parent).unwrap()).unwrap();
+        let cfg = Config::parse(
+            r#"
+[[target]]
+name = "iqn.2026-11.io.vvold:t"
+[[target.lun]]
+id = 0
+backend = "file"
+path = "a.img"
+size = "1MiB"
+direct_io = true
+[[target.lun]]
+id = 1
+backend = "file"
+path = "b.img"
+size = "1MiB"
+[[target.pe]]
+id = 254
+[[container]]
+name = "direct"
+backend = "file"
+capacity = "1GiB"
+direct_io = true
+[[container]]
+name = "plain"
+backend = "file"
+capacity = "1GiB"
+"#,
+        )
+        .unwrap();
+        let array = Array::open(&cfg, d.path()).unwrap();
+        let direct = |dev: &AnyDevice| match dev {
+            AnyDevice::File(f) => f.direct_align().is_some(),
+            _ => panic!("not a file device"),
+        };
+        let luns = &array.targets[0].luns;
+        assert!(direct(&luns[&0].device));
+        assert_eq!(direct(&luns[&1].device), DEFAULT_DIRECT_IO);
+        let host = "iqn.1998-01.com.vmware:esx-1";
+        for (container, want) in [("direct", true), ("plain", DEFAULT_DIRECT_IO)] {
+            let v = array
+                .engine
+                .create_vvol(
+                    container,
+                    crate::vvol::catalog::VvolType::Data,
+                    1 << 20,
+                    512,
+                    None,
+                    Default::default(),
+                )
+                .unwrap();
+            let b = array.engine.bind(v.id, host, Some(254)).await.unwrap();
+            let (lu, _guard) = array.engine.route(host, b.pe, b.secondary).unwrap();
+            assert_eq!(direct(&lu.device), want, "{container}");
+        }
     }
 
     #[test]

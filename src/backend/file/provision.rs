@@ -1,12 +1,14 @@
 //! Thin provisioning for file devices: UNMAP punches holes (`fallocate(PUNCH_HOLE |
 //! KEEP_SIZE)`), GET LBA STATUS walks holes with `lseek(SEEK_DATA/SEEK_HOLE)`.
 //!
-//! Both run as blocking calls on `tokio::task::spawn_blocking`, on the device's shared
-//! `Arc<File>` (the same open file the I/O engine uses, so no second descriptor is needed),
+//! Both run as blocking calls on `tokio::task::spawn_blocking`, on the device's buffered
+//! descriptor (the same open file the I/O engine uses, so no extra descriptor is needed; a
+//! punched range is dropped from the page cache, so direct reads agree with buffered ones),
 //! rather than through the ring: io_uring has no lseek, the thread engine would need the same
 //! code anyway, and UNMAP/GET LBA STATUS are rare next to reads and writes, so one
 //! blocking-pool hop costs nothing that matters and keeps both engines identical.
 
+use super::direct::Files;
 use crate::backend::{BackendError, Extent, IoResult};
 use std::fs::File;
 use std::io;
@@ -102,11 +104,11 @@ fn to_off(v: u64) -> io::Result<libc::off_t> {
 
 /// Runs `f` on the blocking pool with the file; a pool that is gone reads as a closed device.
 pub(super) async fn blocking<T: Send + 'static>(
-    file: &Arc<File>,
+    files: &Arc<Files>,
     f: impl FnOnce(&File) -> io::Result<T> + Send + 'static,
 ) -> IoResult<T> {
-    let file = file.clone();
-    match tokio::task::spawn_blocking(move || f(&file)).await {
+    let files = files.clone();
+    match tokio::task::spawn_blocking(move || f(&files.buffered)).await {
         Ok(r) => r.map_err(BackendError::from),
         Err(_) => Err(BackendError::Closed),
     }

@@ -2,7 +2,7 @@
 //! thread fallback.
 
 use super::*;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -240,4 +240,370 @@ async fn fua_write_and_flush_succeed_on_default_engine() {
     // The bytes are in the file itself, not just in our process.
     let on_disk = std::fs::read(temp_path(&dir)).unwrap();
     assert_eq!(&on_disk[4096..4096 + 8192], &pattern(5, 8192)[..]);
+}
+
+// Direct I/O. These files live next to the test binary, on the disk the build happens on,
+// because O_DIRECT needs a file system that does it (a tmpfs TMPDIR might not).
+
+fn dio_dir() -> tempfile::TempDir {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/vvold-… → target/debug
+    let build_dir = exe.parent().and_then(Path::parent).unwrap();
+    tempfile::tempdir_in(build_dir).unwrap()
+}
+
+/// Addresses and offsets in the direct-I/O tests are multiples of this (or deliberately not).
+const ALIGN: usize = 4096;
+
+/// `len` zero bytes whose address is `skew` bytes past a multiple of [`ALIGN`]: a buffer
+/// allocated larger and cut at the wanted address, as the data path's pool will hand out.
+fn buf_at(len: usize, skew: usize) -> BytesMut {
+    let mut buf = BytesMut::zeroed(len + 2 * ALIGN);
+    let pad = buf.as_ptr().align_offset(ALIGN) + skew;
+    let _ = buf.split_to(pad);
+    buf.truncate(len);
+    assert_eq!(buf.as_ptr() as usize % ALIGN, skew);
+    buf
+}
+
+fn bytes_at(data: &[u8], skew: usize) -> Bytes {
+    let mut buf = buf_at(data.len(), skew);
+    buf.copy_from_slice(data);
+    let bytes = buf.freeze();
+    assert_eq!(bytes.as_ptr() as usize % ALIGN, skew);
+    bytes
+}
+
+async fn read_at_skew(dev: &FileDevice, offset: u64, len: usize, skew: usize) -> Vec<u8> {
+    let buf = dev.read(offset, buf_at(len, skew)).await.unwrap();
+    assert_eq!(
+        buf.as_ptr() as usize % ALIGN,
+        skew,
+        "read came back in another buffer"
+    );
+    buf.to_vec()
+}
+
+fn direct_options(engine: EngineChoice) -> FileOptions {
+    FileOptions {
+        engine,
+        direct_io: true,
+    }
+}
+
+/// Opens a direct-I/O device and checks the test's alignment is enough for it.
+fn open_direct_dev(dir: &tempfile::TempDir, size: u64, choice: EngineChoice) -> FileDevice {
+    let dev = FileDevice::open_with(&temp_path(dir), size, true, direct_options(choice)).unwrap();
+    let align = dev
+        .direct_align()
+        .expect("the build directory's file system should accept O_DIRECT");
+    assert!(
+        align.mem as usize <= ALIGN && align.offset as usize <= ALIGN,
+        "{align:?}"
+    );
+    dev
+}
+
+/// Checks the counts moved by exactly `direct` and `buffered` since `before`.
+#[track_caller]
+fn assert_moved(dev: &FileDevice, before: IoCounts, direct: u64, buffered: u64) -> IoCounts {
+    let now = dev.io_counts();
+    assert_eq!(
+        (now.direct - before.direct, now.buffered - before.buffered),
+        (direct, buffered),
+        "(direct, buffered) transfers"
+    );
+    now
+}
+
+async fn routing(choice: EngineChoice) {
+    let dir = dio_dir();
+    let dev = open_direct_dev(&dir, 16 << 20, choice);
+    let a = ALIGN as u64;
+    let mut c = dev.io_counts();
+    assert_eq!(c, IoCounts::default());
+
+    // Address, offset and length all aligned: direct, one transfer each way.
+    let data = pattern(1, 2 * ALIGN);
+    dev.write(2 * a, bytes_at(&data, 0), false).await.unwrap();
+    c = assert_moved(&dev, c, 1, 0);
+    assert_eq!(read_at_skew(&dev, 2 * a, 2 * ALIGN, 0).await, data);
+    c = assert_moved(&dev, c, 1, 0);
+    // With FUA too (RWF_DSYNC on the ring, fdatasync on the threads).
+    dev.write(8 * a, bytes_at(&data, 0), true).await.unwrap();
+    c = assert_moved(&dev, c, 1, 0);
+
+    // Any one of the three off: buffered.
+    let odd = ALIGN / 2 + 8; // a multiple of neither 512 nor 4096
+    dev.write(2 * a, bytes_at(&data, odd), false).await.unwrap(); // address
+    c = assert_moved(&dev, c, 0, 1);
+    dev.write(2 * a + odd as u64, bytes_at(&data, 0), false)
+        .await
+        .unwrap(); // offset
+    c = assert_moved(&dev, c, 0, 1);
+    dev.write(2 * a, bytes_at(&data[..ALIGN + odd], 0), false)
+        .await
+        .unwrap(); // length
+    c = assert_moved(&dev, c, 0, 1);
+    read_at_skew(&dev, 2 * a, 2 * ALIGN, odd).await;
+    c = assert_moved(&dev, c, 0, 1);
+    read_at_skew(&dev, 2 * a + odd as u64, 2 * ALIGN, 0).await;
+    c = assert_moved(&dev, c, 0, 1);
+    read_at_skew(&dev, 2 * a, ALIGN + odd, 0).await;
+    c = assert_moved(&dev, c, 0, 1);
+
+    // The flush goes to neither count: it is no data transfer.
+    dev.flush().await.unwrap();
+    assert_moved(&dev, c, 0, 0);
+}
+both_engines!(direct_io_only_when_aligned, routing);
+
+async fn coherence(choice: EngineChoice) {
+    let dir = dio_dir();
+    let dev = open_direct_dev(&dir, 16 << 20, choice);
+    let a = ALIGN as u64;
+    let c = dev.io_counts();
+
+    // Written direct, read buffered (and the other way round).
+    let one = pattern(11, 4 * ALIGN);
+    dev.write(4 * a, bytes_at(&one, 0), false).await.unwrap();
+    assert_eq!(read_at_skew(&dev, 4 * a, one.len(), 8).await, one);
+    let two = pattern(12, 4 * ALIGN);
+    dev.write(16 * a, bytes_at(&two, 8), false).await.unwrap();
+    assert_eq!(read_at_skew(&dev, 16 * a, two.len(), 0).await, two);
+
+    // A buffered read has the range in the page cache; a direct write over part of it must
+    // not leave the old bytes there for the next buffered read.
+    let three = pattern(13, ALIGN);
+    dev.write(5 * a, bytes_at(&three, 0), false).await.unwrap();
+    let mut want = one.clone();
+    want[ALIGN..2 * ALIGN].copy_from_slice(&three);
+    assert_eq!(read_at_skew(&dev, 4 * a, want.len(), 8).await, want);
+    // A buffered write leaves dirty pages; a direct read must see them, not the disk's bytes.
+    let four = pattern(14, ALIGN);
+    dev.write(6 * a, bytes_at(&four, 8), false).await.unwrap();
+    want[2 * ALIGN..3 * ALIGN].copy_from_slice(&four);
+    assert_eq!(read_at_skew(&dev, 4 * a, want.len(), 0).await, want);
+    // Half of the requests above went each way.
+    assert_moved(&dev, c, 4, 4);
+
+    // Durable and visible to anyone once flushed: FUA writes both ways, then a flush.
+    let five = pattern(15, ALIGN);
+    dev.write(20 * a, bytes_at(&five, 0), true).await.unwrap();
+    dev.write(21 * a, bytes_at(&five, 8), true).await.unwrap();
+    dev.flush().await.unwrap();
+    let on_disk = std::fs::read(temp_path(&dir)).unwrap();
+    assert_eq!(&on_disk[4 * ALIGN..8 * ALIGN], &want[..]);
+    assert_eq!(&on_disk[16 * ALIGN..20 * ALIGN], &two[..]);
+    assert_eq!(&on_disk[20 * ALIGN..21 * ALIGN], &five[..]);
+    assert_eq!(&on_disk[21 * ALIGN..22 * ALIGN], &five[..]);
+}
+both_engines!(direct_and_buffered_io_agree, coherence);
+
+async fn big_and_concurrent(choice: EngineChoice) {
+    let dir = dio_dir();
+    let dev = Arc::new(open_direct_dev(&dir, 64 << 20, choice));
+    // Mixed aligned and unaligned requests on neighbouring ranges, many in flight.
+    let tasks: Vec<_> = (0..64u64)
+        .map(|t| {
+            let dev = dev.clone();
+            tokio::spawn(async move {
+                let (len, skew) = (64 * 1024, if t % 2 == 0 { 0 } else { 512 + 8 });
+                let offset = t * 256 * 1024;
+                for round in 0..3 {
+                    let data = pattern(t * 10 + round, len);
+                    dev.write(offset, bytes_at(&data, skew), round == 2)
+                        .await
+                        .unwrap();
+                    // Read back the other way in the middle round.
+                    let back_skew = match (round, skew) {
+                        (1, 0) => 512 + 8,
+                        (1, _) => 0,
+                        _ => skew,
+                    };
+                    assert_eq!(read_at_skew(&dev, offset, len, back_skew).await, data);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let c = dev.io_counts();
+    assert!(c.direct >= 64 && c.buffered >= 64, "{c:?}");
+    // One transfer far larger than any page: still direct, still right.
+    let data = pattern(99, 8 << 20);
+    dev.write(32 << 20, bytes_at(&data, 0), true).await.unwrap();
+    assert_eq!(read_at_skew(&dev, 32 << 20, data.len(), 0).await, data);
+    assert!(dev.io_counts().direct >= c.direct + 2);
+}
+both_engines!(direct_io_concurrent_and_large, big_and_concurrent);
+
+async fn refused(choice: EngineChoice) {
+    let dir = dio_dir();
+    let path = temp_path(&dir);
+    // A file system that will not open the file O_DIRECT (tmpfs before Linux 6.6 says EINVAL).
+    let no = |_: &Path| -> io::Result<File> { Err(io::Error::from_raw_os_error(libc::EINVAL)) };
+    let dev = FileDevice::open_inner(&path, 1 << 20, true, direct_options(choice), no).unwrap();
+    assert_eq!(dev.direct_align(), None);
+    let data = pattern(3, 2 * ALIGN);
+    dev.write(ALIGN as u64, bytes_at(&data, 0), true)
+        .await
+        .unwrap();
+    assert_eq!(read_at_skew(&dev, ALIGN as u64, data.len(), 0).await, data);
+    assert_eq!(
+        dev.io_counts(),
+        IoCounts {
+            direct: 0,
+            buffered: 2
+        }
+    );
+    drop(dev);
+    // And direct_io = false never opens it O_DIRECT at all.
+    let never = |_: &Path| -> io::Result<File> { panic!("O_DIRECT open with direct_io off") };
+    let options = FileOptions {
+        engine: choice,
+        direct_io: false,
+    };
+    let dev = FileDevice::open_inner(&path, 1 << 20, false, options, never).unwrap();
+    assert_eq!(dev.direct_align(), None);
+    assert_eq!(read_at_skew(&dev, ALIGN as u64, data.len(), 0).await, data);
+    assert_eq!(dev.io_counts().direct, 0);
+}
+both_engines!(direct_io_refused_falls_back_to_buffered, refused);
+
+/// A [`direct::Files`] on a fresh file of `len` bytes holding `pattern(7, len)`.
+fn files_with_data(dir: &tempfile::TempDir, len: usize) -> direct::Files {
+    let path = temp_path(dir);
+    std::fs::write(&path, pattern(7, len)).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let files = direct::Files::new(file, &path, true, direct::open_direct);
+    assert!(files.direct_align().is_some());
+    files
+}
+
+/// The ring's bookkeeping for short transfers, driven with made-up completions: each
+/// remainder is routed afresh by its own alignment.
+#[test]
+fn ring_remainders_are_routed_by_their_own_alignment() {
+    use uring::Op;
+    let dir = dio_dir();
+    let files = files_with_data(&dir, 16 * ALIGN);
+    let counts = |d, b| IoCounts {
+        direct: d,
+        buffered: b,
+    };
+    let (reply, mut rx) = oneshot::channel();
+    let request = Request::Read {
+        offset: 0,
+        buf: buf_at(4 * ALIGN, 0),
+        reply,
+    };
+    let mut op = Op::from(request);
+    op.sqe(&files);
+    assert_eq!(files.counts(), counts(1, 0));
+    // Short by a whole block: the rest is still aligned.
+    let mut op = op.complete(ALIGN as i32, &files).expect("more to do");
+    op.sqe(&files);
+    assert_eq!(files.counts(), counts(2, 0));
+    // Short by an odd amount: the rest is not, so it goes buffered.
+    let mut op = op.complete(100, &files).expect("more to do");
+    op.sqe(&files);
+    assert_eq!(files.counts(), counts(2, 1));
+    // A buffered piece that ends on a boundary makes the rest direct again.
+    let mut op = op.complete(ALIGN as i32 - 100, &files).expect("more to do");
+    op.sqe(&files);
+    assert_eq!(files.counts(), counts(3, 1));
+    // The kernel refusing a direct piece: redone buffered, and direct I/O is off for good.
+    let mut op = op.complete(-libc::EINVAL, &files).expect("retried");
+    assert_eq!(files.direct_align(), None);
+    op.sqe(&files);
+    assert_eq!(files.counts(), counts(3, 2));
+    assert!(op.complete(2 * ALIGN as i32, &files).is_none());
+    assert_eq!(rx.try_recv().unwrap().unwrap().len(), 4 * ALIGN);
+    // A buffered EINVAL is a plain error.
+    let (reply, mut rx) = oneshot::channel();
+    let mut op = Op::from(Request::Read {
+        offset: 0,
+        buf: buf_at(ALIGN, 0),
+        reply,
+    });
+    op.sqe(&files);
+    assert!(op.complete(-libc::EINVAL, &files).is_none());
+    assert!(rx.try_recv().unwrap().is_err());
+}
+
+/// The thread engine's loop, with real preads whose results are cut short on purpose.
+#[test]
+fn thread_remainders_are_routed_by_their_own_alignment() {
+    let dir = dio_dir();
+    let len = 8 * ALIGN;
+    let files = files_with_data(&dir, len);
+    let want = pattern(7, len);
+    let mut buf = buf_at(len, 0);
+    let base = buf.as_ptr();
+    // (direct?, bytes reported) for each call. The first call reads everything it is given
+    // but reports only 100 bytes, as a direct read cut short at an odd place would.
+    let mut calls = Vec::new();
+    let script = [ALIGN, 100, ALIGN - 100, usize::MAX];
+    threaded::transfer(
+        &files,
+        base,
+        0,
+        len,
+        (io::ErrorKind::UnexpectedEof, "eof"),
+        |file, done| {
+            let direct = !std::ptr::eq(file, &files.buffered);
+            let n = file.read_at(&mut buf[done..], done as u64)?;
+            let report = n.min(script[calls.len()]);
+            calls.push((direct, report));
+            Ok(report)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        calls,
+        vec![
+            (true, ALIGN),
+            (true, 100),
+            (false, ALIGN - 100),
+            (true, 6 * ALIGN)
+        ]
+    );
+    assert_eq!(&buf[..], &want[..]);
+    assert_eq!(
+        files.counts(),
+        IoCounts {
+            direct: 3,
+            buffered: 1
+        }
+    );
+
+    // EINVAL from a direct call: retried buffered, and no direct I/O from then on.
+    let mut buf = buf_at(len, 0);
+    let base = buf.as_ptr();
+    let mut calls = Vec::new();
+    threaded::transfer(
+        &files,
+        base,
+        0,
+        len,
+        (io::ErrorKind::UnexpectedEof, "eof"),
+        |file, done| {
+            let direct = !std::ptr::eq(file, &files.buffered);
+            calls.push(direct);
+            if direct {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            file.read_at(&mut buf[done..], done as u64)
+        },
+    )
+    .unwrap();
+    assert_eq!(calls, vec![true, false]);
+    assert_eq!(&buf[..], &want[..]);
+    assert_eq!(files.direct_align(), None);
 }

@@ -2,7 +2,9 @@
 //!
 //! Async callers push [`Request`]s onto a channel; the ring thread turns them into SQEs whose
 //! buffers point straight into the requests' `BytesMut`/`Bytes` (no copy), keeps each request
-//! in a slot until its CQE arrives, and answers through the request's oneshot.
+//! in a slot until its CQE arrives, and answers through the request's oneshot. Each SQE names
+//! the `O_DIRECT` or the buffered descriptor, whichever the alignment of what it moves allows
+//! (see [`super::direct`]); a remainder after a short transfer is judged afresh.
 //!
 //! Waking the thread: it always sleeps in `io_uring_enter` (never spins), with a read of an
 //! eventfd (the [`Doorbell`]) among the operations it waits on. That one wait therefore ends on
@@ -11,13 +13,13 @@
 //! eventfd when the thread has announced it may be asleep, so a busy ring costs submitters no
 //! syscall beyond the channel push.
 
+use super::direct::Files;
 use super::request::Request;
 use crate::backend::{BackendError, IoResult};
 use bytes::{Bytes, BytesMut};
 use crossbeam::channel::{self, Receiver, Sender, TryRecvError};
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,7 +89,7 @@ pub(crate) struct Ring {
 impl Ring {
     /// Sets up a ring for `file`, or fails (so the caller can fall back) when the kernel has no
     /// usable io_uring: too old, or forbidden by seccomp.
-    pub(crate) fn start(file: Arc<File>) -> io::Result<Ring> {
+    pub(crate) fn start(files: Arc<Files>) -> io::Result<Ring> {
         let ring = IoUring::new(RING_ENTRIES)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
@@ -103,7 +105,7 @@ impl Ring {
         let (tx, rx) = channel::unbounded();
         let alive = Arc::new(());
         let weak = Arc::downgrade(&alive);
-        let engine = Engine::new(ring, file, bell.clone(), rx);
+        let engine = Engine::new(ring, files, bell.clone(), rx);
         let thread = std::thread::Builder::new()
             .name("vvold-uring".into())
             .spawn(move || {
@@ -144,18 +146,21 @@ impl Drop for Ring {
     }
 }
 
-/// A request being worked on, with how much of it is done.
-enum Op {
+/// A request being worked on, with how much of it is done and whether its piece in flight
+/// went to the direct descriptor.
+pub(super) enum Op {
     Read {
         offset: u64,
         buf: BytesMut,
         done: usize,
+        direct: bool,
         reply: oneshot::Sender<IoResult<BytesMut>>,
     },
     Write {
         offset: u64,
         data: Bytes,
         done: usize,
+        direct: bool,
         fua: bool,
         reply: oneshot::Sender<IoResult<()>>,
     },
@@ -171,6 +176,7 @@ impl From<Request> for Op {
                 offset,
                 buf,
                 done: 0,
+                direct: false,
                 reply,
             },
             Request::Write {
@@ -182,6 +188,7 @@ impl From<Request> for Op {
                 offset,
                 data,
                 done: 0,
+                direct: false,
                 fua,
                 reply,
             },
@@ -191,48 +198,66 @@ impl From<Request> for Op {
 }
 
 impl Op {
-    /// The SQE for the op's remaining part. The pointer stays valid while the op sits in its
-    /// slot: moving a `BytesMut`/`Bytes` does not move the bytes it points to.
-    fn sqe(&mut self, fd: types::Fd) -> squeue::Entry {
+    /// The SQE for the op's remaining part, on the descriptor its alignment picks. The pointer
+    /// stays valid while the op sits in its slot: moving a `BytesMut`/`Bytes` does not move the
+    /// bytes it points to.
+    pub(super) fn sqe(&mut self, files: &Files) -> squeue::Entry {
         match self {
             Op::Read {
-                offset, buf, done, ..
+                offset,
+                buf,
+                done,
+                direct,
+                ..
             } => {
-                let len = (buf.len() - *done).min(MAX_PIECE) as u32;
+                let len = (buf.len() - *done).min(MAX_PIECE);
                 // SAFETY: done < buf.len(), so the pointer is within the buffer.
                 let ptr = unsafe { buf.as_mut_ptr().add(*done) };
-                opcode::Read::new(fd, ptr, len)
-                    .offset(*offset + *done as u64)
+                let at = *offset + *done as u64;
+                let (file, dio) = files.pick(ptr, at, len);
+                *direct = dio;
+                opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, len as u32)
+                    .offset(at)
                     .build()
             }
             Op::Write {
                 offset,
                 data,
                 done,
+                direct,
                 fua,
                 ..
             } => {
-                let len = (data.len() - *done).min(MAX_PIECE) as u32;
+                let len = (data.len() - *done).min(MAX_PIECE);
                 // SAFETY: done < data.len(), so the pointer is within the buffer.
                 let ptr = unsafe { data.as_ptr().add(*done) };
-                // RWF_DSYNC makes this very write durable before it completes: FUA without a
-                // second round trip for an fdatasync.
+                let at = *offset + *done as u64;
+                let (file, dio) = files.pick(ptr, at, len);
+                *direct = dio;
+                // RWF_DSYNC makes this very write durable before it completes, direct or not:
+                // FUA without a second round trip for an fdatasync.
                 let flags = if *fua { libc::RWF_DSYNC } else { 0 };
-                opcode::Write::new(fd, ptr, len)
-                    .offset(*offset + *done as u64)
+                opcode::Write::new(types::Fd(file.as_raw_fd()), ptr, len as u32)
+                    .offset(at)
                     .rw_flags(flags)
                     .build()
             }
-            Op::Flush { .. } => opcode::Fsync::new(fd)
+            // One inode behind both descriptors: this also covers what went direct.
+            Op::Flush { .. } => opcode::Fsync::new(types::Fd(files.buffered.as_raw_fd()))
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
         }
     }
 
     /// Accounts for a CQE result. Gives the op back if part of it still has to be (re)issued.
-    fn complete(self, res: i32) -> Option<Op> {
+    pub(super) fn complete(self, res: i32, files: &Files) -> Option<Op> {
         if res < 0 {
             if res == -libc::EINTR || res == -libc::EAGAIN {
+                return Some(self);
+            }
+            if res == -libc::EINVAL && self.went_direct() {
+                // Redone buffered: after this, nothing on this device goes direct.
+                files.direct_refused();
                 return Some(self);
             }
             self.fail(io::Error::from_raw_os_error(-res));
@@ -244,6 +269,7 @@ impl Op {
                 offset,
                 buf,
                 done,
+                direct,
                 reply,
             } => {
                 if n == 0 {
@@ -259,6 +285,7 @@ impl Op {
                         offset,
                         buf,
                         done,
+                        direct,
                         reply,
                     });
                 }
@@ -268,6 +295,7 @@ impl Op {
                 offset,
                 data,
                 done,
+                direct,
                 fua,
                 reply,
             } => {
@@ -281,6 +309,7 @@ impl Op {
                         offset,
                         data,
                         done,
+                        direct,
                         fua,
                         reply,
                     });
@@ -292,6 +321,14 @@ impl Op {
             }
         }
         None
+    }
+
+    /// Whether the piece last issued went to the direct descriptor.
+    fn went_direct(&self) -> bool {
+        matches!(
+            self,
+            Op::Read { direct: true, .. } | Op::Write { direct: true, .. }
+        )
     }
 
     /// Answers with `err`. A caller that stopped waiting has nobody left to tell.
@@ -311,8 +348,8 @@ impl Op {
 /// The ring thread's state.
 struct Engine {
     ring: IoUring,
-    /// Kept open for as long as any SQE may name its fd.
-    file: Arc<File>,
+    /// Kept open for as long as any SQE may name one of its descriptors.
+    files: Arc<Files>,
     bell: Arc<Doorbell>,
     rx: Receiver<Request>,
     /// Ops owned by the kernel, indexed by `user_data`; `free` lists empty slots.
@@ -330,10 +367,10 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(ring: IoUring, file: Arc<File>, bell: Arc<Doorbell>, rx: Receiver<Request>) -> Engine {
+    fn new(ring: IoUring, files: Arc<Files>, bell: Arc<Doorbell>, rx: Receiver<Request>) -> Engine {
         Engine {
             ring,
-            file,
+            files,
             bell,
             rx,
             slots: Vec::new(),
@@ -404,7 +441,6 @@ impl Engine {
 
     /// Hands queued ops to the kernel while there is room.
     fn issue(&mut self) {
-        let fd = types::Fd(self.file.as_raw_fd());
         while self.in_flight < MAX_IN_FLIGHT {
             let Some(mut op) = self.queued.pop_front() else {
                 break;
@@ -416,7 +452,7 @@ impl Engine {
                     self.slots.len() - 1
                 }
             };
-            let sqe = op.sqe(fd).user_data(slot as u64);
+            let sqe = op.sqe(&self.files).user_data(slot as u64);
             self.slots[slot] = Some(op);
             self.in_flight += 1;
             self.push(sqe);
@@ -459,7 +495,7 @@ impl Engine {
             };
             self.free.push(token as usize);
             self.in_flight -= 1;
-            if let Some(rest) = op.complete(res) {
+            if let Some(rest) = op.complete(res, &self.files) {
                 self.queued.push_front(rest);
             }
         }
