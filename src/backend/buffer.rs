@@ -231,4 +231,28 @@ mod backend_contract {
         let file = FileDevice::open(&dir.path().join("disk"), 1 << 20, true).unwrap();
         overwrites(&file, "file").await;
     }
+
+    /// What the alignment is for: the data path's buffers qualify for O_DIRECT, so a file LUN
+    /// with `direct_io` bypasses the page cache for whole-block transfers.
+    #[tokio::test]
+    async fn pool_buffers_take_the_direct_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::backend::file::FileOptions {
+            direct_io: true,
+            ..Default::default()
+        };
+        let file = FileDevice::open_with(&dir.path().join("disk"), 1 << 20, true, options).unwrap();
+        if file.direct_align().is_none() {
+            eprintln!("file system without O_DIRECT here: nothing to check");
+            return;
+        }
+        let mut data = take(8192);
+        data.fill(0x3C);
+        let data = data.freeze();
+        file.write(4096, data.clone(), false).await.unwrap();
+        let got = file.read(4096, take(8192)).await.unwrap();
+        assert_eq!(got, data);
+        let counts = file.io_counts();
+        assert_eq!((counts.direct, counts.buffered), (2, 0));
+    }
 }
