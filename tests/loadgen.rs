@@ -132,3 +132,35 @@ fn several_volumes_at_once_and_an_unknown_lun_fails_cleanly() {
     assert!(stderr.contains("LUN 9"), "stderr: {stderr}");
     d.assert_alive();
 }
+
+#[test]
+fn a_polling_client_completes_cleanly_and_refuses_threads() {
+    let mut d = Daemon::start();
+    let mut c = load(&d);
+    c.args(["--volume", &format!("{LUN_NULL},qd=4")]).args([
+        "--poll-us",
+        "50",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.2",
+        "--json",
+    ]);
+    let j = run_json(c);
+    let t = &j["total"];
+    assert!(f(t, "ios") > 0.0 && t["errors"] == 0, "{j}");
+
+    let mut c = load(&d);
+    c.args([
+        "--volume",
+        &format!("{LUN_NULL}"),
+        "--poll-us",
+        "50",
+        "--threads",
+        "2",
+    ]);
+    let out = run_bounded(c, RUN_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads 1"));
+    d.assert_alive();
+}

@@ -52,6 +52,11 @@ struct Args {
     /// Worker threads (1: everything on the calling thread).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: u64,
+    /// Keep polling the sockets this many µs after traffic before sleeping, as the target
+    /// does (`iscsi.poll_us`), so waking this client does not limit what is measured (0: sleep
+    /// at once). Single-threaded only.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    poll_us: u64,
     /// Negotiate CRC32C header digests.
     #[arg(long)]
     header_digest: bool,
@@ -110,6 +115,10 @@ fn main() -> ExitCode {
         data_digest: a.data_digest,
         target_pid: a.target_pid,
     };
+    if a.poll_us > 0 && a.threads > 1 {
+        eprintln!("vvold-load: --poll-us needs --threads 1");
+        return ExitCode::from(2);
+    }
     let rt = if a.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -127,7 +136,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(loadgen::run(&cfg)) {
+    let poll = std::time::Duration::from_micros(a.poll_us);
+    match rt.block_on(async {
+        vvold::net::workers::spin::start(poll);
+        loadgen::run(&cfg).await
+    }) {
         Ok(report) => {
             if a.json {
                 match serde_json::to_string(&report) {

@@ -432,6 +432,8 @@ impl Engine {
         match self.stream.try_read(&mut self.rbuf[self.rend..]) {
             Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => {
+                // Keeps the thread polling (with --poll-us) while answers keep coming.
+                crate::net::workers::spin::activity();
                 self.rend += n;
                 self.parse(Instant::now());
                 Ok(())
