@@ -14,7 +14,7 @@ use crate::backend::RatedPool;
 use crate::scsi::Plan;
 use crate::vvol::catalog::IoLimits;
 use crate::vvol::qos::stats::{self, History, IoRecord, QosStatus, VolStats, Window};
-use crate::vvol::qos::{self as core, Arbiter, CapLimiter, PhaseCounts, VolKey};
+use crate::vvol::qos::{self as core, Arbiter, CapLimiter, Gate, Leave, PhaseCounts, VolKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -51,6 +51,8 @@ pub struct QosPool {
     pub name: String,
     /// Cost normalization: one unit per started `unit_bytes` (0: one per I/O).
     pub unit_bytes: u32,
+    /// The window, passed without the arbiter's lock while nothing waits.
+    gate: Gate,
     arbiter: Mutex<Arbiter<Waiter>>,
     /// The emulated disk, for a pool of the `rated` backend (its capacity is known).
     pub rated: Option<Arc<RatedPool>>,
@@ -64,16 +66,7 @@ pub struct Slot<'a>(Option<&'a QosPool>);
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if let Some(pool) = self.0.take() {
-            release_slot(&mut lock(&pool.arbiter));
-        }
-    }
-}
-
-/// Give a finished I/O's slot to the next queued one; a waiter that went away passes it on.
-fn release_slot(arb: &mut Arbiter<Waiter>) {
-    while let Some(next) = arb.complete(now_ns()) {
-        if next.send(()).is_ok() {
-            return;
+            pool.release();
         }
     }
 }
@@ -81,15 +74,20 @@ fn release_slot(arb: &mut Arbiter<Waiter>) {
 impl QosPool {
     /// A slot for an I/O, and whether it had to wait for one.
     async fn acquire(&self, key: VolKey, units: u32) -> (Slot<'_>, bool) {
+        // Uncontended, the usual case: no lock, no waiter to allocate.
+        if self.gate.try_enter(units) {
+            return (Slot(Some(self)), false);
+        }
         let rx = {
             let mut arb = lock(&self.arbiter);
-            // Uncontended, the usual case: no waiter to allocate.
-            if arb.try_fast(units) {
+            if self.gate.enter_or_queue(units) {
                 return (Slot(Some(self)), false);
             }
             let (tx, rx) = oneshot::channel();
-            if arb.submit(now_ns(), key, units, tx).is_some() {
-                return (Slot(Some(self)), false);
+            if arb.enqueue(now_ns(), key, units, tx).is_err() {
+                // Not a registered volume: never hold an I/O hostage to a bookkeeping slip.
+                self.gate.unqueue(1);
+                return (Slot(None), false);
             }
             rx
         };
@@ -97,6 +95,27 @@ impl QosPool {
             Ok(()) => (Slot(Some(self)), true),
             // The volume left the arbiter while this I/O waited: it goes without a slot.
             Err(_) => (Slot(None), true),
+        }
+    }
+
+    /// Give a finished I/O's slot back, or to the next queued one; a waiter that went away
+    /// passes it on.
+    fn release(&self) {
+        if self.gate.try_leave() {
+            return;
+        }
+        let mut arb = lock(&self.arbiter);
+        while self.gate.leave_locked() == Leave::HandOver {
+            match arb.next(now_ns()) {
+                Some(next) => {
+                    if next.send(()).is_ok() {
+                        return;
+                    }
+                }
+                // The gate counted a waiter the arbiter does not hold: cannot happen while both
+                // change under this lock; should it, the next round frees the slot.
+                None => debug_assert!(false, "gate and arbiter disagree"),
+            }
         }
     }
 }
@@ -170,7 +189,9 @@ pub struct VolQos {
 impl Drop for VolQos {
     fn drop(&mut self) {
         // Queued I/Os (none can remain once the LU is gone, but be safe) go without a slot.
-        drop(lock(&self.pool.arbiter).unregister(self.key));
+        let mut arb = lock(&self.pool.arbiter);
+        let dropped = arb.unregister(self.key);
+        self.pool.gate.unqueue(dropped.len() as u32);
     }
 }
 
@@ -341,6 +362,7 @@ impl Qos {
                 Arc::new(QosPool {
                     name: name.to_string(),
                     unit_bytes,
+                    gate: Gate::new(window),
                     arbiter: Mutex::new(Arbiter::new(
                         window,
                         self.settings.max_lag.as_nanos() as u64,
@@ -408,16 +430,17 @@ impl Qos {
             .map(|p| {
                 let arb = lock(&p.arbiter);
                 let PhaseCounts {
-                    fast,
                     reservation,
                     weight,
+                    ..
                 } = arb.counts();
+                let (inflight, queued) = p.gate.load();
                 PoolReport {
                     name: p.name.clone(),
                     unit_bytes: p.unit_bytes,
-                    window: arb.window(),
-                    inflight: arb.inflight(),
-                    queued: arb.queued(),
+                    window: p.gate.window(),
+                    inflight,
+                    queued: queued as usize,
                     reservations: volumes
                         .iter()
                         .filter(|v| v.pool == p.name)
@@ -426,7 +449,7 @@ impl Qos {
                         .sum(),
                     capacity: p.rated.as_ref().map(|r| r.capacity()),
                     reservation_lag_ms: arb.reservation_lag_ns() as f64 / 1e6,
-                    fast_units: fast,
+                    fast_units: p.gate.fast_units(),
                     reservation_units: reservation,
                     weight_units: weight,
                 }

@@ -228,13 +228,22 @@ impl<T> Arbiter<T> {
         if self.try_fast(cost) {
             return Some(item);
         }
+        self.enqueue(now, key, cost, item).err()
+    }
+
+    /// Queue an I/O whatever the window says (for a caller that keeps the window itself, as
+    /// the pools' lock-free gate does). Gives the item back for an unknown volume.
+    pub fn enqueue(&mut self, now: u64, key: VolKey, cost: u32, item: T) -> Result<(), T> {
+        if !self.vols.get(key.0).is_some_and(|v| v.live) {
+            return Err(item);
+        }
         let v = &mut self.vols[key.0];
         v.queue.push_back((item, cost));
         self.queued += 1;
         if v.queue.len() == 1 {
             self.activate(now, key.0, cost);
         }
-        None
+        Ok(())
     }
 
     fn activate(&mut self, now: u64, k: usize, cost: u32) {
@@ -258,6 +267,12 @@ impl<T> Arbiter<T> {
             self.inflight = self.inflight.saturating_sub(1);
             return None;
         }
+        self.next(now)
+    }
+
+    /// The queued I/O that goes next (by the reservation and weight tags), if any, leaving
+    /// the window to the caller (see [`Arbiter::enqueue`]).
+    pub fn next(&mut self, now: u64) -> Option<T> {
         self.dequeue(now).map(|(t, _)| t)
     }
 

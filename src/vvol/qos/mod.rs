@@ -3,11 +3,13 @@
 //! §6). Costs are normalized: one unit per started 32 KiB, as ESXi's own per-disk limits count.
 
 pub mod arbiter;
+pub mod gate;
 pub mod gcra;
 mod heap;
 pub mod stats;
 
 pub use arbiter::{Arbiter, Phase, PhaseCounts, VolKey};
+pub use gate::{Gate, Leave};
 pub use gcra::CapLimiter;
 
 /// Default normalization unit: 32 KiB.
