@@ -111,13 +111,13 @@ both_engines!(reopen_keeps_data, reopen);
 async fn concurrent(choice: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     let dev = Arc::new(FileDevice::open_with(&temp_path(&dir), 64 << 20, true, choice).unwrap());
-    // More tasks than the ring has slots, so requests also queue inside the engine.
-    let tasks: Vec<_> = (0..300u64)
+    // More tasks than a ring has slots, so requests also queue inside the engine.
+    let tasks: Vec<_> = (0..1200u64)
         .map(|t| {
             let dev = dev.clone();
             tokio::spawn(async move {
                 let len = 16 * 1024 + 512 * (t as usize % 7);
-                let offset = t * 128 * 1024 + 512 * (t % 5);
+                let offset = t * 32 * 1024 + 512 * (t % 5);
                 for round in 0..4 {
                     let data = pattern(t * 100 + round, len);
                     dev.write(offset, Bytes::from(data.clone()), round == 3)

@@ -36,11 +36,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::oneshot;
 
-const RING_ENTRIES: u32 = 256;
-/// Data operations in flight at once per ring: one SQ slot stays free for the doorbell read,
-/// and the completion queue (twice the SQ) can never overflow. Requests beyond this wait in the
-/// ring's queue in arrival order, whichever device they are for.
-const MAX_IN_FLIGHT: usize = RING_ENTRIES as usize - 1;
+/// SQ size. With a ring per device this was 256; a shared ring serves many devices, so it has
+/// room for several devices' worth of queue depth (1,024 SQEs and 2,048 CQEs are under 100 KiB
+/// per ring).
+const RING_ENTRIES: u32 = 1024;
+/// SQ size to retry with if the kernel refuses [`RING_ENTRIES`] for lack of locked memory:
+/// before Linux 5.12 rings count against RLIMIT_MEMLOCK, often 64 KiB, and this size fits.
+const SMALL_RING_ENTRIES: u32 = 256;
 /// Largest transfer per SQE (the length field is 32 bits). Longer requests go out in pieces,
 /// through the same path that resubmits short transfers.
 const MAX_PIECE: usize = 1 << 30;
@@ -129,7 +131,10 @@ impl Engine {
     /// Sets up a ring and starts its thread, or fails (so the caller can fall back) when the
     /// kernel has no usable io_uring: too old, or forbidden by seccomp.
     fn start(index: Option<usize>) -> io::Result<Engine> {
-        let ring = IoUring::new(RING_ENTRIES)?;
+        let ring = match IoUring::new(RING_ENTRIES) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => IoUring::new(SMALL_RING_ENTRIES)?,
+            ring => ring?,
+        };
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for code in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE] {
@@ -452,6 +457,10 @@ struct Worker {
     ring: IoUring,
     bell: Arc<Doorbell>,
     rx: Receiver<Job>,
+    /// Data operations in flight at once: one SQ slot stays free for the doorbell read, and the
+    /// completion queue (twice the SQ) can never overflow. Jobs beyond this wait in `queued` in
+    /// arrival order, whichever device they are for.
+    max_in_flight: usize,
     /// Jobs owned by the kernel, indexed by `user_data`; `free` lists empty slots. Each keeps
     /// its device's files open for as long as its SQE may name one of their descriptors.
     slots: Vec<Option<Job>>,
@@ -469,7 +478,9 @@ struct Worker {
 
 impl Worker {
     fn new(ring: IoUring, bell: Arc<Doorbell>, rx: Receiver<Job>) -> Worker {
+        let max_in_flight = ring.params().sq_entries() as usize - 1;
         Worker {
+            max_in_flight,
             ring,
             bell,
             rx,
@@ -541,7 +552,7 @@ impl Worker {
 
     /// Hands queued jobs to the kernel while there is room.
     fn issue(&mut self) {
-        while self.in_flight < MAX_IN_FLIGHT {
+        while self.in_flight < self.max_in_flight {
             let Some(mut job) = self.queued.pop_front() else {
                 break;
             };
