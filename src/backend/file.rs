@@ -1,6 +1,6 @@
-//! A disk backed by a regular file, doing its I/O through io_uring (see [`uring`]) or,
-//! where the kernel will not allow that, through a few plain pread/pwrite threads
-//! (see [`threaded`]).
+//! A disk backed by a regular file, doing its I/O through io_uring (see [`uring`]: a few rings
+//! shared by all file devices) or, where the kernel will not allow that, through a few plain
+//! pread/pwrite threads per device (see [`threaded`]).
 //!
 //! Aligned transfers can bypass the page cache through a second, `O_DIRECT` descriptor on the
 //! same file (see [`direct`]); the rest stay buffered.
@@ -30,9 +30,11 @@ use threaded::Threads;
 use tokio::sync::oneshot;
 use uring::Ring;
 
-/// A file-backed block device with its own I/O thread (one ring per device, so devices never
-/// queue behind each other). Dropping it blocks the dropping thread until in-flight I/O has
-/// completed and the thread has exited; drop it from `spawn_blocking` if that matters.
+/// A file-backed block device. On io_uring it shares one of a few process-wide rings with other
+/// devices, and dropping it returns at once: I/O still in flight completes on the ring, which
+/// keeps the files open until then. On the thread fallback it has its own threads, and dropping
+/// it blocks until in-flight I/O has completed and they have exited; drop it from
+/// `spawn_blocking` if that matters.
 pub struct FileDevice {
     size: u64,
     engine: Engine,
@@ -161,12 +163,28 @@ impl FileDevice {
         }
     }
 
-    /// A token that dies when the device's I/O thread(s) have exited.
+    /// A token that dies when the I/O thread(s) serving the device have exited.
     #[cfg(test)]
     fn worker_token(&self) -> std::sync::Weak<()> {
         match &self.engine {
             Engine::Ring(ring) => ring.alive_token(),
             Engine::Threads(threads) => threads.alive_token(),
+        }
+    }
+
+    /// A token that dies when the device's files have been closed: once the device is gone and
+    /// nothing it submitted is queued or in flight anymore.
+    #[cfg(test)]
+    fn files_token(&self) -> std::sync::Weak<Files> {
+        Arc::downgrade(&self.files)
+    }
+
+    /// Which shared ring serves the device; None on the thread fallback or a private ring.
+    #[cfg(test)]
+    fn ring_index(&self) -> Option<usize> {
+        match &self.engine {
+            Engine::Ring(ring) => ring.index(),
+            Engine::Threads(_) => None,
         }
     }
 }

@@ -111,13 +111,13 @@ both_engines!(reopen_keeps_data, reopen);
 async fn concurrent(choice: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     let dev = Arc::new(FileDevice::open_with(&temp_path(&dir), 64 << 20, true, choice).unwrap());
-    // More tasks than the ring has slots, so requests also queue inside the engine.
-    let tasks: Vec<_> = (0..300u64)
+    // More tasks than a ring has slots, so requests also queue inside the engine.
+    let tasks: Vec<_> = (0..1200u64)
         .map(|t| {
             let dev = dev.clone();
             tokio::spawn(async move {
                 let len = 16 * 1024 + 512 * (t as usize % 7);
-                let offset = t * 128 * 1024 + 512 * (t % 5);
+                let offset = t * 32 * 1024 + 512 * (t % 5);
                 for round in 0..4 {
                     let data = pattern(t * 100 + round, len);
                     dev.write(offset, Bytes::from(data.clone()), round == 3)
@@ -135,23 +135,41 @@ async fn concurrent(choice: EngineChoice) {
 }
 both_engines!(concurrent_io_from_many_tasks, concurrent);
 
-async fn drop_stops_thread(choice: EngineChoice) {
+/// Waits (up to 20 s) until `token` is dead.
+async fn wait_gone<T>(token: &std::sync::Weak<T>, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while token.upgrade().is_some() {
+        assert!(std::time::Instant::now() < deadline, "{what} still alive");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn drop_releases(choice: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     let dev = FileDevice::open_with(&temp_path(&dir), 8 << 20, true, choice).unwrap();
-    let token = dev.worker_token();
+    let worker = dev.worker_token();
+    let files = dev.files_token();
     dev.write(0, Bytes::from(vec![1; 4096]), false)
         .await
         .unwrap();
-    assert!(token.upgrade().is_some());
+    assert!(worker.upgrade().is_some());
+    let shared_ring = dev.uses_io_uring();
     drop(dev);
-    assert!(token.upgrade().is_none(), "I/O thread outlived its device");
+    if shared_ring {
+        // The ring serves other devices too: it outlives this one, which lets go of its files.
+        assert!(worker.upgrade().is_some(), "shared ring thread exited");
+        wait_gone(&files, "files of a dropped device").await;
+    } else {
+        assert!(worker.upgrade().is_none(), "I/O thread outlived its device");
+        assert!(files.upgrade().is_none(), "files outlived their device");
+    }
 }
-both_engines!(drop_stops_the_thread, drop_stops_thread);
+both_engines!(drop_releases_the_device, drop_releases);
 
 async fn drop_with_abandoned_io(choice: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     let dev = Arc::new(FileDevice::open_with(&temp_path(&dir), 32 << 20, true, choice).unwrap());
-    let token = dev.worker_token();
+    let files = dev.files_token();
     // Start I/O, then abandon it mid-flight: the buffers must stay with the engine, and the
     // device must still shut down without hanging.
     let tasks: Vec<_> = (0..64u64)
@@ -177,7 +195,8 @@ async fn drop_with_abandoned_io(choice: EngineChoice) {
         .await
         .unwrap()
         .unwrap();
-    assert!(token.upgrade().is_none());
+    // Everything it submitted has completed and its files are closed.
+    wait_gone(&files, "files of a dropped device").await;
 }
 both_engines!(drop_with_abandoned_io_does_not_hang, drop_with_abandoned_io);
 
@@ -471,6 +490,213 @@ async fn refused(choice: EngineChoice) {
     assert_eq!(dev.io_counts().direct, 0);
 }
 both_engines!(direct_io_refused_falls_back_to_buffered, refused);
+
+// Shared rings.
+
+/// How many of the process's threads are shared ring threads (named by index).
+fn ring_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| {
+            comm.trim_end()
+                .strip_prefix(uring::THREAD_PREFIX)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
+}
+
+/// Opens `n` io_uring devices of `size` bytes in `dir`, or None if io_uring is refused here.
+fn open_many(dir: &tempfile::TempDir, n: usize, size: u64) -> Option<Vec<FileDevice>> {
+    let devs: Vec<_> = (0..n)
+        .map(|i| FileDevice::open(&dir.path().join(format!("lun{i}.img")), size, true).unwrap())
+        .collect();
+    if !devs[0].uses_io_uring() {
+        eprintln!("io_uring refused here: nothing shared to test");
+        return None;
+    }
+    Some(devs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_devices_share_few_ring_threads() {
+    const DEVICES: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(devs) = open_many(&dir, DEVICES, 1 << 20) else {
+        return;
+    };
+    let limit = uring::ring_limit();
+    assert!((1..=8).contains(&limit), "{limit}");
+    // Dealt round-robin over every ring (other tests opening devices meanwhile only shift
+    // which device gets which).
+    let mut per_ring = vec![0; limit];
+    for dev in &devs {
+        per_ring[dev.ring_index().expect("on a shared ring")] += 1;
+    }
+    assert!(per_ring.iter().all(|&n| n > 0), "{per_ring:?}");
+    // So every ring is running, and nothing else is: one thread per ring, none per device.
+    assert_eq!(ring_threads(), limit);
+
+    // I/O to all of them, interleaved from concurrent tasks: task t owns the range at
+    // t * 16 KiB on every device and goes from device to device, so each ring carries requests
+    // of many devices at once.
+    let devs = Arc::new(devs);
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let devs = devs.clone();
+            tokio::spawn(async move {
+                let (offset, len) = (t * 16 * 1024, 8 * 1024 + 512 * (t as usize % 9));
+                let mut last = std::collections::HashMap::new();
+                for round in 0..25u64 {
+                    let d = ((t * 7 + round * 13) % DEVICES as u64) as usize;
+                    let seed = t * 1_000_000 + round * 1000 + d as u64;
+                    let data = pattern(seed, len);
+                    devs[d]
+                        .write(offset, Bytes::from(data.clone()), round % 5 == 0)
+                        .await
+                        .unwrap();
+                    assert_eq!(read_vec(&devs[d], offset, len).await, data);
+                    last.insert(d, seed);
+                }
+                (offset, len, last)
+            })
+        })
+        .collect();
+    let mut want = Vec::new();
+    for task in tasks {
+        want.push(task.await.unwrap());
+    }
+    for dev in devs.iter() {
+        dev.flush().await.unwrap();
+    }
+    // The bytes went to the right files.
+    let mut checked = 0;
+    for (offset, len, last) in want {
+        for (d, seed) in last {
+            let on_disk = std::fs::read(dir.path().join(format!("lun{d}.img"))).unwrap();
+            let range = offset as usize..offset as usize + len;
+            assert_eq!(&on_disk[range], &pattern(seed, len)[..], "device {d}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 32 * 20, "{checked}");
+    assert_eq!(ring_threads(), limit, "devices in use started more rings");
+}
+
+/// Polls `fut` once, which submits the request it makes, and gives it back.
+fn submit_once<F: std::future::Future>(fut: F) -> std::pin::Pin<Box<F>> {
+    let mut fut = Box::pin(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let _ = fut.as_mut().poll(&mut cx);
+    fut
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_a_device_with_io_in_flight_spares_its_ring_mates() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut devs) = open_many(&dir, 1, 32 << 20) else {
+        return;
+    };
+    // Open devices until one shares the first one's ring.
+    let first = devs[0].ring_index().unwrap();
+    for i in 1..=64 {
+        let path = dir.path().join(format!("lun{i}.img"));
+        let dev = FileDevice::open(&path, 32 << 20, true).unwrap();
+        if dev.ring_index() == Some(first) {
+            devs.push(dev);
+            break;
+        }
+    }
+    assert_eq!(devs.len(), 2, "no second device on ring {first}");
+    let mate = Arc::new(devs.pop().unwrap());
+    let doomed = devs.pop().unwrap();
+    let files = doomed.files_token();
+
+    // The ring mate keeps working throughout.
+    let busy = {
+        let mate = mate.clone();
+        tokio::spawn(async move {
+            for round in 0..200u64 {
+                let offset = (round % 64) * 64 * 1024;
+                let data = pattern(round + 500, 64 * 1024);
+                mate.write(offset, Bytes::from(data.clone()), round % 10 == 0)
+                    .await
+                    .unwrap();
+                assert_eq!(read_vec(&mate, offset, data.len()).await, data);
+            }
+        })
+    };
+    // Big FUA writes submitted to the doomed device, then abandoned along with the device.
+    const WRITES: u64 = 32;
+    const LEN: usize = 512 * 1024;
+    let pending: Vec<_> = (0..WRITES)
+        .map(|w| {
+            let data = Bytes::from(pattern(w + 100, LEN));
+            submit_once(doomed.write(w * LEN as u64, data, true))
+        })
+        .collect();
+    drop(pending);
+    // On a runtime thread, as an iSCSI task would: a drop that waited for the shared ring
+    // (which never exits) would hang here and fail the timeout.
+    let dropped = tokio::spawn(async move { drop(doomed) });
+    tokio::time::timeout(Duration::from_secs(5), dropped)
+        .await
+        .expect("dropping a device waited")
+        .unwrap();
+
+    // Its writes completed after all (the files stayed open until then, and then closed).
+    wait_gone(&files, "files of the dropped device").await;
+    let on_disk = std::fs::read(dir.path().join("lun0.img")).unwrap();
+    for w in 0..WRITES as usize {
+        let range = w * LEN..(w + 1) * LEN;
+        assert_eq!(
+            &on_disk[range],
+            &pattern(w as u64 + 100, LEN)[..],
+            "write {w}"
+        );
+    }
+    busy.await.unwrap();
+    mate.flush().await.unwrap();
+}
+
+/// A ring outside the pool (the shutdown path of a ring whose last handle is gone): its
+/// thread finishes abandoned I/O and then exits by itself, without anyone joining it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_ring_exits_after_its_io() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = temp_path(&dir);
+    let file = open_sized(&path, 16 << 20, true).unwrap();
+    let files = Arc::new(direct::Files::new(file, &path, false, direct::open_direct));
+    let ring = match uring::Ring::start_private(files.clone()) {
+        Ok(ring) => ring,
+        Err(e) => {
+            eprintln!("io_uring refused here ({e}): nothing to test");
+            return;
+        }
+    };
+    let dev = FileDevice {
+        size: 16 << 20,
+        engine: Engine::Ring(ring),
+        files,
+    };
+    assert_eq!(dev.ring_index(), None);
+    let (worker, files) = (dev.worker_token(), dev.files_token());
+    const LEN: usize = 1 << 20;
+    let pending: Vec<_> = (0..8u64)
+        .map(|w| submit_once(dev.write(w * LEN as u64, Bytes::from(pattern(w, LEN)), true)))
+        .collect();
+    drop(pending);
+    drop(dev);
+    wait_gone(&worker, "private ring thread").await;
+    assert!(files.upgrade().is_none(), "files outlived the ring");
+    let on_disk = std::fs::read(&path).unwrap();
+    for w in 0..8 {
+        assert_eq!(
+            &on_disk[w * LEN..(w + 1) * LEN],
+            &pattern(w as u64, LEN)[..]
+        );
+    }
+}
 
 /// A [`direct::Files`] on a fresh file of `len` bytes holding `pattern(7, len)`.
 fn files_with_data(dir: &tempfile::TempDir, len: usize) -> direct::Files {

@@ -1,17 +1,27 @@
-//! The io_uring engine for file devices: one ring and one thread per device.
+//! The io_uring engine for file devices: a few rings, each with its own thread, shared by all
+//! file devices of the process.
 //!
-//! Async callers push [`Request`]s onto a channel; the ring thread turns them into SQEs whose
+//! Async callers push [`Request`]s, each paired with its device's open [`Files`], onto the
+//! channel of the ring their device was assigned to; the ring thread turns them into SQEs whose
 //! buffers point straight into the requests' `BytesMut`/`Bytes` (no copy), keeps each request
 //! in a slot until its CQE arrives, and answers through the request's oneshot. Each SQE names
-//! the `O_DIRECT` or the buffered descriptor, whichever the alignment of what it moves allows
-//! (see [`super::direct`]); a remainder after a short transfer is judged afresh.
+//! the `O_DIRECT` or the buffered descriptor of its own device, whichever the alignment of what
+//! it moves allows (see [`super::direct`]); a remainder after a short transfer is judged afresh.
+//!
+//! Sharing: there are at most [`ring_limit`] rings, started lazily, and devices are dealt to
+//! them round-robin as they open, so the first few devices each get a ring of their own (as
+//! when every device had one) and a thousand devices cost a handful of threads, not a thousand.
+//! A ring and its thread live for the rest of the process once started. A device only holds a
+//! handle to its ring: dropping it waits for nothing. Its requests still queued or in flight
+//! carry their own reference to the device's files and own their buffers, so they complete
+//! normally, and the files close when the last of them has.
 //!
 //! Waking the thread: it always sleeps in `io_uring_enter` (never spins), with a read of an
 //! eventfd (the [`Doorbell`]) among the operations it waits on. That one wait therefore ends on
 //! either an I/O completion or a new request, so requests arriving while I/O is in flight are
 //! picked up at once instead of after the slowest outstanding I/O. Callers only write the
 //! eventfd when the thread has announced it may be asleep, so a busy ring costs submitters no
-//! syscall beyond the channel push.
+//! syscall beyond the channel push, however many devices and tasks submit to it.
 
 use super::direct::Files;
 use super::request::Request;
@@ -23,26 +33,47 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::oneshot;
 
-const RING_ENTRIES: u32 = 256;
-/// Data operations in flight at once: one SQ slot stays free for the doorbell read, and the
-/// completion queue (twice the SQ) can never overflow.
-const MAX_IN_FLIGHT: usize = RING_ENTRIES as usize - 1;
+/// SQ size. With a ring per device this was 256; a shared ring serves many devices, so it has
+/// room for several devices' worth of queue depth (1,024 SQEs and 2,048 CQEs are under 100 KiB
+/// per ring).
+const RING_ENTRIES: u32 = 1024;
+/// SQ size to retry with if the kernel refuses [`RING_ENTRIES`] for lack of locked memory:
+/// before Linux 5.12 rings count against RLIMIT_MEMLOCK, often 64 KiB, and this size fits.
+const SMALL_RING_ENTRIES: u32 = 256;
 /// Largest transfer per SQE (the length field is 32 bits). Longer requests go out in pieces,
 /// through the same path that resubmits short transfers.
 const MAX_PIECE: usize = 1 << 30;
 /// `user_data` of the doorbell read; data operations use their slot index.
 const DOORBELL: u64 = u64::MAX;
+/// Most rings a process runs, however many CPUs it has (see [`ring_limit`]).
+const MAX_RINGS: usize = 8;
+/// Name of a shared ring's thread, followed by its index.
+pub(crate) const THREAD_PREFIX: &str = "vvold-ring";
+
+/// How many rings the process shares among its file devices: one per CPU the process may run
+/// on, at most [`MAX_RINGS`]. A ring thread mostly sleeps in `io_uring_enter`; what CPU it
+/// uses goes to building SQEs, reaping CQEs and, for buffered I/O the page cache can serve,
+/// the copy the kernel does inline on that thread. One ring per CPU lets that work spread over
+/// every CPU when many devices are busy; more rings than CPUs would only add threads competing
+/// with the network threads (also one per CPU) for no more parallelism. The cap keeps a big
+/// machine from holding dozens of idle rings (each pins its SQ/CQ memory) for a few LUNs.
+pub(crate) fn ring_limit() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_RINGS)
+}
 
 /// Lets submitters rouse the ring thread out of `io_uring_enter`.
 struct Doorbell {
     fd: OwnedFd,
     /// Set by the ring thread before it may sleep. Whoever swaps it back to false must ring;
-    /// swaps on both sides make the handover race-free (the thread re-checks the channel after
-    /// setting it, and a submitter that saw it clear had already queued before the re-check).
+    /// swaps on both sides make the handover race-free with any number of submitters (the
+    /// thread re-checks the channel after setting it, and a submitter that saw it clear had
+    /// already queued before the re-check; of several that queued while it was set, exactly
+    /// the first to swap rings).
     sleeping: AtomicBool,
 }
 
@@ -77,20 +108,33 @@ impl Doorbell {
     }
 }
 
-/// Handle to a device's ring thread. Dropping it finishes in-flight I/O and joins the thread.
-pub(crate) struct Ring {
-    tx: Option<Sender<Request>>,
+/// A request and the files of the device it is for. The `Arc` keeps both descriptors open
+/// until the ring is done with the request, even if the device has been dropped meanwhile.
+struct Job {
+    files: Arc<Files>,
+    op: Op,
+}
+
+/// The submitting side of one ring thread.
+struct Engine {
+    /// None only while dropping: a disconnected channel tells the thread to finish and exit.
+    tx: Option<Sender<Job>>,
     bell: Arc<Doorbell>,
-    thread: Option<JoinHandle<()>>,
+    /// Which of the shared rings this is; None for a private one (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    index: Option<usize>,
     #[cfg_attr(not(test), allow(dead_code))]
     alive: Weak<()>,
 }
 
-impl Ring {
-    /// Sets up a ring for `file`, or fails (so the caller can fall back) when the kernel has no
-    /// usable io_uring: too old, or forbidden by seccomp.
-    pub(crate) fn start(files: Arc<Files>) -> io::Result<Ring> {
-        let ring = IoUring::new(RING_ENTRIES)?;
+impl Engine {
+    /// Sets up a ring and starts its thread, or fails (so the caller can fall back) when the
+    /// kernel has no usable io_uring: too old, or forbidden by seccomp.
+    fn start(index: Option<usize>) -> io::Result<Engine> {
+        let ring = match IoUring::new(RING_ENTRIES) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => IoUring::new(SMALL_RING_ENTRIES)?,
+            ring => ring?,
+        };
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for code in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE] {
@@ -105,44 +149,107 @@ impl Ring {
         let (tx, rx) = channel::unbounded();
         let alive = Arc::new(());
         let weak = Arc::downgrade(&alive);
-        let engine = Engine::new(ring, files, bell.clone(), rx);
-        let thread = std::thread::Builder::new()
-            .name("vvold-uring".into())
-            .spawn(move || {
-                let _alive = alive;
-                engine.run();
-            })?;
-        Ok(Ring {
+        let worker = Worker::new(ring, bell.clone(), rx);
+        let name = match index {
+            Some(i) => format!("{THREAD_PREFIX}{i}"),
+            None => "vvold-ringx".to_string(),
+        };
+        // Detached: nobody joins a ring thread. A shared one runs until the process exits; a
+        // private one exits by itself once its last handle is gone and its I/O is done.
+        std::thread::Builder::new().name(name).spawn(move || {
+            let _alive = alive;
+            worker.run();
+        })?;
+        Ok(Engine {
             tx: Some(tx),
             bell,
-            thread: Some(thread),
+            index,
             alive: weak,
+        })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Only private rings get here (the shared ones are never dropped). The unconditional
+        // ring makes sure the thread notices the disconnect even if it is asleep right now; it
+        // finishes what it holds and exits, and nothing waits for that.
+        self.tx = None;
+        self.bell.ring();
+    }
+}
+
+/// The shared rings, started as devices need them.
+struct Pool {
+    rings: Vec<Option<Arc<Engine>>>,
+    /// Round-robin position: the ring the next device gets.
+    next: usize,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    rings: Vec::new(),
+    next: 0,
+});
+
+/// A device's handle to the ring serving it. Dropping it waits for nothing (see module docs).
+pub(crate) struct Ring {
+    engine: Arc<Engine>,
+    files: Arc<Files>,
+}
+
+impl Ring {
+    /// Assigns a device with `files` to one of the shared rings, starting that ring if it is
+    /// not running yet. Fails (so the caller can fall back) when the kernel has no usable
+    /// io_uring.
+    pub(crate) fn start(files: Arc<Files>) -> io::Result<Ring> {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.rings.is_empty() {
+            pool.rings.resize_with(ring_limit(), || None);
+        }
+        let index = pool.next % pool.rings.len();
+        let engine = match &pool.rings[index] {
+            Some(engine) => engine.clone(),
+            None => {
+                let engine = Arc::new(Engine::start(Some(index))?);
+                pool.rings[index] = Some(engine.clone());
+                engine
+            }
+        };
+        pool.next = index + 1;
+        Ok(Ring { engine, files })
+    }
+
+    /// A ring of the device's own, outside the pool: its thread exits once the handle is
+    /// dropped and its I/O is done (for tests of that shutdown path).
+    #[cfg(test)]
+    pub(crate) fn start_private(files: Arc<Files>) -> io::Result<Ring> {
+        Ok(Ring {
+            engine: Arc::new(Engine::start(None)?),
+            files,
         })
     }
 
     pub(crate) fn submit(&self, request: Request) -> IoResult<()> {
-        let tx = self.tx.as_ref().ok_or(BackendError::Closed)?;
-        tx.send(request).map_err(|_| BackendError::Closed)?;
-        self.bell.ring_if_sleeping();
+        let tx = self.engine.tx.as_ref().ok_or(BackendError::Closed)?;
+        let job = Job {
+            files: self.files.clone(),
+            op: Op::from(request),
+        };
+        tx.send(job).map_err(|_| BackendError::Closed)?;
+        self.engine.bell.ring_if_sleeping();
         Ok(())
     }
 
-    /// A token that dies when the thread(s) have exited (for tests of clean shutdown).
+    /// Which shared ring serves the device (None: a private one).
+    #[cfg(test)]
+    pub(crate) fn index(&self) -> Option<usize> {
+        self.engine.index
+    }
+
+    /// A token that dies when the ring's thread has exited.
     #[cfg(test)]
     pub(crate) fn alive_token(&self) -> Weak<()> {
-        self.alive.clone()
-    }
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        // A disconnected channel is the thread's cue to finish what it holds and exit; the
-        // unconditional ring makes sure it notices even if it is asleep right now.
-        self.tx = None;
-        self.bell.ring();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.engine.alive.clone()
     }
 }
 
@@ -346,31 +453,35 @@ impl Op {
 }
 
 /// The ring thread's state.
-struct Engine {
+struct Worker {
     ring: IoUring,
-    /// Kept open for as long as any SQE may name one of its descriptors.
-    files: Arc<Files>,
     bell: Arc<Doorbell>,
-    rx: Receiver<Request>,
-    /// Ops owned by the kernel, indexed by `user_data`; `free` lists empty slots.
-    slots: Vec<Option<Op>>,
+    rx: Receiver<Job>,
+    /// Data operations in flight at once: one SQ slot stays free for the doorbell read, and the
+    /// completion queue (twice the SQ) can never overflow. Jobs beyond this wait in `queued` in
+    /// arrival order, whichever device they are for.
+    max_in_flight: usize,
+    /// Jobs owned by the kernel, indexed by `user_data`; `free` lists empty slots. Each keeps
+    /// its device's files open for as long as its SQE may name one of their descriptors.
+    slots: Vec<Option<Job>>,
     free: Vec<usize>,
     in_flight: usize,
-    /// Ops waiting for room in the ring (new ones, and remainders of short transfers).
-    queued: VecDeque<Op>,
+    /// Jobs waiting for room in the ring (new ones, and remainders of short transfers).
+    queued: VecDeque<Job>,
     /// Where the kernel puts the eventfd counter; boxed so its address never changes.
     bell_buf: Box<u64>,
     bell_armed: bool,
-    /// The device is gone: accept nothing new, finish what is held, then exit.
+    /// Every handle is gone: accept nothing new, finish what is held, then exit.
     closing: bool,
     reaped: Vec<(u64, i32)>,
 }
 
-impl Engine {
-    fn new(ring: IoUring, files: Arc<Files>, bell: Arc<Doorbell>, rx: Receiver<Request>) -> Engine {
-        Engine {
+impl Worker {
+    fn new(ring: IoUring, bell: Arc<Doorbell>, rx: Receiver<Job>) -> Worker {
+        let max_in_flight = ring.params().sq_entries() as usize - 1;
+        Worker {
+            max_in_flight,
             ring,
-            files,
             bell,
             rx,
             slots: Vec::new(),
@@ -432,17 +543,17 @@ impl Engine {
     fn intake(&mut self) {
         while !self.closing {
             match self.rx.try_recv() {
-                Ok(request) => self.queued.push_back(Op::from(request)),
+                Ok(job) => self.queued.push_back(job),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => self.closing = true,
             }
         }
     }
 
-    /// Hands queued ops to the kernel while there is room.
+    /// Hands queued jobs to the kernel while there is room.
     fn issue(&mut self) {
-        while self.in_flight < MAX_IN_FLIGHT {
-            let Some(mut op) = self.queued.pop_front() else {
+        while self.in_flight < self.max_in_flight {
+            let Some(mut job) = self.queued.pop_front() else {
                 break;
             };
             let slot = match self.free.pop() {
@@ -452,8 +563,8 @@ impl Engine {
                     self.slots.len() - 1
                 }
             };
-            let sqe = op.sqe(&self.files).user_data(slot as u64);
-            self.slots[slot] = Some(op);
+            let sqe = job.op.sqe(&job.files).user_data(slot as u64);
+            self.slots[slot] = Some(job);
             self.in_flight += 1;
             self.push(sqe);
         }
@@ -463,7 +574,8 @@ impl Engine {
         // In-flight accounting keeps the SQ from filling, but submitting first is the safe
         // answer should it ever be full.
         loop {
-            // SAFETY: every buffer named by an SQE is owned by a slot or by bell_buf until its
+            // SAFETY: every buffer and descriptor named by an SQE is owned by a slot (the
+            // descriptors through the job's files) or is bell_buf and the doorbell, until its
             // CQE has been reaped.
             if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
                 return;
@@ -489,14 +601,15 @@ impl Engine {
                 self.bell_armed = false;
                 continue;
             }
-            let Some(op) = self.slots.get_mut(token as usize).and_then(Option::take) else {
+            let Some(job) = self.slots.get_mut(token as usize).and_then(Option::take) else {
                 tracing::error!("io_uring completion for unknown slot {token}");
                 continue;
             };
             self.free.push(token as usize);
             self.in_flight -= 1;
-            if let Some(rest) = op.complete(res, &self.files) {
-                self.queued.push_front(rest);
+            let Job { files, op } = job;
+            if let Some(rest) = op.complete(res, &files) {
+                self.queued.push_front(Job { files, op: rest });
             }
         }
         self.reaped = reaped;
