@@ -70,6 +70,9 @@ pub fn take(len: usize) -> BytesMut {
 
 /// Hand a buffer back once nothing else refers to it. Anything that did not come from
 /// [`take`] (or is still shared, or was advanced past its aligned start) is just dropped.
+/// Pass the whole buffer `take` gave, never a slice of it: a slice from the middle that
+/// happens to be aligned cannot be told from a small buffer, and would pin the whole
+/// allocation under a smaller class (the writer therefore recycles only each read's owner).
 pub fn recycle(data: Bytes) {
     // The cheap test first: headers and other small payloads are never page-aligned.
     if data.as_ptr().align_offset(ALIGN) != 0 {
@@ -85,7 +88,12 @@ pub fn recycle_mut(mut buf: BytesMut) {
     let Some((class, size)) = class_of(buf.len()) else {
         return;
     };
-    if buf.capacity() < size || buf.as_ptr().align_offset(ALIGN) != 0 {
+    // Only a buffer about the size of its class: anything larger (a slice of a bigger buffer
+    // that happens to be aligned) would pin more memory than the class accounts for.
+    if buf.capacity() < size
+        || buf.capacity() > size + ALIGN
+        || buf.as_ptr().align_offset(ALIGN) != 0
+    {
         return;
     }
     // Within capacity, so this only writes zeros into the slack of a short buffer; a full
@@ -171,6 +179,15 @@ mod tests {
         recycle(Bytes::from_static(&[0u8; 16]));
         // A foreign vector might happen to be aligned; it is only kept if it is.
         assert!(pooled().iter().all(|&(size, n)| size == 4096 && n <= 1));
+    }
+
+    #[test]
+    fn the_head_of_a_bigger_buffer_is_not_pooled() {
+        let whole = take(1 << 20).freeze();
+        let head = whole.slice(..4096);
+        drop(whole);
+        recycle(head);
+        assert!(pooled().is_empty(), "would pin 1 MiB in the 4 KiB class");
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl ConnCtx {
         &self,
         cmd: &CommandInfo,
         task: &Task,
-        resp: Response,
+        mut resp: Response,
         residual: Option<Residual>,
     ) {
         lock(&self.session.tasks).remove(&cmd.itt);
@@ -89,17 +89,21 @@ impl ConnCtx {
             Residual::of(cmd.expected_len, moved)
         });
         if data_len > 0 {
-            self.send_data_in(cmd, resp.data.slice(..data_len), &resp, residual)
+            // The backend's whole buffer travels with the last Data-In PDU back to its pool.
+            let owner = std::mem::take(&mut resp.data);
+            self.send_data_in(cmd, owner, data_len, &resp, residual)
                 .await;
         } else {
             self.send_scsi_response(cmd, &resp, residual).await;
         }
     }
 
+    /// Send the first `len` bytes of `owner` as Data-In (the status too when it is GOOD).
     async fn send_data_in(
         &self,
         cmd: &CommandInfo,
-        data: Bytes,
+        owner: Bytes,
+        len: usize,
         resp: &Response,
         residual: Residual,
     ) {
@@ -107,9 +111,10 @@ impl ConnCtx {
         let chunk = self.max_xmit.max(512);
         let mut offset = 0usize;
         let mut datasn = 0u32;
-        while offset < data.len() {
-            let end = (offset + chunk).min(data.len());
-            let last = end == data.len();
+        let mut owner = Some(owner);
+        while offset < len {
+            let end = (offset + chunk).min(len);
+            let last = end == len;
             let burst_end = (offset / self.max_burst + 1) * self.max_burst <= end;
             let status = (last && collapse).then_some((resp.status as u8, residual));
             let bhs = pdu::data_in(
@@ -127,12 +132,14 @@ impl ConnCtx {
             } else {
                 Numbering::NoStatSn
             };
-            if self
-                .out
-                .send(OutPdu::new(bhs, data.slice(offset..end), numbering))
-                .await
-                .is_err()
-            {
+            let Some(data) = owner.as_ref() else { return };
+            let mut pdu = OutPdu::new(bhs, data.slice(offset..end), numbering);
+            if last {
+                // Every earlier slice is queued ahead of this one: once it is sent, the
+                // backend's buffer can go back to its pool.
+                pdu = pdu.returning(owner.take().unwrap_or_default());
+            }
+            if self.out.send(pdu).await.is_err() {
                 return;
             }
             offset = end;

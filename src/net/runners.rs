@@ -91,11 +91,40 @@ impl Drop for Runners {
 }
 
 async fn run(state: Arc<Mutex<State>>, ctx: Arc<ConnCtx>, keep: usize) {
+    let _watch = Watch {
+        state: state.clone(),
+        ctx: ctx.clone(),
+        keep,
+    };
     let mut finished = None;
     while let Some((job, data)) = next(&state, finished.take(), keep).await {
         let task = job.task.clone();
         exec::run(&ctx, job, data).await;
         finished = Some(task);
+    }
+}
+
+/// Notices a runner dying of a panic in a command (tokio contains the panic to the task): it no
+/// longer counts as running, and if jobs wait with no runner idle, a replacement takes over, so
+/// a panic costs the one command (as a task per command did), not the connection's runners.
+struct Watch {
+    state: Arc<Mutex<State>>,
+    ctx: Arc<ConnCtx>,
+    keep: usize,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut s = lock(&self.state);
+        s.running -= 1;
+        if !s.queue.is_empty() && s.idle.is_empty() {
+            s.running += 1;
+            drop(s);
+            tokio::spawn(run(self.state.clone(), self.ctx.clone(), self.keep));
+        }
     }
 }
 

@@ -30,6 +30,11 @@ pub struct OutPdu {
     pub bhs: Bhs,
     pub data: Bytes,
     pub numbering: Numbering,
+    /// The whole pooled buffer `data` is a slice of, on the last PDU that carries part of it:
+    /// it goes back to its pool once this PDU is sent. Only the owner is recycled, never a
+    /// slice: a slice would come back filed under its own length while pinning the whole
+    /// allocation.
+    pub owner: Option<Bytes>,
 }
 
 impl OutPdu {
@@ -38,7 +43,14 @@ impl OutPdu {
             bhs,
             data,
             numbering,
+            owner: None,
         }
+    }
+
+    /// This PDU is the last to carry a slice of the pooled buffer `owner`.
+    pub fn returning(mut self, owner: Bytes) -> OutPdu {
+        self.owner = Some(owner);
+        self
     }
 }
 
@@ -70,6 +82,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let mut segs: Vec<Bytes> = Vec::with_capacity(MAX_BATCH * 4);
     // Positions of each PDU's header and trailer inside the batch's header arena.
     let mut layout: Vec<(usize, usize, usize)> = Vec::with_capacity(MAX_BATCH);
+    let mut owners: Vec<Bytes> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -113,7 +126,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
             layout.push((h0, h1, arena.len()));
         }
         let arena = arena.freeze();
+        let arena_page = arena.clone();
         for (p, (h0, h1, t1)) in batch.drain(..).zip(layout.drain(..)) {
+            owners.extend(p.owner);
             segs.push(arena.slice(h0..h1));
             if !p.data.is_empty() {
                 segs.push(p.data);
@@ -124,11 +139,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         drop(arena);
         write_all_vectored(&mut w, &segs).await?;
-        // Last first: when a read went out as several Data-In slices, the slice at the
-        // buffer's aligned start is then the last handle and takes the buffer back to its pool.
-        while let Some(seg) = segs.pop() {
-            buffer::recycle(seg);
-        }
+        // The slices go first, so each owner (and the header arena) is the last handle on its
+        // buffer when it is recycled.
+        segs.clear();
+        owners.drain(..).for_each(buffer::recycle);
+        buffer::recycle(arena_page);
     }
     w.flush().await?;
     let _ = w.shutdown().await;
@@ -171,6 +186,41 @@ mod tests {
     use super::*;
     use crate::iscsi::pdu::{nop_in, Itt, Seq};
     use crate::scsi::Lun;
+
+    #[tokio::test]
+    async fn a_sent_read_buffer_goes_back_to_the_pool_whole() {
+        let (tx, rx) = mpsc::channel(8);
+        let window = Arc::new(Mutex::new(CmdWindow::new(SerialNumber(5), 4)));
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let cfg = WriterConfig {
+            header_digest: false,
+            data_digest: false,
+            first_statsn: SerialNumber(1),
+        };
+        let task = tokio::spawn(run(server, rx, window, cfg));
+        let owner = buffer::take(16384).freeze();
+        let at = owner.as_ptr();
+        let b = nop_in(Lun::single(0), Itt(1), 0xFFFF_FFFF, Seq::default(), 0);
+        let first = OutPdu::new(b, owner.slice(..8192), Numbering::NoStatSn);
+        let last = OutPdu::new(b, owner.slice(8192..), Numbering::Status).returning(owner);
+        tx.send(first).await.unwrap();
+        tx.send(last).await.unwrap();
+        drop(tx);
+        let mut client = client;
+        let mut out = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
+            .await
+            .unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!(out.len(), 2 * 48 + 16384);
+        // The writer ran on this thread: its pool now holds the whole 16 KiB buffer.
+        assert!(
+            buffer::pooled().contains(&(16384, 1)),
+            "{:?}",
+            buffer::pooled()
+        );
+        assert_eq!(buffer::take(16384).as_ptr(), at);
+    }
 
     #[tokio::test]
     async fn numbers_and_frames_pdus() {
