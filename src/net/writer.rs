@@ -187,31 +187,40 @@ mod tests {
     use crate::iscsi::pdu::{nop_in, Itt, Seq};
     use crate::scsi::Lun;
 
-    #[tokio::test]
-    async fn a_sent_read_buffer_goes_back_to_the_pool_whole() {
+    /// Run a writer over an in-memory pipe: send `pdus`, close, and return every byte written.
+    async fn write_out(digests: bool, first_statsn: u32, pdus: Vec<OutPdu>) -> Vec<u8> {
         let (tx, rx) = mpsc::channel(8);
         let window = Arc::new(Mutex::new(CmdWindow::new(SerialNumber(5), 4)));
-        let (client, server) = tokio::io::duplex(1 << 16);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
         let cfg = WriterConfig {
-            header_digest: false,
-            data_digest: false,
-            first_statsn: SerialNumber(1),
+            header_digest: digests,
+            data_digest: digests,
+            first_statsn: SerialNumber(first_statsn),
         };
         let task = tokio::spawn(run(server, rx, window, cfg));
-        let owner = buffer::take(16384).freeze();
-        let at = owner.as_ptr();
-        let b = nop_in(Lun::single(0), Itt(1), 0xFFFF_FFFF, Seq::default(), 0);
-        let first = OutPdu::new(b, owner.slice(..8192), Numbering::NoStatSn);
-        let last = OutPdu::new(b, owner.slice(8192..), Numbering::Status).returning(owner);
-        tx.send(first).await.unwrap();
-        tx.send(last).await.unwrap();
+        for p in pdus {
+            tx.send(p).await.unwrap();
+        }
         drop(tx);
-        let mut client = client;
         let mut out = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
             .await
             .unwrap();
         task.await.unwrap().unwrap();
+        out
+    }
+
+    fn bhs() -> Bhs {
+        nop_in(Lun::single(0), Itt(1), 0xFFFF_FFFF, Seq::default(), 0)
+    }
+
+    #[tokio::test]
+    async fn a_sent_read_buffer_goes_back_to_the_pool_whole() {
+        let owner = buffer::take(16384).freeze();
+        let at = owner.as_ptr();
+        let first = OutPdu::new(bhs(), owner.slice(..8192), Numbering::NoStatSn);
+        let last = OutPdu::new(bhs(), owner.slice(8192..), Numbering::Status).returning(owner);
+        let out = write_out(false, 1, vec![first, last]).await;
         assert_eq!(out.len(), 2 * 48 + 16384);
         // The writer ran on this thread: its pool now holds the whole 16 KiB buffer.
         assert!(
@@ -224,33 +233,15 @@ mod tests {
 
     #[tokio::test]
     async fn numbers_and_frames_pdus() {
-        let (tx, rx) = mpsc::channel(8);
-        let window = Arc::new(Mutex::new(CmdWindow::new(SerialNumber(5), 4)));
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let cfg = WriterConfig {
-            header_digest: true,
-            data_digest: true,
-            first_statsn: SerialNumber(100),
-        };
-        let task = tokio::spawn(run(server, rx, window, cfg));
-        let b = nop_in(Lun::single(0), Itt(1), 0xFFFF_FFFF, Seq::default(), 0);
-        tx.send(OutPdu::new(
-            b,
-            Bytes::from_static(b"abcde"),
-            Numbering::Status,
-        ))
-        .await
-        .unwrap();
-        tx.send(OutPdu::new(b, Bytes::new(), Numbering::Current))
-            .await
-            .unwrap();
-        drop(tx);
-        task.await.unwrap().unwrap();
-        let mut out = Vec::new();
-        let mut client = client;
-        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut out)
-            .await
-            .unwrap();
+        let out = write_out(
+            true,
+            100,
+            vec![
+                OutPdu::new(bhs(), Bytes::from_static(b"abcde"), Numbering::Status),
+                OutPdu::new(bhs(), Bytes::new(), Numbering::Current),
+            ],
+        )
+        .await;
         // 48 + 4 (HD) + 5 + 3 pad + 4 (DD), then 48 + 4.
         assert_eq!(out.len(), 64 + 52);
         let first = Bhs(out[..48].try_into().unwrap());
