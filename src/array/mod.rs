@@ -53,6 +53,9 @@ pub struct LogicalUnit {
 
 impl LogicalUnit {
     pub fn new(id: u16, lun: Lun, disk: DiskLu, device: AnyDevice) -> LogicalUnit {
+        if let AnyDevice::File(f) = &device {
+            f.fit_direct_io_to(disk.identity().block_size);
+        }
         LogicalUnit {
             id,
             lun,

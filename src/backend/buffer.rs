@@ -271,5 +271,15 @@ mod backend_contract {
         assert_eq!(got, data);
         let counts = file.io_counts();
         assert_eq!((counts.direct, counts.buffered), (2, 0));
+
+        // Blocks smaller than the alignment would mix the two paths on one file: the device
+        // then stays buffered.
+        let align = file.direct_align().unwrap().offset;
+        file.fit_direct_io_to(align);
+        assert!(file.direct_align().is_some());
+        file.fit_direct_io_to(align / 2);
+        assert!(file.direct_align().is_none());
+        file.read(4096, take(8192)).await.unwrap();
+        assert_eq!(file.io_counts().buffered, 1);
     }
 }

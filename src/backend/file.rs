@@ -146,6 +146,22 @@ impl FileDevice {
         self.files.direct_align()
     }
 
+    /// Use direct I/O only if whole logical blocks of `block_size` bytes meet the file's
+    /// alignment. Smaller blocks would send some transfers buffered and some direct to the
+    /// same file, and a buffered read racing a direct write can leave a stale page in the page
+    /// cache; then the device stays buffered (with a warning), which is always coherent.
+    pub fn fit_direct_io_to(&self, block_size: u32) {
+        if let Some(a) = self.direct_align() {
+            if a.offset > block_size {
+                tracing::warn!(
+                    "direct_io: {block_size}-byte blocks are below the file's {}-byte direct-I/O                      alignment; buffered I/O only",
+                    a.offset
+                );
+                self.files.stop_direct();
+            }
+        }
+    }
+
     /// How many transfers went through each descriptor so far.
     pub fn io_counts(&self) -> IoCounts {
         self.files.counts()

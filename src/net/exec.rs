@@ -342,11 +342,10 @@ impl ConnCtx {
                 if cmp.status != Status::Good {
                     return cmp;
                 }
-                match lu
-                    .device
-                    .write(offset, Bytes::copy_from_slice(write), fua)
-                    .await
-                {
+                // A pooled (aligned) copy, so a direct_io file takes it direct like any write.
+                let mut copy = buffer::take(write.len());
+                copy.copy_from_slice(write);
+                match lu.device.write(offset, copy.freeze(), fua).await {
                     Ok(()) => Response::good_empty(),
                     Err(e) => write_err(e),
                 }
@@ -462,7 +461,12 @@ async fn write_repeated(
     block: &[u8],
 ) -> crate::backend::IoResult<()> {
     let per_chunk = (CHUNK / block.len() as u64).max(1) * block.len() as u64;
-    let pattern = Bytes::from(block.repeat((per_chunk / block.len() as u64) as usize));
+    // In a pooled (aligned) buffer, so a direct_io file takes these writes direct too.
+    let mut pattern = buffer::take(per_chunk as usize);
+    for piece in pattern.chunks_mut(block.len()) {
+        piece.copy_from_slice(&block[..piece.len()]);
+    }
+    let pattern = pattern.freeze();
     let mut done = 0;
     while done < len {
         let n = (len - done).min(per_chunk);

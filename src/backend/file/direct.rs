@@ -139,6 +139,11 @@ impl Files {
         }
     }
 
+    /// Give up direct I/O for this device (the LU's blocks are smaller than the alignment).
+    pub(crate) fn stop_direct(&self) {
+        self.direct_ok.store(false, Ordering::Relaxed);
+    }
+
     pub(crate) fn counts(&self) -> IoCounts {
         IoCounts {
             direct: self.direct_count.load(Ordering::Relaxed),
