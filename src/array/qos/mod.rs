@@ -14,7 +14,7 @@ use crate::backend::RatedPool;
 use crate::scsi::Plan;
 use crate::vvol::catalog::IoLimits;
 use crate::vvol::qos::stats::{self, History, IoRecord, QosStatus, VolStats, Window};
-use crate::vvol::qos::{self as core, Arbiter, CapLimiter, Gate, Leave, PhaseCounts, VolKey};
+use crate::vvol::qos::{self as core, Arbiter, CapLimiter, Gate, Offer, PhaseCounts, VolKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -78,19 +78,15 @@ impl QosPool {
         if self.gate.try_enter(units) {
             return (Slot(Some(self)), false);
         }
-        let rx = {
-            let mut arb = lock(&self.arbiter);
-            if self.gate.enter_or_queue(units) {
-                return (Slot(Some(self)), false);
-            }
-            let (tx, rx) = oneshot::channel();
-            if arb.enqueue(now_ns(), key, units, tx).is_err() {
-                // Not a registered volume: never hold an I/O hostage to a bookkeeping slip.
-                self.gate.unqueue(1);
-                return (Slot(None), false);
-            }
-            rx
-        };
+        let (tx, rx) = oneshot::channel();
+        match self
+            .gate
+            .offer(&mut lock(&self.arbiter), now_ns(), key, units, tx)
+        {
+            Offer::Go(_) => return (Slot(Some(self)), false),
+            Offer::Unknown(_) => return (Slot(None), false),
+            Offer::Queued => {}
+        }
         match rx.await {
             Ok(()) => (Slot(Some(self)), true),
             // The volume left the arbiter while this I/O waited: it goes without a slot.
@@ -105,16 +101,9 @@ impl QosPool {
             return;
         }
         let mut arb = lock(&self.arbiter);
-        while self.gate.leave_locked() == Leave::HandOver {
-            match arb.next(now_ns()) {
-                Some(next) => {
-                    if next.send(()).is_ok() {
-                        return;
-                    }
-                }
-                // The gate counted a waiter the arbiter does not hold: cannot happen while both
-                // change under this lock; should it, the next round frees the slot.
-                None => debug_assert!(false, "gate and arbiter disagree"),
+        while let Some(next) = self.gate.pass_on(&mut arb, now_ns()) {
+            if next.send(()).is_ok() {
+                return;
             }
         }
     }
@@ -363,10 +352,7 @@ impl Qos {
                     name: name.to_string(),
                     unit_bytes,
                     gate: Gate::new(window),
-                    arbiter: Mutex::new(Arbiter::new(
-                        window,
-                        self.settings.max_lag.as_nanos() as u64,
-                    )),
+                    arbiter: Mutex::new(Arbiter::new(self.settings.max_lag.as_nanos() as u64)),
                     rated: rated(),
                 })
             })

@@ -15,10 +15,10 @@
 //!   makes over-committed reservations share in proportion to their lower limits.
 //! - Tags restart when a volume becomes backlogged, so idle time earns nothing.
 //!
-//! Fast path: while nothing is queued and the window has room, an I/O goes straight through
-//! with no tag bookkeeping (tags only matter under contention, and they restart on
-//! activation). A completion hands its slot to the next queued I/O rather than freeing it,
-//! so fast-path arrivals cannot overtake queued ones.
+//! The in-flight window itself is kept by [`super::Gate`], without a lock: while nothing is
+//! queued and the window has room an I/O goes straight through with no tag bookkeeping (tags
+//! only matter under contention, and they restart on activation), and a completion hands its
+//! slot to the next queued I/O rather than freeing it, so arrivals cannot overtake waiters.
 //!
 //! Pure and single-owner: the caller serialises access and supplies the clock.
 
@@ -32,11 +32,9 @@ const P_SCALE: u64 = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VolKey(pub usize);
 
-/// Which phase served an I/O.
+/// Which phase served a queued I/O.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Went straight through: window not full, nothing queued.
-    Fast,
     Reservation,
     Weight,
 }
@@ -44,7 +42,6 @@ pub enum Phase {
 /// Units served per phase, for telemetry (the dmClock simulator reports the same split).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PhaseCounts {
-    pub fast: u64,
     pub reservation: u64,
     pub weight: u64,
 }
@@ -103,17 +100,14 @@ pub struct Arbiter<T> {
     r_shift: u64,
     /// Start tag of the last weight-phase dispatch: where newly backlogged volumes start.
     vtime: u64,
-    inflight: u32,
-    window: u32,
     max_lag: u64,
     queued: usize,
     counts: PhaseCounts,
 }
 
 impl<T> Arbiter<T> {
-    /// An arbiter letting `window` I/Os reach the backend at once, with reservation tags
-    /// allowed to lag the clock by at most `max_lag_ns`.
-    pub fn new(window: u32, max_lag_ns: u64) -> Arbiter<T> {
+    /// An arbiter whose reservation tags may lag the clock by at most `max_lag_ns`.
+    pub fn new(max_lag_ns: u64) -> Arbiter<T> {
         Arbiter {
             vols: Vec::new(),
             free: Vec::new(),
@@ -121,8 +115,6 @@ impl<T> Arbiter<T> {
             pheap: IndexedHeap::default(),
             r_shift: 0,
             vtime: 0,
-            inflight: 0,
-            window: window.max(1),
             max_lag: max_lag_ns,
             queued: 0,
             counts: PhaseCounts::default(),
@@ -174,14 +166,6 @@ impl<T> Arbiter<T> {
         }
     }
 
-    pub fn window(&self) -> u32 {
-        self.window
-    }
-
-    pub fn inflight(&self) -> u32 {
-        self.inflight
-    }
-
     pub fn queued(&self) -> usize {
         self.queued
     }
@@ -207,32 +191,8 @@ impl<T> Arbiter<T> {
         now.saturating_sub(self.r_shift)
     }
 
-    /// The fast path alone: take a slot for an I/O of `cost` units if it may go at once (the
-    /// window has room and nothing waits). False: the caller must `submit` it.
-    pub fn try_fast(&mut self, cost: u32) -> bool {
-        if self.queued == 0 && self.inflight < self.window {
-            self.inflight += 1;
-            self.counts.fast += cost as u64;
-            return true;
-        }
-        false
-    }
-
-    /// An I/O of `cost` units for `key` arrives. Returns it back when it may go to the
-    /// backend at once; otherwise it is queued and comes out of a later `complete`/`pump`.
-    pub fn submit(&mut self, now: u64, key: VolKey, cost: u32, item: T) -> Option<T> {
-        if !self.vols.get(key.0).is_some_and(|v| v.live) {
-            // Unknown volume: never hold an I/O hostage to a bookkeeping slip.
-            return Some(item);
-        }
-        if self.try_fast(cost) {
-            return Some(item);
-        }
-        self.enqueue(now, key, cost, item).err()
-    }
-
-    /// Queue an I/O whatever the window says (for a caller that keeps the window itself, as
-    /// the pools' lock-free gate does). Gives the item back for an unknown volume.
+    /// Queue an I/O of `cost` units for `key` (the window is full or others wait: see
+    /// [`super::Gate::offer`]). Gives the item back for an unknown volume.
     pub fn enqueue(&mut self, now: u64, key: VolKey, cost: u32, item: T) -> Result<(), T> {
         if !self.vols.get(key.0).is_some_and(|v| v.live) {
             return Err(item);
@@ -260,18 +220,7 @@ impl<T> Arbiter<T> {
         self.pheap.set(k, v.head_p);
     }
 
-    /// A dispatched I/O finished. Its slot goes to the next queued I/O, which is returned;
-    /// with nothing queued the slot is freed.
-    pub fn complete(&mut self, now: u64) -> Option<T> {
-        if self.queued == 0 {
-            self.inflight = self.inflight.saturating_sub(1);
-            return None;
-        }
-        self.next(now)
-    }
-
-    /// The queued I/O that goes next (by the reservation and weight tags), if any, leaving
-    /// the window to the caller (see [`Arbiter::enqueue`]).
+    /// The queued I/O that goes next (by the reservation and weight tags), if any.
     pub fn next(&mut self, now: u64) -> Option<T> {
         self.dequeue(now).map(|(t, _)| t)
     }

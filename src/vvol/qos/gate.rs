@@ -12,6 +12,7 @@
 //! the queued count seen in the same word, so an I/O never enters past a waiter and a slot is
 //! never dropped while one waits.
 
+use super::{Arbiter, VolKey};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// In-flight I/Os in the low half, queued ones in the high half.
@@ -30,6 +31,18 @@ pub enum Leave {
     /// A queued I/O takes the slot over: the caller must hand it the next one from the
     /// arbiter.
     HandOver,
+}
+
+/// What became of an I/O offered with the arbiter's lock held.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer<T> {
+    /// It took a slot: it may go.
+    Go(T),
+    /// It waits in the arbiter for a finishing I/O to pass its slot on.
+    Queued,
+    /// Its volume is not registered: it goes without a slot (never held hostage to a
+    /// bookkeeping slip).
+    Unknown(T),
 }
 
 const LOW: u64 = 0xFFFF_FFFF;
@@ -109,6 +122,43 @@ impl Gate {
             self.fast_units.fetch_add(units as u64, Ordering::Relaxed);
         }
         entered
+    }
+
+    /// With `arb`'s lock held, once [`Gate::try_enter`] has failed: take a slot for `item`, or
+    /// queue it in `arb`.
+    pub fn offer<T>(
+        &self,
+        arb: &mut Arbiter<T>,
+        now: u64,
+        key: VolKey,
+        units: u32,
+        item: T,
+    ) -> Offer<T> {
+        if self.enter_or_queue(units) {
+            return Offer::Go(item);
+        }
+        match arb.enqueue(now, key, units, item) {
+            Ok(()) => Offer::Queued,
+            Err(item) => {
+                self.unqueue(1);
+                Offer::Unknown(item)
+            }
+        }
+    }
+
+    /// With `arb`'s lock held, once [`Gate::try_leave`] has failed: the queued I/O a finishing
+    /// one's slot passes to, or None once the slot is free. (A waiter that went away is the
+    /// caller's to skip: call again.)
+    pub fn pass_on<T>(&self, arb: &mut Arbiter<T>, now: u64) -> Option<T> {
+        while self.leave_locked() == Leave::HandOver {
+            match arb.next(now) {
+                Some(next) => return Some(next),
+                // Counted a waiter the arbiter does not hold: cannot happen while both change
+                // under the one lock; should it, the next round frees the slot.
+                None => debug_assert!(false, "gate and arbiter disagree"),
+            }
+        }
+        None
     }
 
     /// With the arbiter's lock held: `n` queued I/Os left the queue without a slot (their

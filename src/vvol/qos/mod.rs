@@ -9,7 +9,7 @@ mod heap;
 pub mod stats;
 
 pub use arbiter::{Arbiter, Phase, PhaseCounts, VolKey};
-pub use gate::{Gate, Leave};
+pub use gate::{Gate, Leave, Offer};
 pub use gcra::CapLimiter;
 
 /// Default normalization unit: 32 KiB.

@@ -3,6 +3,7 @@
 //! the reservation scenarios (A4, A5, A6); the end-to-end runs are `scripts/qos-check.sh`.
 
 use super::*;
+use crate::vvol::qos::{Gate, Offer};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -26,6 +27,8 @@ fn vol(qd: u32, lower: Option<u32>) -> SimVol {
 }
 
 struct Sim {
+    /// The window in front of the arbiter, driven as the pools drive it.
+    gate: Gate,
     arb: Arbiter<usize>,
     keys: Vec<VolKey>,
     vols: Vec<SimVol>,
@@ -40,7 +43,7 @@ struct Sim {
 
 impl Sim {
     fn new(vols: &[SimVol], capacity: u64, window: u32, qos: bool) -> Sim {
-        let mut arb = Arbiter::new(window, 500_000_000);
+        let mut arb = Arbiter::new(500_000_000);
         let keys = vols
             .iter()
             .map(|v| {
@@ -52,6 +55,7 @@ impl Sim {
             })
             .collect();
         Sim {
+            gate: Gate::new(window),
             arb,
             keys,
             vols: vols.to_vec(),
@@ -67,7 +71,7 @@ impl Sim {
     fn admit(&mut self, now: u64, v: usize) -> Option<usize> {
         let cost = self.vols[v].cost;
         match &mut self.fifo {
-            None => self.arb.submit(now, self.keys[v], cost, v),
+            None => offer(&self.gate, &mut self.arb, now, self.keys[v], cost, v),
             Some((q, inflight)) if *inflight < self.window && q.is_empty() => {
                 *inflight += 1;
                 Some(v)
@@ -81,7 +85,7 @@ impl Sim {
 
     fn release(&mut self, now: u64) -> Option<usize> {
         match &mut self.fifo {
-            None => self.arb.complete(now),
+            None => finish(&self.gate, &mut self.arb, now),
             Some((q, inflight)) => {
                 let next = q.pop_front();
                 if next.is_none() {
@@ -215,37 +219,67 @@ fn large_ios_are_charged_by_cost() {
     assert!((ratio - 1.0).abs() < 0.05, "{ratio}");
 }
 
+/// An I/O arriving at the pool, as `QosPool::acquire` offers it: the item back if it may go.
+fn offer<T>(
+    gate: &Gate,
+    arb: &mut Arbiter<T>,
+    now: u64,
+    key: VolKey,
+    cost: u32,
+    item: T,
+) -> Option<T> {
+    if gate.try_enter(cost) {
+        return Some(item);
+    }
+    match gate.offer(arb, now, key, cost, item) {
+        Offer::Go(item) | Offer::Unknown(item) => Some(item),
+        Offer::Queued => None,
+    }
+}
+
+/// An I/O finishing, as `QosPool::release` does: the queued I/O its slot passes to.
+fn finish<T>(gate: &Gate, arb: &mut Arbiter<T>, now: u64) -> Option<T> {
+    if gate.try_leave() {
+        return None;
+    }
+    gate.pass_on(arb, now)
+}
+
 #[test]
 fn fast_path_until_the_window_is_full() {
-    let mut a: Arbiter<u32> = Arbiter::new(2, S);
+    let (g, mut a) = (Gate::new(2), Arbiter::<u32>::new(S));
     let k = a.register(Some(100), 1);
-    assert_eq!(a.submit(0, k, 1, 1), Some(1));
-    assert_eq!(a.submit(0, k, 1, 2), Some(2));
-    assert_eq!(a.submit(0, k, 1, 3), None);
+    assert_eq!(offer(&g, &mut a, 0, k, 1, 1), Some(1));
+    assert_eq!(offer(&g, &mut a, 0, k, 1, 2), Some(2));
+    assert_eq!(offer(&g, &mut a, 0, k, 1, 3), None);
     assert_eq!(a.queued(), 1);
     // The completion hands its slot straight to the queued I/O.
-    assert_eq!(a.complete(10), Some(3));
-    assert_eq!(a.inflight(), 2);
-    assert_eq!(a.complete(20), None);
-    assert_eq!(a.complete(30), None);
-    assert_eq!(a.inflight(), 0);
-    assert_eq!(a.counts().fast, 2);
+    assert_eq!(finish(&g, &mut a, 10), Some(3));
+    assert_eq!(g.load(), (2, 0));
+    assert_eq!(finish(&g, &mut a, 20), None);
+    assert_eq!(finish(&g, &mut a, 30), None);
+    assert_eq!(g.load(), (0, 0));
+    assert_eq!(g.fast_units(), 2);
 }
 
 #[test]
 fn unregister_releases_queued_ios_and_slots_pass_on() {
-    let mut a: Arbiter<u32> = Arbiter::new(1, S);
+    let (g, mut a) = (Gate::new(1), Arbiter::<u32>::new(S));
     let k = a.register(None, 1);
     let j = a.register(Some(50), 2);
-    assert_eq!(a.submit(0, k, 1, 1), Some(1));
-    assert_eq!(a.submit(0, k, 1, 2), None);
-    assert_eq!(a.submit(0, j, 1, 3), None);
-    assert_eq!(a.unregister(k), vec![2]);
+    assert_eq!(offer(&g, &mut a, 0, k, 1, 1), Some(1));
+    assert_eq!(offer(&g, &mut a, 0, k, 1, 2), None);
+    assert_eq!(offer(&g, &mut a, 0, j, 1, 3), None);
+    let dropped = a.unregister(k);
+    assert_eq!(dropped, vec![2]);
+    g.unqueue(dropped.len() as u32);
     // The one in flight finishes: its slot goes to the other volume's queued I/O.
-    assert_eq!(a.complete(5), Some(3));
-    assert_eq!(a.complete(5), None);
+    assert_eq!(finish(&g, &mut a, 5), Some(3));
+    assert_eq!(finish(&g, &mut a, 5), None);
     a.set_policy(6, j, None, 1);
     assert!(a.backlogged_ns(j, 6) >= 5);
-    // An unknown volume is never held.
-    assert_eq!(a.submit(7, k, 1, 9), Some(9));
+    // An unknown volume is never held, even with the window full.
+    assert_eq!(offer(&g, &mut a, 7, k, 1, 8), Some(8));
+    assert_eq!(offer(&g, &mut a, 7, k, 1, 9), Some(9));
+    assert_eq!(g.load(), (1, 0));
 }
