@@ -102,7 +102,7 @@ impl ConnCtx {
     async fn send_data_in(
         &self,
         cmd: &CommandInfo,
-        owner: Bytes,
+        mut owner: Bytes,
         len: usize,
         resp: &Response,
         residual: Residual,
@@ -111,7 +111,6 @@ impl ConnCtx {
         let chunk = self.max_xmit.max(512);
         let mut offset = 0usize;
         let mut datasn = 0u32;
-        let mut owner = Some(owner);
         while offset < len {
             let end = (offset + chunk).min(len);
             let last = end == len;
@@ -132,12 +131,11 @@ impl ConnCtx {
             } else {
                 Numbering::NoStatSn
             };
-            let Some(data) = owner.as_ref() else { return };
-            let mut pdu = OutPdu::new(bhs, data.slice(offset..end), numbering);
+            let mut pdu = OutPdu::new(bhs, owner.slice(offset..end), numbering);
             if last {
                 // Every earlier slice is queued ahead of this one: once it is sent, the
                 // backend's buffer can go back to its pool.
-                pdu = pdu.returning(owner.take().unwrap_or_default());
+                pdu = pdu.returning(std::mem::take(&mut owner));
             }
             if self.out.send(pdu).await.is_err() {
                 return;
@@ -306,10 +304,7 @@ impl ConnCtx {
             }
             Plan::Write { offset, fua, .. } => {
                 let _w = lu.write_lock.read().await;
-                // The backend gets a second handle, so the buffer is ours again when it is done.
-                let r = lu.device.write(offset, data.clone(), fua).await;
-                buffer::recycle(data);
-                match r {
+                match write_pooled(&lu.device, offset, data, fua).await {
                     Ok(()) => Response::good_empty(),
                     Err(e) => write_err(e),
                 }
@@ -345,7 +340,7 @@ impl ConnCtx {
                 // A pooled (aligned) copy, so a direct_io file takes it direct like any write.
                 let mut copy = buffer::take(write.len());
                 copy.copy_from_slice(write);
-                match lu.device.write(offset, copy.freeze(), fua).await {
+                match write_pooled(&lu.device, offset, copy.freeze(), fua).await {
                     Ok(()) => Response::good_empty(),
                     Err(e) => write_err(e),
                 }
@@ -438,19 +433,33 @@ impl ConnCtx {
                     .read(seg.source_offset + at, buffer::take(n as usize))
                     .await
                     .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x11, 0x00))?;
-                let buf = buf.freeze();
-                let r = dst
-                    .device
-                    .write(seg.destination_offset + at, buf.clone(), false)
-                    .await;
-                buffer::recycle(buf);
-                r.map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0C, 0x00))?;
+                write_pooled(
+                    &dst.device,
+                    seg.destination_offset + at,
+                    buf.freeze(),
+                    false,
+                )
+                .await
+                .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0C, 0x00))?;
                 done += n;
             }
             copied += seg.len;
         }
         Ok(copied)
     }
+}
+
+/// Write a pooled buffer and give it back to its pool afterwards: the backend gets a second
+/// handle, so the buffer is the caller's alone again once the write is done.
+async fn write_pooled(
+    dev: &crate::backend::AnyDevice,
+    offset: u64,
+    data: Bytes,
+    fua: bool,
+) -> crate::backend::IoResult<()> {
+    let r = dev.write(offset, data.clone(), fua).await;
+    buffer::recycle(data);
+    r
 }
 
 /// Fill `[offset, offset+len)` with copies of `block`, a chunk at a time.
@@ -474,5 +483,6 @@ async fn write_repeated(
             .await?;
         done += n;
     }
+    buffer::recycle(pattern);
     Ok(())
 }
