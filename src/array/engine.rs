@@ -4,7 +4,10 @@
 //! bound VVols, drains I/O before an unbind completes, and publishes an immutable routing
 //! snapshot that the data path reads without locks.
 
+use super::inflight::Inflight;
+pub use super::inflight::InflightGuard;
 use super::qos::{Qos, VolQos};
+use super::warm::WarmLines;
 use super::{naa_designator, LogicalUnit, PRODUCT, REVISION, VENDOR};
 use crate::backend::{AnyDevice, FileDevice, RamDevice, RatedDevice, RatedPool};
 use crate::config::{Config, ContainerConfig};
@@ -18,10 +21,8 @@ use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -91,25 +92,9 @@ pub fn naa_string(naa: &[u8; 16]) -> String {
     s
 }
 
-/// Counts the commands running on one binding, so an unbind can wait for them.
-#[derive(Default)]
-pub struct Inflight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-/// Held by the data path for the life of one command on a bound VVol.
-pub struct InflightGuard(Arc<Inflight>);
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
-
-/// A binding as the data path sees it.
+/// A binding as the data path sees it; held inline in the routing map, so a lookup reaches it
+/// without one more pointer to chase.
+#[derive(Clone)]
 pub struct BoundLu {
     pub vvol: Uuid,
     pub lu: Arc<LogicalUnit>,
@@ -117,13 +102,15 @@ pub struct BoundLu {
     /// Shared by every snapshot entry of the same binding, so commands that started under an
     /// older snapshot are still counted when an unbind waits.
     inflight: Arc<Inflight>,
+    /// The LU's state to warm as soon as a command is routed here (`warm.rs`).
+    warm: WarmLines,
 }
 
 /// host → (PE, secondary) → binding: read lock-free on every command to a secondary LUN.
 /// FxHash, not SipHash: the keys come from the binding engine, not from the wire, and this
 /// lookup runs on every command to a VVol (SipHash of the host name and the key was most of
 /// `route`'s 4 % of the target's time with I/O spread over 1,000 VVols).
-type Routes = FxHashMap<String, FxHashMap<(u16, SecondaryId), Arc<BoundLu>>>;
+type Routes = FxHashMap<String, FxHashMap<(u16, SecondaryId), BoundLu>>;
 
 /// What the transport does when bindings change; set once by the daemon.
 pub trait EngineHooks: Send + Sync {
@@ -308,8 +295,8 @@ impl Engine {
         if b.draining {
             return None;
         }
-        b.inflight.count.fetch_add(1, Ordering::AcqRel);
-        Some((b.lu.clone(), InflightGuard(b.inflight.clone())))
+        b.warm.issue();
+        Some((b.lu.clone(), b.inflight.enter()))
     }
 
     /// Secondary LUNs bound for `host` at `pe` (REPORT LUNS at the PE).
@@ -347,21 +334,19 @@ impl Engine {
                 continue;
             };
             let draining = b.state == BindingState::Draining;
-            // Keep the in-flight counter of a binding that already existed.
-            let entry = match old.get(&b.host).and_then(|m| m.get(&(b.pe, b.secondary))) {
-                Some(e) if Arc::ptr_eq(&e.lu, lu) && e.draining == draining => e.clone(),
-                Some(e) => Arc::new(BoundLu {
-                    vvol: b.vvol,
-                    lu: lu.clone(),
-                    draining,
-                    inflight: e.inflight.clone(),
-                }),
-                None => Arc::new(BoundLu {
-                    vvol: b.vvol,
-                    lu: lu.clone(),
-                    draining,
-                    inflight: Arc::default(),
-                }),
+            // Keep the in-flight counter of a binding that already existed. The warm lines are
+            // gathered afresh: the LU's QoS may have been attached since.
+            let inflight = old
+                .get(&b.host)
+                .and_then(|m| m.get(&(b.pe, b.secondary)))
+                .map(|e| e.inflight.clone())
+                .unwrap_or_default();
+            let entry = BoundLu {
+                vvol: b.vvol,
+                lu: lu.clone(),
+                draining,
+                inflight,
+                warm: lu.warm_lines(),
             };
             routes
                 .entry(b.host.clone())
@@ -811,16 +796,10 @@ impl Engine {
             .and_then(|m| m.get(&(b.pe, b.secondary)))
             .cloned();
         let Some(entry) = entry else { return };
-        let wait = async {
-            loop {
-                let idle = entry.inflight.idle.notified();
-                if entry.inflight.count.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        };
-        if tokio::time::timeout(DRAIN_TIMEOUT, wait).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, entry.inflight.idle())
+            .await
+            .is_err()
+        {
             warn!(vvol = %b.vvol, host = %b.host, "unbind: in-flight commands did not finish in time");
         }
     }

@@ -2,8 +2,10 @@
 //! once at start-up from the [`Config`]; the transport resolves LUNs against it.
 
 pub mod engine;
+mod inflight;
 mod pr_store;
 pub mod qos;
+pub mod warm;
 
 use crate::backend::{AnyDevice, BlockDevice, FileDevice, NullDevice, RamDevice};
 use crate::config::{BackendKind, Config, LunConfig, TargetConfig};
@@ -63,6 +65,30 @@ impl LogicalUnit {
             device,
             write_lock: tokio::sync::RwLock::new(()),
             qos: OnceLock::new(),
+        }
+    }
+
+    /// The lines a command on this LU is about to touch: the LU itself, a RAM disk's header
+    /// and the QoS limiter and counters (see `warm.rs`). Gathered once per routing snapshot.
+    pub fn warm_lines(&self) -> warm::WarmLines {
+        let mut w = warm::WarmLines::default();
+        w.add(self);
+        if let AnyDevice::Ram(d) = &self.device {
+            w.add(&**d);
+        }
+        if let Some(q) = self.qos.get() {
+            q.add_warm_lines(&mut w);
+        }
+        w
+    }
+
+    /// Start loading the device's bookkeeping for an I/O at `offset` (a RAM disk's chunk
+    /// entry), so it has arrived by the time the I/O runs.
+    pub fn warm_device(&self, offset: u64) {
+        if let AnyDevice::Ram(d) = &self.device {
+            if let Some(addr) = d.chunk_address(offset) {
+                warm::prefetch(addr);
+            }
         }
     }
 }

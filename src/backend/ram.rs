@@ -75,6 +75,12 @@ impl RamDevice {
             .is_some_and(|c| !c.read().unwrap_or_else(|e| e.into_inner()).is_empty())
     }
 
+    /// Where the chunk entry for `offset` lives (to warm it before an I/O); None past the end.
+    pub fn chunk_address(&self, offset: u64) -> Option<usize> {
+        let entry = self.chunks.get(usize::try_from(offset / CHUNK).ok()?)?;
+        Some(entry as *const OnceLock<Chunk> as usize)
+    }
+
     fn chunk_len(&self, index: usize) -> usize {
         (self.size - index as u64 * CHUNK).min(CHUNK) as usize
     }

@@ -106,6 +106,9 @@ pub fn route(shared: &Shared, session: &Session, lun: Lun, cdb: &[u8]) -> Routed
         }
         Dest::Vvol(lu, guard) => {
             let plan = lu.disk.plan(session.nexus, cdb);
+            if let Plan::Read { offset, .. } | Plan::Write { offset, .. } = plan {
+                lu.warm_device(offset);
+            }
             scsi(Some(lu), plan, Some(guard))
         }
         Dest::Pe(pe) => match cdb.first() {

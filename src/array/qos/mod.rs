@@ -233,6 +233,16 @@ impl VolQos {
         }
     }
 
+    /// What every I/O reads (the pool, its key, the limiter) and the counters it completes
+    /// into. The statistics shards come first in this struct, so these fields are far from
+    /// its start.
+    pub fn add_warm_lines(&self, w: &mut super::warm::WarmLines) {
+        w.add(&self.pool);
+        w.add(&self.key);
+        w.add(&self.cap);
+        w.set_stats(self.stats.shard_addresses());
+    }
+
     /// Record the I/O and free its slot.
     pub fn finish(&self, a: Admission<'_>) {
         self.stats.record(&IoRecord {
