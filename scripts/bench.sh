@@ -12,9 +12,10 @@
 #
 # Settings (environment):
 #   SECONDS=N        measured seconds per row (default 10; QUICK=1: 3)
-#   WARMUP=N         vvold-load warm-up seconds, not measured (default 2; QUICK=1: 1)
+#   WARMUP=N         vvold-load's warm-up and fio's ramp_time, not measured (default 2; QUICK=1: 1)
 #   ONLY="a b"       run only these workloads (names as in the table's first column)
-#   CLIENTS="iscsi-perf vvold-load"   which clients to run
+#   CLIENTS="iscsi-perf vvold-load"   which clients to run; add fio to also run fio (below)
+#   FIO=PATH         a fio built with the libiscsi engine, for CLIENTS=fio
 #   SKIP_BUILD=1     use the binaries already in target/release
 #   TGT_DEFAULTS=1   leave tgt's iSCSI parameters at its defaults (8 KiB PDUs, InitialR2T=Yes,
 #                    64 KiB FirstBurst); by default tgt is given vvold's (256 KiB PDUs...)
@@ -43,6 +44,16 @@
 # (this repository) does everything; its CPU figures cover exactly the measured period, and it
 # samples the target's /proc/PID/stat at the same instants. iscsi-perf's target CPU is sampled
 # around its whole run (login included, which is negligible).
+#
+# fio is optional: Debian's fio has no libiscsi engine, so FIO must point to one built from
+# source with libiscsi-dev installed (./configure --enable-libiscsi; see
+# scripts/fio/libiscsi.fio). Without it, fio in CLIENTS is skipped with a message. It runs
+# vvold-load's rows through that engine (--qd as iodepth, --sessions as numjobs: each fio job
+# logs in its own session), ramp_time WARMUP, and gives IOPS, MB/s, mean and p99 of the whole
+# command's latency from its JSON; its client CPU is its jobs' usr + sys over the measured
+# period. Its target CPU is sampled around its whole run like iscsi-perf's and divided by IOPS x
+# (warm-up + measured seconds), the I/Os of that run. It does not poll (CLIENT_POLL_US is
+# vvold-load's), and the engine sends queued commands only when fio waits for a completion.
 set -euo pipefail
 
 # shellcheck source=scripts/lib/durations.sh
@@ -53,6 +64,30 @@ ONLY=${ONLY:-}
 PIN=${PIN:-none}
 CLIENT_POLL_US=${CLIENT_POLL_US:-100}
 case "$CLIENT_POLL_US" in '' | *[!0-9]*) echo "CLIENT_POLL_US must be a whole number" >&2; exit 2 ;; esac
+for client in $CLIENTS; do
+  case "$client" in
+    iscsi-perf | vvold-load | fio) ;;
+    *) echo "unknown client '$client' in CLIENTS (iscsi-perf, vvold-load, fio)" >&2; exit 2 ;;
+  esac
+done
+# Why FIO cannot serve as the fio client, or nothing when it can.
+fio_unusable() {
+  if [ -z "${FIO:-}" ]; then echo "FIO is not set"; return; fi
+  if ! command -v "$FIO" >/dev/null; then echo "FIO=$FIO is not an executable"; return; fi
+  [[ $("$FIO" --enghelp 2>/dev/null) == *libiscsi* ]] || echo "$FIO --enghelp does not list libiscsi"
+}
+if [[ " $CLIENTS " == *" fio "* ]]; then
+  why=$(fio_unusable)
+  if [ -n "$why" ]; then
+    echo "skipping client fio: $why. It needs a fio built with libiscsi-dev installed" \
+      "(./configure --enable-libiscsi && make; see scripts/fio/libiscsi.fio)," \
+      "then FIO=/path/to/fio." >&2
+    CLIENTS=$(for c in $CLIENTS; do [ "$c" = fio ] || printf '%s ' "$c"; done)
+    [ -n "$CLIENTS" ] || { echo "no other client in CLIENTS: nothing to run" >&2; exit 0; }
+  else
+    FIO=$(realpath "$(command -v "$FIO")")
+  fi
+fi
 case "$PIN" in
   none) TARGET_PIN=(); CLIENT_PIN=() ;;
   split) TARGET_PIN=(taskset -c "${TARGET_CPUS:-0}"); CLIENT_PIN=(taskset -c "${CLIENT_CPUS:-1}") ;;
@@ -178,6 +213,29 @@ child_cpu() {
   CHILD_CPU="$cu $cs"
 }
 
+# Runs a client (the command after PID and OUTFILE, output to OUTFILE) as CLIENT_PID and samples
+# around it the target's CPU ticks (T0, T1), the clock (S0, S1) and the CPU of the shell's
+# children (C0, C1); RC is the client's exit status.
+measure() { # PID OUTFILE command...
+  local pid=$1 out=$2
+  shift 2
+  child_cpu; C0=$CHILD_CPU
+  cpu_ticks "$pid"; T0=$TICKS
+  S0=$(date +%s.%N)
+  "${CLIENT_PIN[@]}" "$@" > "$out" 2>&1 &
+  CLIENT_PID=$!
+  RC=0
+  wait "$CLIENT_PID" || RC=$?
+  CLIENT_PID=""
+  cpu_ticks "$pid"; T1=$TICKS
+  S1=$(date +%s.%N)
+  child_cpu; C1=$CHILD_CPU
+}
+
+failed_row() { # workload client target
+  printf '%s\t%s\t%s\t0\t0\t-\t-\t-\t-\t-\tfailed\n' "$1" "$2" "$3" >> "$OUT"
+}
+
 # ---- targets ----
 IQN_TGT=iqn.2026-11.io.vvold.bench:tgt
 IQN_NULL=iqn.2026-11.io.vvold.bench:null
@@ -268,7 +326,8 @@ echo "== filling the ram LUN (1 GiB, sequential 1 MiB writes)"
   --volume 0 --rw write --bs 1m --qd 4 --seconds 3 --warmup 0 > "$TMP/fill.txt"
 
 # ---- workloads ----
-# name | vvold-load arguments | iscsi-perf arguments ("-": it cannot) | queue depth in total
+# name | vvold-load arguments (fio's too, see fio_args) | iscsi-perf arguments ("-": it cannot) |
+# queue depth in total
 WORKLOADS=(
   "randread-4k-qd1|--rw randread --bs 4k --qd 1|-r -m 1 -b 8|1"
   "randread-4k-qd16|--rw randread --bs 4k --qd 16|-r -m 16 -b 8|16"
@@ -297,7 +356,7 @@ run_load() { # workload args target-line
   if ! wait "$CLIENT_PID"; then
     CLIENT_PID=""
     echo "vvold-load failed against $name:" >&2; cat "$TMP/load.err" >&2
-    printf '%s\tvvold-load\t%s\t0\t0\t-\t-\t-\t-\t-\tfailed\n' "$w" "$name" >> "$OUT"
+    failed_row "$w" vvold-load "$name"
     return 0
   fi
   CLIENT_PID=""
@@ -315,46 +374,93 @@ print("\t".join(str(x) for x in [
 EOF
 }
 
+# The row of a client measured from outside (iscsi-perf, fio), from measure's samples. For both,
+# the target's CPU per I/O is its CPU time over the client's run divided by the I/Os of that run,
+# IOPS x the seconds it ran I/O, and its CPU % is over those seconds.
+outside_row() { # workload client target, then iscsi-perf: IOPS QD BS; fio: JSON
+  python3 - "$TCK" "$T0" "$T1" "$S0" "$S1" "$C0" "$C1" "$WARMUP" "$@" >> "$OUT" <<'EOF'
+import json, re, sys
+tck, t0, t1, s0, s1, c0, c1, warmup, w, client, name = sys.argv[1:12]
+args = sys.argv[12:]
+def secs(s):  # bash `times`: "0m1.234s 0m0.567s"
+    return sum(int(m) * 60 + float(x) for m, x in re.findall(r"(\d+)m([\d.]+)s", s))
+wall = float(s1) - float(s0)
+if client == "iscsi-perf":
+    iops, qd, bs = float(args[0]), int(args[1]), int(args[2])
+    mbps, mean, p99, errors = round(iops * bs / 1e6, 2), "~%.1f" % (qd / iops * 1e6), "-", 0
+    run = wall  # I/O from start to end; its CPU is the process's whole run
+    cli = (secs(c1) - secs(c0)) * 1e6 / (iops * wall)
+else:  # fio: one entry for all numjobs (group_reporting); read or write
+    out = open(args[0]).read()  # its notes ("queue depth will be capped at 1") may come first
+    j = json.loads(out[out.index("{\n"):])["jobs"][0]
+    d = j["read"] if j["read"]["total_ios"] else j["write"]
+    iops, ios = d["iops"], d["total_ios"]
+    mbps, mean = round(d["bw_bytes"] / 1e6, 2), round(d["lat_ns"]["mean"] / 1e3, 1)
+    p99 = round(next(v for k, v in d["lat_ns"]["percentile"].items() if float(k) == 99) / 1e3, 1)
+    errors = j.get("total_err", 1 if j["error"] else 0)
+    run = float(warmup) + ios / iops  # ramp_time + measured, not fio's start-up and logins
+    # usr_cpu and sys_cpu: % of job_runtime (ms, summed over the jobs), measured period only
+    cli = (j["usr_cpu"] + j["sys_cpu"]) / 100 * j["job_runtime"] * 1e3 / ios
+tcpu = (int(t1) - int(t0)) / int(tck)
+print("\t".join(str(x) for x in [
+    w, client, name, round(iops, 1), mbps, mean, p99, round(tcpu * 1e6 / (iops * run), 2),
+    round(100 * tcpu / run, 1), round(cli, 2), errors]))
+EOF
+}
+
 run_perf() { # workload args qd bs target-line
   local w=$1 args=$2 qd=$3 bs=$4 t=$5
   local name portal iqn lun pid
   read -r name portal iqn lun pid <<< "$t"
-  local t0 t1 c0 c1 s0 s1
-  child_cpu; c0=$CHILD_CPU
-  cpu_ticks "$pid"; t0=$TICKS
-  s0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  "${CLIENT_PIN[@]}" iscsi-perf -i "$INITIATOR" $args -t "$DURATION" "iscsi://$portal/$iqn/$lun" \
-    > "$TMP/perf.out" 2>&1 &
-  CLIENT_PID=$!
-  local rc=0
-  wait "$CLIENT_PID" || rc=$?
-  CLIENT_PID=""
-  cpu_ticks "$pid"; t1=$TICKS
-  s1=$(date +%s.%N)
-  child_cpu; c1=$CHILD_CPU
+  measure "$pid" "$TMP/perf.out" \
+    iscsi-perf -i "$INITIATOR" $args -t "$DURATION" "iscsi://$portal/$iqn/$lun"
   local iops
   iops=$(tr '\r' '\n' < "$TMP/perf.out" | sed -n 's/^iops average \([0-9]*\).*/\1/p' | tail -1)
-  if [ $rc -ne 0 ] || [ -z "$iops" ]; then
-    echo "iscsi-perf failed against $name (exit $rc):" >&2; tr '\r' '\n' < "$TMP/perf.out" | tail -5 >&2
-    printf '%s\tiscsi-perf\t%s\t0\t0\t-\t-\t-\t-\t-\tfailed\n' "$w" "$name" >> "$OUT"
+  if [ $RC -ne 0 ] || [ -z "$iops" ]; then
+    echo "iscsi-perf failed against $name (exit $RC):" >&2; tr '\r' '\n' < "$TMP/perf.out" | tail -5 >&2
+    failed_row "$w" iscsi-perf "$name"
     return 0
   fi
-  python3 - "$w" "$name" "$iops" "$qd" "$bs" "$t0" "$t1" "$TCK" "$s0" "$s1" "$c0" "$c1" \
-    >> "$OUT" <<'EOF'
-import re, sys
-w, name, iops, qd, bs, t0, t1, tck, s0, s1 = sys.argv[1:11]
-def secs(s):  # bash `times`: "0m1.234s 0m0.567s"
-    return sum(int(m) * 60 + float(x) for m, x in re.findall(r"(\d+)m([\d.]+)s", s))
-iops = float(iops); wall = float(s1) - float(s0)
-ios = iops * wall
-tcpu = (int(t1) - int(t0)) / int(tck)
-ccpu = secs(sys.argv[12]) - secs(sys.argv[11])
-print("\t".join(str(x) for x in [
-    w, "iscsi-perf", name, iops, round(iops * int(bs) / 1e6, 2),
-    "~%.1f" % (int(qd) / iops * 1e6), "-", round(tcpu * 1e6 / ios, 2),
-    round(100 * tcpu / wall, 1), round(ccpu * 1e6 / ios, 2), 0]))
-EOF
+  outside_row "$w" iscsi-perf "$name" "$iops" "$qd" "$bs"
+}
+
+# fio's options for a row's vvold-load arguments.
+fio_args() {
+  local a i out=""
+  read -r -a a <<< "$1"
+  for ((i = 0; i < ${#a[@]}; i += 2)); do
+    case "${a[i]}" in
+      --rw) out+=" --rw=${a[i+1]}" ;;
+      --bs) out+=" --bs=${a[i+1]}" ;;
+      --qd) out+=" --iodepth=${a[i+1]}" ;;
+      --sessions) out+=" --numjobs=${a[i+1]}" ;;
+      *) echo "fio_args: no fio option for ${a[i]}" >&2; return 1 ;;
+    esac
+  done
+  echo "${out# }"
+}
+
+run_fio() { # workload vvold-load-args target-line
+  local w=$1 t=$3
+  local name portal iqn lun pid fargs
+  read -r name portal iqn lun pid <<< "$t"
+  fargs=$(fio_args "$2")
+  local url="iscsi://$portal/$iqn/$lun"
+  # fio splits file names at ':', hence '\:'. norandommap and randrepeat=0 as vvold-load: no
+  # bitmap of the (1 TiB) LUN per job, and not the same offsets every run.
+  # shellcheck disable=SC2086
+  measure "$pid" "$TMP/fio.err" \
+    "$FIO" --output-format=json --output="$TMP/fio.json" --name="$w" \
+    --ioengine=libiscsi --initiator="$INITIATOR" --filename="${url//:/\\:}" \
+    --time_based=1 --runtime="$DURATION" --ramp_time="$WARMUP" --group_reporting=1 \
+    --lat_percentiles=1 --percentile_list=99 --norandommap=1 --randrepeat=0 $fargs
+  if [ $RC -ne 0 ]; then
+    echo "fio failed against $name (exit $RC):" >&2; tail -5 "$TMP/fio.err" >&2
+    failed_row "$w" fio "$name"
+    return 0
+  fi
+  outside_row "$w" fio "$name" "$TMP/fio.json"
 }
 
 echo "== $(date -u +%FT%TZ): ${DURATION}s per row, vvold-load warm-up ${WARMUP}s; rows go to $OUT"
@@ -366,11 +472,11 @@ for wl in "${WORKLOADS[@]}"; do
     [ "$client" = iscsi-perf ] && [ "$pargs" = - ] && continue
     for t in "${TARGETS[@]}"; do
       printf '   %-18s %-10s %s\n' "$w" "$client" "${t%% *}"
-      if [ "$client" = vvold-load ]; then
-        run_load "$w" "$largs" "$t"
-      else
-        run_perf "$w" "$pargs" "$qd" "$bs" "$t"
-      fi
+      case "$client" in
+        vvold-load) run_load "$w" "$largs" "$t" ;;
+        iscsi-perf) run_perf "$w" "$pargs" "$qd" "$bs" "$t" ;;
+        fio) run_fio "$w" "$largs" "$t" ;;
+      esac
     done
   done
 done
@@ -378,7 +484,9 @@ done
 # ---- the table ----
 echo
 echo "vvold vs tgt on loopback: $(date -u +%F), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)),"
-echo "kernel $(uname -r), $(tgtd -V 2>/dev/null | head -1 || echo tgt), vvold $(git rev-parse --short HEAD 2>/dev/null || echo '?'),"
+fio_version=""
+if [[ " $CLIENTS " == *" fio "* ]]; then fio_version=" $("$FIO" --version) (libiscsi engine),"; fi
+echo "kernel $(uname -r), $(tgtd -V 2>/dev/null | head -1 || echo tgt), vvold $(git rev-parse --short HEAD 2>/dev/null || echo '?'),$fio_version"
 echo "${DURATION}s per row, PIN=$PIN, vvold-load --poll-us $CLIENT_POLL_US; target CPU = utime+stime of the target process per I/O; x = vvold / tgt, same client"
 echo
 python3 - "$OUT" <<'EOF'
