@@ -93,17 +93,19 @@ pub fn naa_string(naa: &[u8; 16]) -> String {
 }
 
 /// A binding as the data path sees it; held inline in the routing map, so a lookup reaches it
-/// without one more pointer to chase.
+/// without one more pointer to chase. `repr(C)`: what `route` reads comes first, in the key's
+/// cache line.
 #[derive(Clone)]
+#[repr(C)]
 pub struct BoundLu {
-    pub vvol: Uuid,
-    pub lu: Arc<LogicalUnit>,
     pub draining: bool,
+    pub lu: Arc<LogicalUnit>,
     /// Shared by every snapshot entry of the same binding, so commands that started under an
     /// older snapshot are still counted when an unbind waits.
     inflight: Arc<Inflight>,
     /// The LU's state to warm as soon as a command is routed here (`warm.rs`).
     warm: WarmLines,
+    pub vvol: Uuid,
 }
 
 /// host → (PE, secondary) → binding: read lock-free on every command to a secondary LUN.

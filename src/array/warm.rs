@@ -11,53 +11,66 @@
 //! prefetch never faults nor changes what a load returns, so a stale one costs nothing but
 //! the prefetch.
 
-use crate::vvol::qos::stats::{shard_index, SHARDS};
+use crate::vvol::qos::stats::shard_index;
 
-/// Lines of one volume's state worth loading before its command runs.
+/// Lines of one volume's state worth loading before its command runs. Kept small: it lives in
+/// the routing entry, which the lookup itself has to load.
 #[derive(Clone, Copy, Default)]
 pub struct WarmLines {
-    lines: [usize; MAX_LINES],
+    /// First line of each span, and how many lines it has.
+    starts: [usize; MAX_SPANS],
+    lines: [u8; MAX_SPANS],
     len: u8,
     /// The QoS counters a command completes into: one set per network thread, so the one to
-    /// load depends on which thread routes the command.
-    stats: Option<[usize; SHARDS]>,
+    /// load depends on which thread routes the command. First set and distance between sets;
+    /// 0: none.
+    stats: (usize, usize),
 }
 
-/// Enough for a logical unit (12 lines), its device and its QoS limiter; more is skipped.
-const MAX_LINES: usize = 20;
+/// A logical unit, its device's header and three QoS fields; more is skipped.
+const MAX_SPANS: usize = 6;
 const LINE: usize = 64;
+/// A span longer than this is cut: warming is for a few hot lines, not for bulk data.
+const MAX_SPAN_LINES: usize = 16;
 
 impl WarmLines {
-    /// Every line `value` occupies (up to the capacity left).
+    /// Every line `value` occupies (the first 16), if a span is left.
     pub fn add<T>(&mut self, value: &T) {
         let start = value as *const T as usize;
         let end = start + std::mem::size_of::<T>().max(1);
-        let mut line = start & !(LINE - 1);
-        while line < end && (self.len as usize) < MAX_LINES {
-            self.lines[self.len as usize] = line;
+        let first = start & !(LINE - 1);
+        let count = (end - first).div_ceil(LINE).min(MAX_SPAN_LINES);
+        let i = self.len as usize;
+        if i < MAX_SPANS {
+            self.starts[i] = first;
+            self.lines[i] = count as u8;
             self.len += 1;
-            line += LINE;
         }
     }
 
-    /// The per-thread QoS counter sets, by shard.
-    pub fn set_stats(&mut self, shards: [usize; SHARDS]) {
-        self.stats = Some(shards);
+    /// The per-thread QoS counter sets: where the first starts and the distance between them.
+    pub fn set_stats(&mut self, first: usize, stride: usize) {
+        self.stats = (first, stride);
     }
 
     /// Ask the CPU for every line; returns at once.
     pub fn issue(&self) {
-        for &line in &self.lines[..self.len as usize] {
-            prefetch(line);
+        for i in 0..self.len as usize {
+            for n in 0..self.lines[i] as usize {
+                prefetch(self.starts[i] + n * LINE);
+            }
         }
-        if let Some(shards) = &self.stats {
-            prefetch(shards[shard_index()]);
+        let (first, stride) = self.stats;
+        if first != 0 {
+            prefetch(first.wrapping_add(shard_index().wrapping_mul(stride)));
         }
     }
 
     #[cfg(test)]
-    fn lines(&self) -> &[usize] {
-        &self.lines[..self.len as usize]
+    fn lines(&self) -> Vec<usize> {
+        (0..self.len as usize)
+            .flat_map(|i| (0..self.lines[i] as usize).map(move |n| self.starts[i] + n * LINE))
+            .collect()
     }
 }
 
@@ -86,7 +99,7 @@ mod tests {
         w.add(&v);
         let base = &v as *const Three as usize;
         // 130 bytes in a 192-byte, line-aligned value: three lines.
-        assert_eq!(w.lines(), &[base, base + 64, base + 128]);
+        assert_eq!(w.lines(), [base, base + 64, base + 128]);
         w.issue();
     }
 
@@ -95,8 +108,12 @@ mod tests {
         let big = [0u8; 4096];
         let mut w = WarmLines::default();
         w.add(&big);
-        assert_eq!(w.lines().len(), MAX_LINES);
-        w.set_stats([0, 1, usize::MAX, 64]);
+        assert_eq!(w.lines().len(), MAX_SPAN_LINES);
+        for _ in 0..MAX_SPANS {
+            w.add(&0u64);
+        }
+        assert_eq!(w.len as usize, MAX_SPANS);
+        w.set_stats(usize::MAX - 64, 4096);
         // Dangling and unmapped addresses are fine for a prefetch.
         w.issue();
         prefetch(0);

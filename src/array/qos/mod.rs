@@ -240,7 +240,8 @@ impl VolQos {
         w.add(&self.pool);
         w.add(&self.key);
         w.add(&self.cap);
-        w.set_stats(self.stats.shard_addresses());
+        let (first, stride) = self.stats.shard_layout();
+        w.set_stats(first, stride);
     }
 
     /// Record the I/O and free its slot.

@@ -79,7 +79,7 @@ impl Default for Shard {
 /// Shards per volume: threads map onto them by their own index, so the network threads of a
 /// small machine never share one (a shared set of counters bounced its cache lines between
 /// the cores on every I/O; measured as part of QoS's cost in qos-check's A9).
-pub(crate) const SHARDS: usize = 4;
+const SHARDS: usize = 4;
 
 pub(crate) fn shard_index() -> usize {
     use std::sync::atomic::AtomicUsize;
@@ -111,10 +111,13 @@ pub struct Counters {
 }
 
 impl VolStats {
-    /// Where each shard's counters start (for warming them before an I/O completes): the line
-    /// of `reads` … `latency_sum_ns`.
-    pub fn shard_addresses(&self) -> [usize; SHARDS] {
-        std::array::from_fn(|i| &*self.shards[i] as *const Shard as usize)
+    /// Where the first shard's counters start and the distance to the next (for warming
+    /// this thread's before an I/O completes): the line of `reads` … `latency_sum_ns`.
+    pub fn shard_layout(&self) -> (usize, usize) {
+        (
+            &*self.shards[0] as *const Shard as usize,
+            std::mem::size_of::<crossbeam::utils::CachePadded<Shard>>(),
+        )
     }
 
     pub fn record(&self, io: &IoRecord) {
