@@ -87,7 +87,8 @@ impl LogicalUnit {
     pub fn warm_device(&self, offset: u64) {
         if let AnyDevice::Ram(d) = &self.device {
             if let Some(addr) = d.chunk_address(offset) {
-                warm::prefetch(addr);
+                // Its lock is taken (written) by the I/O.
+                warm::prefetch_for_write(addr);
             }
         }
     }

@@ -54,6 +54,7 @@ impl WarmLines {
     }
 
     /// Ask the CPU for every line; returns at once.
+    #[inline]
     pub fn issue(&self) {
         for i in 0..self.len as usize {
             for n in 0..self.lines[i] as usize {
@@ -62,7 +63,7 @@ impl WarmLines {
         }
         let (first, stride) = self.stats;
         if first != 0 {
-            prefetch(first.wrapping_add(shard_index().wrapping_mul(stride)));
+            prefetch_for_write(first.wrapping_add(shard_index().wrapping_mul(stride)));
         }
     }
 
@@ -81,6 +82,18 @@ pub fn prefetch(addr: usize) {
     // unmapped address, and it changes no register or memory the program can observe.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
+/// Like [`prefetch`], for a line about to be written (counters, locks): asks for it exclusive,
+/// so the write does not wait for a second round trip to upgrade a shared copy.
+pub fn prefetch_for_write(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch`: PREFETCHW cannot fault and changes nothing observable.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr as *const i8);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
@@ -117,5 +130,6 @@ mod tests {
         // Dangling and unmapped addresses are fine for a prefetch.
         w.issue();
         prefetch(0);
+        prefetch_for_write(0);
     }
 }

@@ -213,6 +213,8 @@ impl VolQos {
     /// Wait until the cap and the pool let an I/O of `charge` go.
     pub async fn admit(&self, charge: Charge) -> Admission<'_> {
         let started = now_ns();
+        // Routing warmed the counters' line; the histogram line is known only from it.
+        super::warm::prefetch_for_write(self.stats.likely_latency_line());
         let release = self.cap.admit(started, charge.units);
         let capped = release > started;
         if capped {

@@ -44,8 +44,9 @@ pub struct IoRecord {
     pub capped: bool,
 }
 
-/// One thread's share of a volume's counters. `repr(C)`: the counters every I/O bumps come
-/// first, in one cache line, ahead of the histogram.
+/// One thread's share of a volume's counters. `repr(C)`: what every I/O touches comes first,
+/// in one cache line (`shard_layout` points there), ahead of the rarely bumped counters and
+/// the histogram.
 #[derive(Debug)]
 #[repr(C)]
 struct Shard {
@@ -54,9 +55,12 @@ struct Shard {
     units: AtomicU64,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    latency_sum_ns: AtomicU64,
+    /// The histogram bucket of this shard's last I/O: the next one most likely lands in the
+    /// same line, which `likely_latency_line` lets an I/O warm while it runs.
+    last_bucket: AtomicU64,
     capped: AtomicU64,
     throttled_ns: AtomicU64,
-    latency_sum_ns: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
 
@@ -71,6 +75,7 @@ impl Default for Shard {
             capped: AtomicU64::new(0),
             throttled_ns: AtomicU64::new(0),
             latency_sum_ns: AtomicU64::new(0),
+            last_bucket: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -112,7 +117,7 @@ pub struct Counters {
 
 impl VolStats {
     /// Where the first shard's counters start and the distance to the next (for warming
-    /// this thread's before an I/O completes): the line of `reads` … `latency_sum_ns`.
+    /// this thread's before an I/O completes): the line of `reads` … `last_bucket`.
     pub fn shard_layout(&self) -> (usize, usize) {
         (
             &*self.shards[0] as *const Shard as usize,
@@ -137,7 +142,17 @@ impl VolStats {
             s.throttled_ns.fetch_add(io.throttled_ns, Relaxed);
         }
         s.latency_sum_ns.fetch_add(io.latency_ns, Relaxed);
-        s.latency[bucket(io.latency_ns)].fetch_add(1, Relaxed);
+        let b = bucket(io.latency_ns);
+        s.latency[b].fetch_add(1, Relaxed);
+        s.last_bucket.store(b as u64, Relaxed);
+    }
+
+    /// The histogram line this thread's next I/O most likely records into (where its last one
+    /// did), to warm while the I/O runs.
+    pub fn likely_latency_line(&self) -> usize {
+        let s = &self.shards[shard_index()];
+        let b = (s.last_bucket.load(Relaxed) as usize).min(BUCKETS - 1);
+        &s.latency[b] as *const AtomicU64 as usize
     }
 
     pub fn counters(&self) -> Counters {
