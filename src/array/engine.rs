@@ -4,6 +4,7 @@
 //! bound VVols, drains I/O before an unbind completes, and publishes an immutable routing
 //! snapshot that the data path reads without locks.
 
+use super::frozen::FrozenMap;
 use super::inflight::Inflight;
 pub use super::inflight::InflightGuard;
 use super::qos::{Qos, VolQos};
@@ -112,7 +113,10 @@ pub struct BoundLu {
 /// FxHash, not SipHash: the keys come from the binding engine, not from the wire, and this
 /// lookup runs on every command to a VVol (SipHash of the host name and the key was most of
 /// `route`'s 4 % of the target's time with I/O spread over 1,000 VVols).
-type Routes = FxHashMap<String, FxHashMap<(u16, SecondaryId), BoundLu>>;
+type Routes = FxHashMap<String, FrozenMap<RouteKey, BoundLu>>;
+
+/// (PE, secondary id): where a host addresses a bound VVol.
+type RouteKey = (u16, SecondaryId);
 
 /// What the transport does when bindings change; set once by the daemon.
 pub trait EngineHooks: Send + Sync {
@@ -330,7 +334,7 @@ impl Engine {
         let table = lock(&self.table);
         let open = lock(&self.open);
         let old = self.routes.load();
-        let mut routes = Routes::default();
+        let mut hosts: HashMap<String, Vec<(RouteKey, BoundLu)>> = HashMap::new();
         for b in table.bindings(None) {
             let Some(lu) = open.get(&b.vvol) else {
                 continue;
@@ -350,11 +354,15 @@ impl Engine {
                 inflight,
                 warm: lu.warm_lines(),
             };
-            routes
+            hosts
                 .entry(b.host.clone())
                 .or_default()
-                .insert((b.pe, b.secondary), entry);
+                .push(((b.pe, b.secondary), entry));
         }
+        let routes: Routes = hosts
+            .into_iter()
+            .map(|(host, entries)| (host, FrozenMap::new(entries)))
+            .collect();
         self.routes.store(Arc::new(routes));
     }
 

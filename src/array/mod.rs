@@ -2,6 +2,7 @@
 //! once at start-up from the [`Config`]; the transport resolves LUNs against it.
 
 pub mod engine;
+mod frozen;
 mod inflight;
 mod pr_store;
 pub mod qos;
