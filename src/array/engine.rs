@@ -8,7 +8,7 @@ use super::frozen::FrozenMap;
 use super::inflight::Inflight;
 pub use super::inflight::InflightGuard;
 use super::qos::{Qos, VolQos};
-use super::warm::WarmLines;
+use super::warm::{self, WarmLines};
 use super::{naa_designator, LogicalUnit, PRODUCT, REVISION, VENDOR};
 use crate::backend::{AnyDevice, FileDevice, RamDevice, RatedDevice, RatedPool};
 use crate::config::{Config, ContainerConfig};
@@ -301,8 +301,14 @@ impl Engine {
         if b.draining {
             return None;
         }
+        // The two counters this bumps are in different lines, and locked increments run one
+        // after the other: ask for both lines (exclusive) first, so their misses overlap. An
+        // Arc's counts sit just before its value.
+        warm::prefetch_for_write(Arc::as_ptr(&b.lu) as usize - 2 * std::mem::size_of::<usize>());
+        warm::prefetch_for_write(b.inflight.counter_address());
         b.warm.issue();
-        Some((b.lu.clone(), b.inflight.enter()))
+        let guard = b.inflight.enter()?;
+        Some((b.lu.clone(), guard))
     }
 
     /// Secondary LUNs bound for `host` at `pe` (REPORT LUNS at the PE).
@@ -806,7 +812,7 @@ impl Engine {
             .and_then(|m| m.get(&(b.pe, b.secondary)))
             .cloned();
         let Some(entry) = entry else { return };
-        if tokio::time::timeout(DRAIN_TIMEOUT, entry.inflight.idle())
+        if tokio::time::timeout(DRAIN_TIMEOUT, entry.inflight.drain())
             .await
             .is_err()
         {

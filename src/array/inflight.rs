@@ -1,4 +1,11 @@
-//! Counting the commands running on one binding, so an unbind can wait for them to finish.
+//! Counting the commands running on one binding, so an unbind can wait for them to finish,
+//! and closing the binding to new ones first.
+//!
+//! The data path routes from a snapshot that may predate the unbind, so the snapshot's own
+//! draining mark is not enough: a command could read the old snapshot, the unbind then find
+//! nothing in flight and finish, and the command still run. Here a command counts itself in
+//! and then checks the draining flag, while an unbind sets the flag and then reads the count;
+//! with both in one total order (SeqCst), at least one of the two sees the other.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,21 +19,32 @@ pub struct Inflight {
     /// Set once someone waits: until then the last command out skips `idle`, whose notify
     /// takes a lock (with I/O spread over many VVols, nearly every command is the last out).
     waited: AtomicBool,
+    /// Set by `drain`, never cleared (an unbinding binding never becomes active again).
+    draining: AtomicBool,
 }
 
 /// Held by the data path for the life of one command on a bound VVol.
 pub struct InflightGuard(Arc<Inflight>);
 
 impl Inflight {
-    /// Count a command in until the guard drops.
-    pub fn enter(self: &Arc<Self>) -> InflightGuard {
+    /// Count a command in until the guard drops; None once the binding is draining.
+    pub fn enter(self: &Arc<Self>) -> Option<InflightGuard> {
         self.count.fetch_add(1, Ordering::SeqCst);
-        InflightGuard(self.clone())
+        let guard = InflightGuard(self.clone());
+        if self.draining.load(Ordering::SeqCst) {
+            return None; // the guard's drop counts it out again
+        }
+        Some(guard)
     }
 
-    /// Wait until no command is in flight. New commands may still enter meanwhile; the
-    /// caller stops routing them first (a draining binding routes nothing).
-    pub async fn idle(&self) {
+    /// Where the count lives (to warm before `enter`).
+    pub fn counter_address(&self) -> usize {
+        &self.count as *const AtomicUsize as usize
+    }
+
+    /// Refuse new commands, then wait until none is in flight.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         self.waited.store(true, Ordering::SeqCst);
         loop {
             // Registered before the count is read, so a notify in between is not lost.
@@ -46,8 +64,8 @@ impl Inflight {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        // SeqCst pairs with `idle`: either this load sees `waited`, or the waiter's later load
-        // of the count sees this decrement.
+        // SeqCst pairs with `drain`: either this load sees `waited`, or the waiter's later
+        // load of the count sees this decrement.
         if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.waited.load(Ordering::SeqCst)
         {
             self.0.idle.notify_waiters();
@@ -61,23 +79,32 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn idle_at_once_without_commands() {
+    async fn drained_at_once_without_commands_and_closed_after() {
         let inflight = Arc::new(Inflight::default());
-        drop(inflight.enter());
-        tokio::time::timeout(Duration::from_secs(1), inflight.idle())
+        drop(inflight.enter().expect("open"));
+        tokio::time::timeout(Duration::from_secs(1), inflight.drain())
             .await
             .expect("nothing in flight");
+        assert!(
+            inflight.enter().is_none(),
+            "a draining binding admits nothing"
+        );
+        assert_eq!(
+            inflight.count(),
+            0,
+            "the refused command counted itself out"
+        );
     }
 
     #[tokio::test]
-    async fn idle_waits_for_the_last_guard() {
+    async fn drain_waits_for_the_last_guard() {
         let inflight = Arc::new(Inflight::default());
-        let a = inflight.enter();
-        let b = inflight.enter();
+        let a = inflight.enter().unwrap();
+        let b = inflight.enter().unwrap();
         assert_eq!(inflight.count(), 2);
         let waiter = tokio::spawn({
             let inflight = inflight.clone();
-            async move { inflight.idle().await }
+            async move { inflight.drain().await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(a);
@@ -92,6 +119,32 @@ mod tests {
     }
 
     #[test]
+    fn no_command_slips_in_after_drain_saw_none() {
+        // Racing enter against drain: whatever enter returned Some for was counted before
+        // drain finished, so drain must not have returned while it was held.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        for _ in 0..500 {
+            let inflight = Arc::new(Inflight::default());
+            let drained = Arc::new(AtomicBool::new(false));
+            let entrant = std::thread::spawn({
+                let (inflight, drained) = (inflight.clone(), drained.clone());
+                move || {
+                    if let Some(g) = inflight.enter() {
+                        assert!(!drained.load(Ordering::SeqCst), "admitted after the drain");
+                        drop(g);
+                    }
+                }
+            });
+            rt.block_on(inflight.drain());
+            drained.store(true, Ordering::SeqCst);
+            entrant.join().unwrap();
+        }
+    }
+
+    #[test]
     fn guards_dropped_on_other_threads_wake_the_waiter() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -99,13 +152,13 @@ mod tests {
             .unwrap();
         for _ in 0..200 {
             let inflight = Arc::new(Inflight::default());
-            let guards: Vec<_> = (0..4).map(|_| inflight.enter()).collect();
+            let guards: Vec<_> = (0..4).map(|_| inflight.enter().unwrap()).collect();
             let droppers: Vec<_> = guards
                 .into_iter()
                 .map(|g| std::thread::spawn(move || drop(g)))
                 .collect();
             rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(5), inflight.idle())
+                tokio::time::timeout(Duration::from_secs(5), inflight.drain())
                     .await
                     .expect("no wake-up lost")
             });
