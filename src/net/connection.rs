@@ -21,7 +21,7 @@ use crate::iscsi::window::{Admission, CmdWindow};
 use crate::scsi::disk::ResetKind;
 use crate::scsi::{Plan, Sense};
 use bytes::{Bytes, BytesMut};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,7 +174,7 @@ async fn normal_session(
         target: target.clone(),
         target_port,
         window: window.clone(),
-        tasks: Mutex::new(HashMap::new()),
+        tasks: Mutex::new(FxHashMap::default()),
         closing: watch::channel(false).0,
         closed: watch::channel(false).0,
     });
@@ -254,7 +254,8 @@ struct FullFeature<'a> {
     runners: Option<Runners>,
     limits: TransferLimits,
     max_xmit: usize,
-    pending: HashMap<Itt, PendingWrite>,
+    /// FxHash, as the session's tasks (bounded by the CmdSN window).
+    pending: FxHashMap<Itt, PendingWrite>,
     next_ttt: u32,
     text: crate::iscsi::discovery::TextResponder,
     last_rx: Arc<AtomicU64>,
@@ -291,7 +292,7 @@ impl<'a> FullFeature<'a> {
                 immediate_data: p.immediate_data,
             },
             max_xmit: p.max_xmit_data_segment_length as usize,
-            pending: HashMap::new(),
+            pending: FxHashMap::default(),
             next_ttt: 1,
             text: crate::iscsi::discovery::TextResponder::new(
                 shared.policy.clone(),

@@ -5,6 +5,7 @@ use crate::array::Target;
 use crate::iscsi::pdu::Itt;
 use crate::iscsi::window::CmdWindow;
 use crate::scsi::{Lun, NexusId};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,7 +96,9 @@ pub struct Session {
     /// Relative target port (= portal group tag) the session logged in through.
     pub target_port: u16,
     pub window: Arc<Mutex<CmdWindow>>,
-    pub tasks: Mutex<HashMap<Itt, Arc<Task>>>,
+    /// FxHash: looked up twice per command. ITTs come from the initiator, but colliding ones
+    /// only slow that initiator's own session, whose task count the CmdSN window bounds.
+    pub tasks: Mutex<FxHashMap<Itt, Arc<Task>>>,
     /// Set to true to make the session's connection close (reinstatement, cold reset).
     pub closing: watch::Sender<bool>,
     /// Set to true once the session's connection has finished.
