@@ -433,7 +433,7 @@ impl Engine {
             Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => {
                 // Keeps the thread polling (with --poll-us) while answers keep coming.
-                crate::net::workers::spin::activity(true);
+                crate::net::workers::spin::activity();
                 self.rend += n;
                 self.parse(Instant::now());
                 Ok(())

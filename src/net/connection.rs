@@ -84,22 +84,20 @@ async fn run(stream: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Resul
         shared.iscsi.queue_depth,
     )));
     let (tx, rx) = mpsc::channel(256);
-    let next_statsn = Arc::new(AtomicU32::new(login.statsn.0));
     let wcfg = WriterConfig {
         header_digest: params.header_digest,
         data_digest: params.data_digest,
         first_statsn: login.statsn,
-        next_statsn: next_statsn.clone(),
     };
     let writer = tokio::spawn(writer::run(wr, rx, window.clone(), wcfg));
     let result = match params.session_type {
         SessionType::Discovery => {
             info!(initiator = %params.initiator_name, "discovery session");
-            let mut conn = FullFeature::base(&shared, tx, window, &login, local, next_statsn);
+            let mut conn = FullFeature::base(&shared, tx, window, &login, local);
             conn.run(&mut reader).await
         }
         SessionType::Normal => {
-            normal_session(&shared, &mut reader, tx, window, &login, local, next_statsn).await
+            normal_session(&shared, &mut reader, tx, window, &login, local).await
         }
     };
     // The writer ends once every sender is gone: all responses queued so far are flushed.
@@ -151,7 +149,6 @@ async fn normal_session(
     window: Arc<Mutex<CmdWindow>>,
     login: &LoginResult,
     local: SocketAddr,
-    next_statsn: Arc<AtomicU32>,
 ) -> Result<(), ConnError> {
     let target_name = login.target.clone().unwrap_or_default();
     let Some(target) = shared.array.target(&target_name).cloned() else {
@@ -199,15 +196,7 @@ async fn normal_session(
         info_span!("session", tsih = session.tsih, initiator = %initiator, target = %target.name);
     async {
         info!("logged in");
-        let mut conn = FullFeature::normal(
-            shared,
-            tx,
-            window,
-            login,
-            session.clone(),
-            local,
-            next_statsn,
-        );
+        let mut conn = FullFeature::normal(shared, tx, window, login, session.clone(), local);
         let r = conn.run(reader).await;
         conn.teardown();
         r
@@ -272,10 +261,6 @@ struct FullFeature<'a> {
     last_rx: Arc<AtomicU64>,
     ping_ttt: Arc<AtomicU32>,
     epoch: Instant,
-    /// The writer's next StatSN (see `client_behind`).
-    next_statsn: Arc<AtomicU32>,
-    /// How far behind on our answers the initiator runs.
-    pace: super::pace::ClientPace,
 }
 
 enum Flow {
@@ -290,7 +275,6 @@ impl<'a> FullFeature<'a> {
         window: Arc<Mutex<CmdWindow>>,
         login: &LoginResult,
         local: SocketAddr,
-        next_statsn: Arc<AtomicU32>,
     ) -> Self {
         let p = &login.params;
         FullFeature {
@@ -321,8 +305,6 @@ impl<'a> FullFeature<'a> {
             last_rx: Arc::new(AtomicU64::new(0)),
             ping_ttt: Arc::new(AtomicU32::new(0)),
             epoch: Instant::now(),
-            next_statsn,
-            pace: Default::default(),
         }
     }
 
@@ -333,9 +315,8 @@ impl<'a> FullFeature<'a> {
         login: &LoginResult,
         session: Arc<Session>,
         local: SocketAddr,
-        next_statsn: Arc<AtomicU32>,
     ) -> Self {
-        let mut s = Self::base(shared, out.clone(), window, login, local, next_statsn);
+        let mut s = Self::base(shared, out.clone(), window, login, local);
         let ctx = Arc::new(ConnCtx {
             session: session.clone(),
             out,
@@ -417,7 +398,7 @@ impl<'a> FullFeature<'a> {
             };
             self.last_rx
                 .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            super::workers::spin::activity(!self.client_behind(&h.bhs));
+            super::workers::spin::activity();
             match self.on_pdu(reader, h).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) => break Ok(()),
@@ -426,13 +407,6 @@ impl<'a> FullFeature<'a> {
         };
         pinger.abort();
         r
-    }
-
-    /// Whether the initiator is the bottleneck, so the network thread need not poll for its
-    /// next commands (`pace.rs`).
-    fn client_behind(&mut self, bhs: &pdu::Bhs) -> bool {
-        let next = self.next_statsn.load(Ordering::Relaxed);
-        self.pace.observe(next, bhs.u32_at(28))
     }
 
     /// Send NOP-In pings on an idle connection and close it when a ping goes unanswered.

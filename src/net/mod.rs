@@ -5,7 +5,6 @@ pub mod connection;
 pub mod exec;
 pub mod frame;
 pub mod hooks;
-mod pace;
 pub mod policy;
 pub mod route;
 pub mod runners;

@@ -147,13 +147,8 @@ pub mod spin {
         });
     }
 
-    /// This thread just received traffic; `urgent` when someone may be waiting on the answer
-    /// (not when the peer is known to be behind on answers already sent): only urgent traffic
-    /// starts or prolongs polling.
-    pub fn activity(urgent: bool) {
-        if !urgent {
-            return;
-        }
+    /// This thread just received traffic.
+    pub fn activity() {
         SPINNER.with(|c| {
             if let Some(s) = c.get() {
                 // Only this thread writes it: no read-modify-write needed.

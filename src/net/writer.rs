@@ -9,7 +9,6 @@ use crate::iscsi::pdu::{pad_len, Bhs, SerialNumber};
 use crate::iscsi::window::CmdWindow;
 use bytes::Bytes;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -58,14 +57,11 @@ impl OutPdu {
 pub type OutSender = mpsc::Sender<OutPdu>;
 
 /// Settings fixed at the end of login.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct WriterConfig {
     pub header_digest: bool,
     pub data_digest: bool,
     pub first_statsn: SerialNumber,
-    /// The next StatSN the writer will give, published for the reader: with the ExpStatSN an
-    /// initiator sends, it tells how many answers the initiator has yet to take in.
-    pub next_statsn: Arc<AtomicU32>,
 }
 
 const MAX_BATCH: usize = 64;
@@ -112,7 +108,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 Numbering::Current => p.bhs.set_u32(24, statsn.0),
                 Numbering::NoStatSn => {}
             }
-            cfg.next_statsn.store(statsn.0, Ordering::Relaxed);
             p.bhs.set_u32(28, exp.0);
             p.bhs.set_u32(32, max.0);
             p.bhs.set_data_segment_len(p.data.len());
@@ -201,7 +196,6 @@ mod tests {
             header_digest: digests,
             data_digest: digests,
             first_statsn: SerialNumber(first_statsn),
-            next_statsn: Arc::new(AtomicU32::new(first_statsn)),
         };
         let task = tokio::spawn(run(server, rx, window, cfg));
         for p in pdus {
