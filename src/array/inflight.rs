@@ -118,14 +118,19 @@ mod tests {
         assert_eq!(inflight.count(), 0);
     }
 
+    /// Where the draining side waits while other threads enter and leave.
+    fn waiter_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn no_command_slips_in_after_drain_saw_none() {
         // Racing enter against drain: whatever enter returned Some for was counted before
         // drain finished, so drain must not have returned while it was held.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = waiter_runtime();
         for _ in 0..500 {
             let inflight = Arc::new(Inflight::default());
             let drained = Arc::new(AtomicBool::new(false));
@@ -146,10 +151,7 @@ mod tests {
 
     #[test]
     fn guards_dropped_on_other_threads_wake_the_waiter() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = waiter_runtime();
         for _ in 0..200 {
             let inflight = Arc::new(Inflight::default());
             let guards: Vec<_> = (0..4).map(|_| inflight.enter().unwrap()).collect();

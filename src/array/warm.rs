@@ -78,25 +78,26 @@ impl WarmLines {
 /// A hint to load the cache line at `addr`; never faults, whatever the address.
 pub fn prefetch(addr: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is architecturally a no-op for memory: it cannot fault, even on an
-    // unmapped address, and it changes no register or memory the program can observe.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
-    }
+    hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
 }
 
-/// Like [`prefetch`], for a line about to be written (counters, locks): asks for it exclusive,
-/// so the write does not wait for a second round trip to upgrade a shared copy.
+/// Like [`prefetch`], for a line about to be written (counters, locks): asks for it exclusive
+/// (PREFETCHW), so the write does not wait for a second round trip to upgrade a shared copy.
 pub fn prefetch_for_write(addr: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as for `prefetch`: PREFETCHW cannot fault and changes nothing observable.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr as *const i8);
-    }
+    hint::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = addr;
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn hint<const STRATEGY: i32>(addr: usize) {
+    // SAFETY: a prefetch is architecturally a no-op for memory: it cannot fault, even on an
+    // unmapped address, and it changes no register or memory the program can observe.
+    unsafe { std::arch::x86_64::_mm_prefetch::<STRATEGY>(addr as *const i8) }
 }
 
 #[cfg(test)]
