@@ -304,7 +304,9 @@ impl Engine {
         // The two counters this bumps are in different lines, and locked increments run one
         // after the other: ask for both lines (exclusive) first, so their misses overlap. An
         // Arc's counts sit just before its value.
-        warm::prefetch_for_write(Arc::as_ptr(&b.lu) as usize - 2 * std::mem::size_of::<usize>());
+        warm::prefetch_for_write(
+            (Arc::as_ptr(&b.lu) as usize).wrapping_sub(2 * std::mem::size_of::<usize>()),
+        );
         warm::prefetch_for_write(b.inflight.counter_address());
         b.warm.issue();
         let guard = b.inflight.enter()?;
