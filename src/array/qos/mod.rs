@@ -74,19 +74,23 @@ impl Drop for Slot<'_> {
 impl QosPool {
     /// A slot for an I/O, and whether it had to wait for one.
     async fn acquire(&self, key: VolKey, units: u32) -> (Slot<'_>, bool) {
-        // Uncontended, the usual case: no lock, no waiter to allocate.
-        if self.gate.try_enter(units) {
-            return (Slot(Some(self)), false);
-        }
-        let (tx, rx) = oneshot::channel();
-        match self
-            .gate
-            .offer(&mut lock(&self.arbiter), now_ns(), key, units, tx)
-        {
-            Offer::Go(_) => return (Slot(Some(self)), false),
-            Offer::Unknown(_) => return (Slot(None), false),
+        // Uncontended, the usual case: no lock, and no waiter to allocate.
+        let mut rx = None;
+        let waiter = || {
+            let (tx, r) = oneshot::channel();
+            rx = Some(r);
+            tx
+        };
+        match self.gate.admit(&self.arbiter, now_ns, key, units, waiter) {
+            Offer::Go(()) => return (Slot(Some(self)), false),
+            Offer::Unknown(()) => return (Slot(None), false),
             Offer::Queued => {}
         }
+        // Queued means the gate made the waiter; should it not have, go without a slot.
+        debug_assert!(rx.is_some(), "a queued I/O has a waiter");
+        let Some(rx) = rx else {
+            return (Slot(None), false);
+        };
         match rx.await {
             Ok(()) => (Slot(Some(self)), true),
             // The volume left the arbiter while this I/O waited: it goes without a slot.
@@ -97,15 +101,8 @@ impl QosPool {
     /// Give a finished I/O's slot back, or to the next queued one; a waiter that went away
     /// passes it on.
     fn release(&self) {
-        if self.gate.try_leave() {
-            return;
-        }
-        let mut arb = lock(&self.arbiter);
-        while let Some(next) = self.gate.pass_on(&mut arb, now_ns()) {
-            if next.send(()).is_ok() {
-                return;
-            }
-        }
+        self.gate
+            .release(&self.arbiter, now_ns, |next| next.send(()).is_ok());
     }
 }
 

@@ -14,6 +14,7 @@
 
 use super::{Arbiter, VolKey};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// In-flight I/Os in the low half, queued ones in the high half.
 pub struct Gate {
@@ -124,6 +125,47 @@ impl Gate {
         entered
     }
 
+    /// An I/O arriving at the pool: a slot at once while nothing waits and the window has room
+    /// (no lock, and `waiter` is never called); otherwise, under `arb`'s lock, a slot or a
+    /// place in its queue for what `waiter` makes. `now` is read only on that slow path.
+    pub fn admit<T>(
+        &self,
+        arb: &Mutex<Arbiter<T>>,
+        now: impl FnOnce() -> u64,
+        key: VolKey,
+        units: u32,
+        waiter: impl FnOnce() -> T,
+    ) -> Offer<()> {
+        if self.try_enter(units) {
+            return Offer::Go(());
+        }
+        match self.offer(&mut lock(arb), now(), key, units, waiter()) {
+            Offer::Go(_) => Offer::Go(()),
+            Offer::Queued => Offer::Queued,
+            Offer::Unknown(_) => Offer::Unknown(()),
+        }
+    }
+
+    /// An I/O finishing: its slot is freed (no lock while nothing waits), or handed to the next
+    /// queued I/O that `deliver` takes (false: that waiter went away; the slot passes on).
+    pub fn release<T>(
+        &self,
+        arb: &Mutex<Arbiter<T>>,
+        now: impl FnOnce() -> u64,
+        mut deliver: impl FnMut(T) -> bool,
+    ) {
+        if self.try_leave() {
+            return;
+        }
+        let mut arb = lock(arb);
+        let now = now();
+        while let Some(next) = self.pass_on(&mut arb, now) {
+            if deliver(next) {
+                return;
+            }
+        }
+    }
+
     /// With `arb`'s lock held, once [`Gate::try_enter`] has failed: take a slot for `item`, or
     /// queue it in `arb`.
     pub fn offer<T>(
@@ -189,6 +231,12 @@ impl Gate {
             _ => Leave::Freed,
         }
     }
+}
+
+/// The arbiter's lock. A panic while it was held leaves the queue as consistent as each
+/// single step left it, so keep serving.
+fn lock<T>(arb: &Mutex<Arbiter<T>>) -> MutexGuard<'_, Arbiter<T>> {
+    arb.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use super::*;
 use crate::vvol::qos::{Gate, Offer};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Mutex;
 
 const S: u64 = 1_000_000_000;
 
@@ -29,7 +30,7 @@ fn vol(qd: u32, lower: Option<u32>) -> SimVol {
 struct Sim {
     /// The window in front of the arbiter, driven as the pools drive it.
     gate: Gate,
-    arb: Arbiter<usize>,
+    arb: Mutex<Arbiter<usize>>,
     keys: Vec<VolKey>,
     vols: Vec<SimVol>,
     done: BinaryHeap<Reverse<(u64, usize)>>,
@@ -56,7 +57,7 @@ impl Sim {
             .collect();
         Sim {
             gate: Gate::new(window),
-            arb,
+            arb: Mutex::new(arb),
             keys,
             vols: vols.to_vec(),
             done: BinaryHeap::new(),
@@ -71,7 +72,7 @@ impl Sim {
     fn admit(&mut self, now: u64, v: usize) -> Option<usize> {
         let cost = self.vols[v].cost;
         match &mut self.fifo {
-            None => offer(&self.gate, &mut self.arb, now, self.keys[v], cost, v),
+            None => offer(&self.gate, &self.arb, now, self.keys[v], cost, v),
             Some((q, inflight)) if *inflight < self.window && q.is_empty() => {
                 *inflight += 1;
                 Some(v)
@@ -85,7 +86,7 @@ impl Sim {
 
     fn release(&mut self, now: u64) -> Option<usize> {
         match &mut self.fifo {
-            None => finish(&self.gate, &mut self.arb, now),
+            None => finish(&self.gate, &self.arb, now),
             Some((q, inflight)) => {
                 let next = q.pop_front();
                 if next.is_none() {
@@ -222,64 +223,70 @@ fn large_ios_are_charged_by_cost() {
 /// An I/O arriving at the pool, as `QosPool::acquire` offers it: the item back if it may go.
 fn offer<T>(
     gate: &Gate,
-    arb: &mut Arbiter<T>,
+    arb: &Mutex<Arbiter<T>>,
     now: u64,
     key: VolKey,
     cost: u32,
     item: T,
-) -> Option<T> {
-    if gate.try_enter(cost) {
-        return Some(item);
-    }
-    match gate.offer(arb, now, key, cost, item) {
-        Offer::Go(item) | Offer::Unknown(item) => Some(item),
+) -> Option<T>
+where
+    T: Clone,
+{
+    match gate.admit(arb, || now, key, cost, || item.clone()) {
+        Offer::Go(()) | Offer::Unknown(()) => Some(item),
         Offer::Queued => None,
     }
 }
 
 /// An I/O finishing, as `QosPool::release` does: the queued I/O its slot passes to.
-fn finish<T>(gate: &Gate, arb: &mut Arbiter<T>, now: u64) -> Option<T> {
-    if gate.try_leave() {
-        return None;
-    }
-    gate.pass_on(arb, now)
+fn finish<T>(gate: &Gate, arb: &Mutex<Arbiter<T>>, now: u64) -> Option<T> {
+    let mut next = None;
+    gate.release(
+        arb,
+        || now,
+        |item| {
+            next = Some(item);
+            true
+        },
+    );
+    next
 }
 
 #[test]
 fn fast_path_until_the_window_is_full() {
-    let (g, mut a) = (Gate::new(2), Arbiter::<u32>::new(S));
-    let k = a.register(Some(100), 1);
-    assert_eq!(offer(&g, &mut a, 0, k, 1, 1), Some(1));
-    assert_eq!(offer(&g, &mut a, 0, k, 1, 2), Some(2));
-    assert_eq!(offer(&g, &mut a, 0, k, 1, 3), None);
-    assert_eq!(a.queued(), 1);
+    let (g, a) = (Gate::new(2), Mutex::new(Arbiter::<u32>::new(S)));
+    let k = a.lock().unwrap().register(Some(100), 1);
+    assert_eq!(offer(&g, &a, 0, k, 1, 1), Some(1));
+    assert_eq!(offer(&g, &a, 0, k, 1, 2), Some(2));
+    assert_eq!(offer(&g, &a, 0, k, 1, 3), None);
+    assert_eq!(a.lock().unwrap().queued(), 1);
     // The completion hands its slot straight to the queued I/O.
-    assert_eq!(finish(&g, &mut a, 10), Some(3));
+    assert_eq!(finish(&g, &a, 10), Some(3));
     assert_eq!(g.load(), (2, 0));
-    assert_eq!(finish(&g, &mut a, 20), None);
-    assert_eq!(finish(&g, &mut a, 30), None);
+    assert_eq!(finish(&g, &a, 20), None);
+    assert_eq!(finish(&g, &a, 30), None);
     assert_eq!(g.load(), (0, 0));
     assert_eq!(g.fast_units(), 2);
 }
 
 #[test]
 fn unregister_releases_queued_ios_and_slots_pass_on() {
-    let (g, mut a) = (Gate::new(1), Arbiter::<u32>::new(S));
-    let k = a.register(None, 1);
-    let j = a.register(Some(50), 2);
-    assert_eq!(offer(&g, &mut a, 0, k, 1, 1), Some(1));
-    assert_eq!(offer(&g, &mut a, 0, k, 1, 2), None);
-    assert_eq!(offer(&g, &mut a, 0, j, 1, 3), None);
-    let dropped = a.unregister(k);
+    let (g, a) = (Gate::new(1), Mutex::new(Arbiter::<u32>::new(S)));
+    let k = a.lock().unwrap().register(None, 1);
+    let j = a.lock().unwrap().register(Some(50), 2);
+    assert_eq!(offer(&g, &a, 0, k, 1, 1), Some(1));
+    assert_eq!(offer(&g, &a, 0, k, 1, 2), None);
+    assert_eq!(offer(&g, &a, 0, j, 1, 3), None);
+    let dropped = a.lock().unwrap().unregister(k);
     assert_eq!(dropped, vec![2]);
     g.unqueue(dropped.len() as u32);
     // The one in flight finishes: its slot goes to the other volume's queued I/O.
-    assert_eq!(finish(&g, &mut a, 5), Some(3));
-    assert_eq!(finish(&g, &mut a, 5), None);
-    a.set_policy(6, j, None, 1);
-    assert!(a.backlogged_ns(j, 6) >= 5);
+    assert_eq!(finish(&g, &a, 5), Some(3));
+    assert_eq!(finish(&g, &a, 5), None);
+    a.lock().unwrap().set_policy(6, j, None, 1);
+    assert!(a.lock().unwrap().backlogged_ns(j, 6) >= 5);
     // An unknown volume is never held, even with the window full.
-    assert_eq!(offer(&g, &mut a, 7, k, 1, 8), Some(8));
-    assert_eq!(offer(&g, &mut a, 7, k, 1, 9), Some(9));
+    assert_eq!(offer(&g, &a, 7, k, 1, 8), Some(8));
+    assert_eq!(offer(&g, &a, 7, k, 1, 9), Some(9));
     assert_eq!(g.load(), (1, 0));
 }
