@@ -14,6 +14,11 @@ cat > "$WORK/vvold.toml" <<TOML
 listen = ["127.0.0.1:$PORT"]
 [iscsi]
 nop_interval_secs = 0
+# RFC 7143's answer to ABORT TASK for a command that already finished. AbortTaskSimpleAsync
+# sends a WRITE and at once an ABORT TASK for it, and accepts "aborted" or "GOOD, then TASK
+# DOES NOT EXIST"; with the default (FUNCTION COMPLETE, for ESXi) it failed whenever the write
+# finished first. tests/tmf.rs covers the default.
+abort_finished_task = "task-does-not-exist"
 [[target]]
 name = "$IQN"
 [[target.lun]]

@@ -209,6 +209,21 @@ pub struct IscsiConfig {
     pub worker_threads: u32,
     /// µs a network thread keeps polling after traffic before it sleeps (0: sleep at once).
     pub poll_us: u64,
+    /// The answer to ABORT TASK for a task that has already finished.
+    pub abort_finished_task: AbortFinishedTask,
+}
+
+/// How ABORT TASK answers when the referenced task has already finished (its CmdSN is behind
+/// the window, RFC 7143 §11.6.1 c). The abort and the command's response crossed on the wire.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AbortFinishedTask {
+    /// FUNCTION COMPLETE, as SCST does: ESXi resets the LU or drops the connection when its
+    /// aborts are refused (see shared/reference/iscsi-targets-survey.md), and the initiator
+    /// gets the command's response either way.
+    FunctionComplete,
+    /// TASK DOES NOT EXIST, as RFC 7143 §11.6.1 c says.
+    TaskDoesNotExist,
 }
 
 impl Default for IscsiConfig {
@@ -226,6 +241,7 @@ impl Default for IscsiConfig {
             discovery_chap: None,
             worker_threads: 0,
             poll_us: 100,
+            abort_finished_task: AbortFinishedTask::FunctionComplete,
         }
     }
 }
@@ -913,6 +929,25 @@ mod tests {
         let e = Config::parse(&t).unwrap_err();
         assert_eq!(e.key, "target[0].lun[0].block_size");
         assert!(e.reason.contains("512 or 4096"));
+    }
+
+    #[test]
+    fn abort_answer_for_finished_tasks_is_one_of_two() {
+        assert_eq!(
+            Config::lab_default().iscsi.abort_finished_task,
+            AbortFinishedTask::FunctionComplete
+        );
+        let rfc =
+            format!("{LAB_DEFAULT}\n[iscsi]\nabort_finished_task = \"task-does-not-exist\"\n");
+        let c = Config::parse(&rfc).unwrap();
+        assert_eq!(
+            c.iscsi.abort_finished_task,
+            AbortFinishedTask::TaskDoesNotExist
+        );
+        let bad = rfc.replace("task-does-not-exist", "ignore");
+        let e = Config::parse(&bad).unwrap_err();
+        assert!(e.key.contains("iscsi"), "{e}");
+        assert!(e.reason.contains("function-complete"), "{e}");
     }
 
     #[test]

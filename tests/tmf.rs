@@ -10,6 +10,7 @@ const ABORT_TASK: u8 = 1;
 const LOGICAL_UNIT_RESET: u8 = 5;
 const TARGET_WARM_RESET: u8 = 6;
 const FUNCTION_COMPLETE: u8 = 0;
+const TASK_DOES_NOT_EXIST: u8 = 1;
 const LUN_DOES_NOT_EXIST: u8 = 2;
 
 async fn tmf(s: &mut vvold::initiator::Session, f: u8, l: u16, itt: u32) -> u8 {
@@ -30,6 +31,48 @@ async fn abort_task_of_unknown_or_finished_itt_completes() {
     assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
     assert_eq!(tmf(&mut s, ABORT_TASK, LUN_RAM, 2).await, FUNCTION_COMPLETE);
     assert_session_works(&mut s, 1).await;
+}
+
+#[tokio::test]
+async fn abort_of_a_finished_command_can_answer_as_rfc_7143_says() {
+    let d = Daemon::start_with(r#"abort_finished_task = "task-does-not-exist""#);
+    let mut s = login_main(&d).await;
+    let refcmdsn = s.cmdsn;
+    assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
+    // ITT 2 (the initiator's first) finished at login, and the TEST UNIT READY just now.
+    let r = within(
+        "abort",
+        s.task_mgmt_ref(ABORT_TASK, lun(LUN_RAM), 2, refcmdsn),
+    )
+    .await
+    .expect("task management response");
+    assert_eq!(r, TASK_DOES_NOT_EXIST);
+    // An ITT never used, RefCmdSN not behind the TMF's CmdSN: nothing to consider received.
+    assert_eq!(
+        tmf(&mut s, ABORT_TASK, LUN_RAM, 0x1234_5678).await,
+        TASK_DOES_NOT_EXIST
+    );
+    assert_session_works(&mut s, 1).await;
+}
+
+#[tokio::test]
+async fn abort_of_a_command_that_never_arrived_frees_its_cmdsn() {
+    // A window of 4: left waiting for the missing CmdSN, it would close after 3 more commands.
+    let d = Daemon::start_with("queue_depth = 4");
+    let mut s = login_main(&d).await;
+    let lost = s.cmdsn;
+    s.cmdsn = s.cmdsn.wrapping_add(1);
+    assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
+    let r = within(
+        "abort",
+        s.task_mgmt_ref(ABORT_TASK, lun(LUN_RAM), 0x0BAD_0001, lost),
+    )
+    .await
+    .expect("task management response");
+    assert_eq!(r, FUNCTION_COMPLETE);
+    for _ in 0..8 {
+        assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
+    }
 }
 
 #[tokio::test]

@@ -526,6 +526,20 @@ impl Session {
 
     /// Task management request; returns the response code.
     pub async fn task_mgmt(&mut self, function: u8, lun: Lun, referenced_itt: u32) -> Result<u8> {
+        let refcmdsn = self.cmdsn;
+        self.task_mgmt_ref(function, lun, referenced_itt, refcmdsn)
+            .await
+    }
+
+    /// Like [`Session::task_mgmt`], naming the referenced command's CmdSN (ABORT TASK's
+    /// RefCmdSN), which `task_mgmt` sets to the next CmdSN.
+    pub async fn task_mgmt_ref(
+        &mut self,
+        function: u8,
+        lun: Lun,
+        referenced_itt: u32,
+        refcmdsn: u32,
+    ) -> Result<u8> {
         let itt = self.next_itt();
         let mut b = Bhs::new(op::TASK_MGMT_REQUEST | 0x40);
         b.0[1] = 0x80 | function;
@@ -534,7 +548,7 @@ impl Session {
         b.set_u32(20, referenced_itt);
         b.set_u32(24, self.cmdsn);
         b.set_u32(28, self.expstatsn);
-        b.set_u32(32, self.cmdsn);
+        b.set_u32(32, refcmdsn);
         self.send_pdu(b, &[]).await?;
         let rx = self.recv_for(itt).await?;
         self.note_status(&rx.bhs);

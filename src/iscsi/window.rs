@@ -52,9 +52,25 @@ impl CmdWindow {
             return Admission::Accept;
         }
         let max = self.maxcmdsn();
-        if cmdsn.lt(self.expcmdsn) || max.lt(cmdsn) {
+        if cmdsn.lt(self.expcmdsn) || max.lt(cmdsn) || !self.receive(cmdsn) {
             return Admission::Ignore;
         }
+        self.in_flight += 1;
+        Admission::Accept
+    }
+
+    /// ABORT TASK for a command that never arrived, whose CmdSN is still awaited (RFC 7143
+    /// §11.6.1 b): count the CmdSN as received, so ExpCmdSN does not wait for it forever, and
+    /// execute nothing. False if `cmdsn` is not awaited (behind the window, beyond what the
+    /// initiator may have sent, or already received).
+    pub fn skip_missing(&mut self, cmdsn: SerialNumber) -> bool {
+        let offset = cmdsn.0.wrapping_sub(self.expcmdsn.0);
+        !cmdsn.lt(self.expcmdsn) && offset < self.depth && self.receive(cmdsn)
+    }
+
+    /// Mark `cmdsn`, at or ahead of ExpCmdSN within the window, as received; false for a
+    /// duplicate.
+    fn receive(&mut self, cmdsn: SerialNumber) -> bool {
         let offset = cmdsn.0.wrapping_sub(self.expcmdsn.0);
         if offset == 0 {
             self.expcmdsn = self.expcmdsn.next();
@@ -67,12 +83,11 @@ impl CmdWindow {
         } else {
             let bit = 1u128 << (offset - 1);
             if self.ahead & bit != 0 {
-                return Admission::Ignore; // duplicate
+                return false;
             }
             self.ahead |= bit;
         }
-        self.in_flight += 1;
-        Admission::Accept
+        true
     }
 
     /// A previously accepted command finished (response sent or aborted).
@@ -141,5 +156,23 @@ mod tests {
         assert_eq!(w.admit(SerialNumber(u32::MAX), false), Admission::Accept);
         assert_eq!(w.admit(SerialNumber(0), false), Admission::Accept);
         assert_eq!(w.expcmdsn(), SerialNumber(1));
+    }
+
+    #[test]
+    fn an_aborted_missing_command_stops_holding_the_window() {
+        let mut w = CmdWindow::new(SerialNumber(0), 4);
+        // CmdSN 0 never arrives; 1 and 2 do.
+        assert_eq!(w.admit(SerialNumber(1), false), Admission::Accept);
+        assert_eq!(w.admit(SerialNumber(2), false), Admission::Accept);
+        assert!(w.skip_missing(SerialNumber(0)));
+        assert_eq!(w.expcmdsn(), SerialNumber(3));
+        // Neither a received nor a passed CmdSN, nor one beyond the window, is skipped.
+        assert!(!w.skip_missing(SerialNumber(2)));
+        assert!(!w.skip_missing(SerialNumber(3 + 4)));
+        assert!(w.skip_missing(SerialNumber(4)));
+        assert!(!w.skip_missing(SerialNumber(4)));
+        assert_eq!(w.expcmdsn(), SerialNumber(3));
+        // A command sent later with a skipped CmdSN is a duplicate.
+        assert_eq!(w.admit(SerialNumber(4), false), Admission::Ignore);
     }
 }

@@ -10,6 +10,7 @@ use super::session::{lock, Session, SessionKey, Task};
 use super::writer::{self, Numbering, OutPdu, WriterConfig};
 use super::Shared;
 use crate::array::LogicalUnit;
+use crate::config::AbortFinishedTask;
 use crate::iscsi::login::{LoginMachine, LoginOutcome, LoginResult};
 use crate::iscsi::params::SessionType;
 use crate::iscsi::pdu::{
@@ -773,13 +774,21 @@ impl<'a> FullFeature<'a> {
         let mut close_after = false;
         let response = match t.function {
             TmfFunction::AbortTask => {
-                if let Some(task) = lock(&session.tasks).get(&t.referenced_itt).cloned() {
-                    victims.push(task);
-                }
+                // Flagged under the task table's lock, under which a finishing command leaves
+                // the table and reads its flag (`ConnCtx::respond`): the command either
+                // answers and is no longer found, or is found and answers nothing.
+                let found = lock(&session.tasks).get(&t.referenced_itt).map(|task| {
+                    task.abort();
+                    task.clone()
+                });
                 self.drop_pending(|itt, _| itt == t.referenced_itt);
-                // A task that already finished is answered FUNCTION COMPLETE too: ESXi resets
-                // or disconnects when its aborts are refused.
-                TmfResponse::FunctionComplete
+                match found {
+                    Some(task) => {
+                        victims.push(task);
+                        TmfResponse::FunctionComplete
+                    }
+                    None => self.abort_absent_task(&t),
+                }
             }
             TmfFunction::AbortTaskSet
             | TmfFunction::ClearTaskSet
@@ -856,6 +865,20 @@ impl<'a> FullFeature<'a> {
     }
 
     /// Forget writes still waiting for data that match; their slots in the window are freed.
+    /// ABORT TASK for a task not here (RFC 7143 §11.6.1): one that never arrived but whose
+    /// CmdSN the window still awaits is counted as received and answered FUNCTION COMPLETE
+    /// (b); one that already finished gets the configured answer (c, see
+    /// [`AbortFinishedTask`]).
+    fn abort_absent_task(&self, t: &TaskMgmt) -> TmfResponse {
+        if t.refcmdsn.lt(t.cmdsn) && lock(&self.window).skip_missing(t.refcmdsn) {
+            return TmfResponse::FunctionComplete;
+        }
+        match self.shared.iscsi.abort_finished_task {
+            AbortFinishedTask::FunctionComplete => TmfResponse::FunctionComplete,
+            AbortFinishedTask::TaskDoesNotExist => TmfResponse::TaskDoesNotExist,
+        }
+    }
+
     fn drop_pending(&mut self, matches: impl Fn(Itt, crate::scsi::Lun) -> bool) {
         let Some(session) = &self.session else { return };
         let gone: Vec<Itt> = self

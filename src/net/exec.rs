@@ -69,9 +69,14 @@ impl ConnCtx {
         mut resp: Response,
         residual: Option<Residual>,
     ) {
-        lock(&self.session.tasks).remove(&cmd.itt);
+        // Leave the table and read the abort flag under one lock: ABORT TASK flags under it.
+        let aborted = {
+            let mut tasks = lock(&self.session.tasks);
+            tasks.remove(&cmd.itt);
+            task.is_aborted()
+        };
         lock(&self.session.window).complete();
-        if task.is_aborted() {
+        if aborted {
             debug!(itt = cmd.itt.0, "aborted task: no response");
             return;
         }
