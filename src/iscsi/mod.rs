@@ -4,6 +4,8 @@
 pub mod chap;
 pub mod digest;
 pub mod discovery;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod login;
 pub mod negotiate;
 pub mod params;

@@ -9,6 +9,8 @@ mod caw;
 pub(crate) mod cdb;
 mod copy_results;
 pub mod disk;
+#[cfg(test)]
+mod fuzz_tests;
 mod inquiry;
 mod lba_status;
 pub mod lun;
