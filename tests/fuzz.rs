@@ -121,7 +121,7 @@ async fn ping_or_closed(s: &mut vvold::initiator::Session, itt: u32) -> bool {
 }
 
 #[tokio::test]
-async fn random_pdus_get_answers_or_a_close_and_the_daemon_serves_on() {
+async fn fuzzed_pdus_get_answers_or_a_close_and_the_daemon_serves_on() {
     let mut d = Daemon::start();
     let mut o = opts(Some(T_MAIN));
     o.isid = [0x80, 0, 0, 0, 0xF0, 0x01];
