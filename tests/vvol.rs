@@ -480,6 +480,8 @@ fn api_errors_map_to_statuses_with_json_messages() {
     api.raw("POST", "/bind", Some("not json at all"))
         .expect_error(400);
     api.get("/vvols/not-a-uuid").expect_error(400);
+    let msg = api.raw("PUT", "/vvols", Some("{}")).expect_error(405);
+    assert!(msg.contains("PUT"), "{msg}");
     api.delete("/vvols/1234").expect_error(400);
     api.put("/vvols/xyz/metadata", serde_json::json!({ "a": "b" }))
         .expect_error(400);

@@ -81,6 +81,11 @@ pub fn router(ops: Arc<dyn Ops>, token: Option<String>) -> Router {
             put(set_lun_limits),
         )
         .route("/metrics", get(metrics))
+        // After the routes: it applies to those already added. Without it axum answers 405
+        // with an empty body, where every other refusal is `{"error": ...}`.
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::MethodNotAllowed(format!("{method} is not allowed on this API path"))
+        })
         .fallback(|| async { ApiError::NotFound("no such API path".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)

@@ -11,6 +11,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
+    /// A known path asked with a method it does not take.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
     /// Valid JSON whose values are out of range (limits, sizes, names).
@@ -31,6 +34,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -45,6 +49,7 @@ impl ApiError {
             400 => ApiError::BadRequest(message),
             401 => ApiError::Unauthorized,
             404 => ApiError::NotFound(message),
+            405 => ApiError::MethodNotAllowed(message),
             409 => ApiError::Conflict(message),
             422 => ApiError::Unprocessable(message),
             507 => ApiError::InsufficientStorage(message),
