@@ -95,12 +95,7 @@ fn random_pdu(rng: &mut StdRng, cmdsn: u32, expstatsn: u32) -> (Bhs, Vec<u8>) {
 
 /// A ping must be answered, or the connection must have been closed.
 async fn ping_or_closed(s: &mut vvold::initiator::Session, itt: u32) -> bool {
-    let mut b = Bhs::new(op::NOP_OUT | 0x40);
-    b.0[1] = 0x80;
-    b.set_u32(16, itt);
-    b.set_u32(20, 0xFFFF_FFFF);
-    b.set_u32(24, s.cmdsn);
-    b.set_u32(28, s.expstatsn);
+    let b = s.ping_bhs(itt);
     if s.send_pdu(b, &[]).await.is_err() {
         return false;
     }

@@ -36,12 +36,7 @@ fn assert_reject(p: &vvold::initiator::RxPdu, reason: u8, offending: &Bhs) {
 }
 
 fn nop_out(s: &vvold::initiator::Session, itt: u32, data_len: usize) -> Bhs {
-    let mut b = Bhs::new(op::NOP_OUT | 0x40);
-    b.0[1] = 0x80;
-    b.set_u32(16, itt);
-    b.set_u32(20, 0xFFFF_FFFF);
-    b.set_u32(24, s.cmdsn);
-    b.set_u32(28, s.expstatsn);
+    let mut b = s.ping_bhs(itt);
     b.set_data_segment_len(data_len);
     b
 }

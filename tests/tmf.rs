@@ -19,6 +19,16 @@ async fn tmf(s: &mut vvold::initiator::Session, f: u8, l: u16, itt: u32) -> u8 {
         .expect("task management response")
 }
 
+/// ABORT TASK on the RAM LUN naming the task's CmdSN as well.
+async fn abort_at(s: &mut vvold::initiator::Session, itt: u32, refcmdsn: u32) -> u8 {
+    within(
+        "task management",
+        s.task_mgmt_ref(ABORT_TASK, lun(LUN_RAM), itt, refcmdsn),
+    )
+    .await
+    .expect("task management response")
+}
+
 #[tokio::test]
 async fn abort_task_of_unknown_or_finished_itt_completes() {
     let d = Daemon::start();
@@ -40,13 +50,7 @@ async fn abort_of_a_finished_command_can_answer_as_rfc_7143_says() {
     let refcmdsn = s.cmdsn;
     assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
     // ITT 2 (the initiator's first) finished at login, and the TEST UNIT READY just now.
-    let r = within(
-        "abort",
-        s.task_mgmt_ref(ABORT_TASK, lun(LUN_RAM), 2, refcmdsn),
-    )
-    .await
-    .expect("task management response");
-    assert_eq!(r, TASK_DOES_NOT_EXIST);
+    assert_eq!(abort_at(&mut s, 2, refcmdsn).await, TASK_DOES_NOT_EXIST);
     // An ITT never used, RefCmdSN not behind the TMF's CmdSN: nothing to consider received.
     assert_eq!(
         tmf(&mut s, ABORT_TASK, LUN_RAM, 0x1234_5678).await,
@@ -63,13 +67,7 @@ async fn abort_of_a_command_that_never_arrived_frees_its_cmdsn() {
     let lost = s.cmdsn;
     s.cmdsn = s.cmdsn.wrapping_add(1);
     assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
-    let r = within(
-        "abort",
-        s.task_mgmt_ref(ABORT_TASK, lun(LUN_RAM), 0x0BAD_0001, lost),
-    )
-    .await
-    .expect("task management response");
-    assert_eq!(r, FUNCTION_COMPLETE);
+    assert_eq!(abort_at(&mut s, 0x0BAD_0001, lost).await, FUNCTION_COMPLETE);
     for _ in 0..8 {
         assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
     }

@@ -555,15 +555,22 @@ impl Session {
         Ok(rx.bhs.0[2])
     }
 
-    /// NOP-Out ping with data; returns the echoed data.
-    pub async fn nop(&mut self, data: &[u8]) -> Result<Vec<u8>> {
-        let itt = self.next_itt();
+    /// The header of a NOP-Out ping that asks for an answer: immediate, ITT `itt`, at this
+    /// session's sequence numbers.
+    pub fn ping_bhs(&self, itt: u32) -> Bhs {
         let mut b = Bhs::new(op::NOP_OUT | 0x40);
         b.0[1] = 0x80;
         b.set_u32(16, itt);
         b.set_u32(20, 0xFFFF_FFFF);
         b.set_u32(24, self.cmdsn);
         b.set_u32(28, self.expstatsn);
+        b
+    }
+
+    /// NOP-Out ping with data; returns the echoed data.
+    pub async fn nop(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        let itt = self.next_itt();
+        let b = self.ping_bhs(itt);
         self.send_pdu(b, data).await?;
         let rx = self.recv_for(itt).await?;
         self.note_status(&rx.bhs);
