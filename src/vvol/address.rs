@@ -308,4 +308,38 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn no_lun_with_lower_levels_decodes_as_its_first_level() {
+        // The rule tgt and SPDK break: whatever the lower six bytes hold, if any is non-zero
+        // the LUN is a secondary or unsupported, never the PE or LU of its first level. And
+        // what decodes re-encodes to a LUN that decodes the same.
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x1E7E1);
+        for _ in 0..200_000 {
+            let mut b: [u8; 8] = rng.gen();
+            match rng.gen_range(0..4) {
+                0 => b[2] = 0xE2,
+                1 => b[2..].fill(0),
+                2 => b[3..].fill(0),
+                _ => {}
+            }
+            let lun = Lun::from_bytes(b);
+            match LunAddress::decode(lun) {
+                LunAddress::Single(n) => {
+                    assert_eq!(lun.subsidiary(), [0; 6], "{b:02x?}");
+                    assert_eq!(LunAddress::decode(pe_lun(n)), LunAddress::Single(n));
+                }
+                LunAddress::Secondary { pe, id } => {
+                    assert_ne!(lun.subsidiary(), [0; 6], "{b:02x?}");
+                    assert_eq!(
+                        LunAddress::decode(secondary_lun(pe, id)),
+                        LunAddress::Secondary { pe, id }
+                    );
+                }
+                LunAddress::ReportLunsWlun => assert_eq!(lun, Lun::REPORT_LUNS_WLUN),
+                LunAddress::Unsupported => {}
+            }
+        }
+    }
 }
