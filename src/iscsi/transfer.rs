@@ -378,4 +378,127 @@ mod tests {
             TransferError::ImmediateData
         );
     }
+
+    /// Records where placements put bytes; checks each stays inside the command's buffer.
+    struct Coverage(Vec<u8>);
+
+    impl Coverage {
+        fn mark(&mut self, p: Placement, len: u32) {
+            assert_eq!(p.take + p.discard, len as usize, "{p:?}");
+            let end = p.buffer_offset + p.take;
+            assert!(end <= self.0.len(), "{p:?} beyond {}", self.0.len());
+            self.0[p.buffer_offset..end]
+                .iter_mut()
+                .for_each(|c| *c += 1);
+        }
+    }
+
+    #[test]
+    fn any_legal_transfer_fills_every_byte_once_and_completes_at_its_end() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x7EA5);
+        for _ in 0..5_000 {
+            let first_burst = rng.gen_range(1..=64) * 512;
+            let limits = TransferLimits {
+                first_burst,
+                max_burst: first_burst.max(rng.gen_range(1..=64) * 512),
+                max_outstanding_r2t: rng.gen_range(1..=4),
+                initial_r2t: rng.gen(),
+                immediate_data: rng.gen(),
+            };
+            let edtl = rng.gen_range(0..=200_000u32);
+            let need = rng.gen_range(0..=edtl);
+            let imm = if limits.immediate_data {
+                rng.gen_range(0..=edtl.min(first_burst))
+            } else {
+                0
+            };
+            let final_bit = limits.initial_r2t || rng.gen();
+            let mut t = WriteTransfer::new(edtl, need, imm, final_bit, limits).unwrap();
+            let mut seen = Coverage(vec![0; need as usize]);
+            seen.mark(t.place_immediate(imm), imm);
+            if !final_bit {
+                // Unsolicited Data-Out up to FirstBurstLength, in random pieces.
+                let end = edtl.min(first_burst).max(imm);
+                let (mut at, mut datasn) = (imm, 0);
+                while at < end {
+                    let n = rng.gen_range(1..=end - at);
+                    let d = dout(0xFFFF_FFFF, datasn, at, at + n == end);
+                    seen.mark(t.on_data_out(&d, n).unwrap(), n);
+                    (at, datasn) = (at + n, datasn + 1);
+                }
+            }
+            // Answer the R2Ts in random order and pieces: (R2T, bytes sent, next DataSN).
+            let mut next_ttt = 0;
+            let mut open: Vec<(R2tRequest, u32, u32)> = Vec::new();
+            loop {
+                let fresh = t.next_r2ts(|| {
+                    next_ttt += 1;
+                    next_ttt
+                });
+                open.extend(fresh.into_iter().map(|r| (r, 0, 0)));
+                assert!(open.len() as u32 <= limits.max_outstanding_r2t);
+                if open.is_empty() {
+                    break;
+                }
+                assert!(!t.is_complete());
+                let i = rng.gen_range(0..open.len());
+                let (r, sent, datasn) = &mut open[i];
+                assert!(r.len <= limits.max_burst);
+                let n = rng.gen_range(1..=r.len - *sent);
+                let last = *sent + n == r.len;
+                let d = dout(r.ttt, *datasn, r.offset + *sent, last);
+                seen.mark(t.on_data_out(&d, n).unwrap(), n);
+                (*sent, *datasn) = (*sent + n, *datasn + 1);
+                if last {
+                    open.swap_remove(i);
+                }
+            }
+            assert!(t.is_complete());
+            assert!(
+                seen.0.iter().all(|&c| c == 1),
+                "a byte missed or written twice"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_data_out_never_lands_outside_the_buffer() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xBAD0);
+        for _ in 0..2_000 {
+            let need = rng.gen_range(0..=65_536u32);
+            let Ok(mut t) = WriteTransfer::new(need, need, 0, rng.gen(), LIMITS) else {
+                continue;
+            };
+            let mut seen = Coverage(vec![0; need as usize]);
+            let (mut ttts, mut next_ttt) = (vec![0xFFFF_FFFF, 0x7777], 0);
+            for _ in 0..rng.gen_range(1..40) {
+                let fresh = t.next_r2ts(|| {
+                    next_ttt += 1;
+                    next_ttt
+                });
+                ttts.extend(fresh.iter().map(|r| r.ttt));
+                let d = dout(
+                    ttts[rng.gen_range(0..ttts.len())],
+                    rng.gen_range(0..4),
+                    if rng.gen() {
+                        rng.gen()
+                    } else {
+                        rng.gen_range(0..need + 1)
+                    },
+                    rng.gen(),
+                );
+                let n = if rng.gen() {
+                    rng.gen()
+                } else {
+                    rng.gen_range(0..20_000)
+                };
+                if let Ok(p) = t.on_data_out(&d, n) {
+                    seen.mark(p, n);
+                }
+            }
+            assert!(seen.0.iter().all(|&c| c <= 1), "a byte written twice");
+        }
+    }
 }
