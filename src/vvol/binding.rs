@@ -788,4 +788,102 @@ mod tests {
             Err(BindError::UnknownPe(16384))
         );
     }
+
+    /// Random binds, unbinds, unbind-alls and restarts (records written and read back) on
+    /// three PEs, four hosts and eight VVols. After each step every view agrees, no host sees
+    /// another's bindings, and a (PE, id) pair never names a second VVol, so a LUN a host
+    /// kept from before an unbind can never reach a different VVol.
+    #[test]
+    fn random_operations_keep_ids_unique_and_hosts_apart() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xB1ED);
+        let pes = vec![5, 6, 300];
+        let hosts = [
+            "iqn.1998-01.com.vmware:a",
+            "iqn.1998-01.com.vmware:B",
+            H1,
+            H2,
+        ];
+        let mut t = BindingTable::new(pes.clone());
+        let mut ever: HashMap<(u16, SecondaryId), Uuid> = HashMap::new();
+        for step in 0..8_000 {
+            let vvol = v(rng.gen_range(1..=8));
+            let host = hosts[rng.gen_range(0..hosts.len())];
+            let pe = [None, Some(5), Some(6), Some(300), Some(7)][rng.gen_range(0..5)];
+            match rng.gen_range(0..10) {
+                0..=4 => match t.bind(vvol, host, pe) {
+                    Ok(o) => {
+                        let b = o.binding;
+                        assert_eq!((b.vvol, b.state), (vvol, BindingState::Active));
+                        assert!(pe.is_none_or(|p| p == b.pe) || !o.created);
+                    }
+                    Err(BindError::UnknownPe(p)) => assert_eq!(pe, Some(p)),
+                    Err(BindError::Busy { .. }) => {}
+                    Err(e) => panic!("step {step}: {e}"),
+                },
+                5 | 6 => {
+                    let _ = t.begin_unbind(vvol, host, pe);
+                }
+                7 => {
+                    if let Some(b) = t.bindings(Some(host)).into_iter().find(|b| b.vvol == vvol) {
+                        t.finish_unbind(vvol, host, b.pe).unwrap();
+                        assert!(t.lookup(host, b.pe, b.secondary).is_none());
+                    }
+                }
+                8 => {
+                    for b in t.begin_unbind_all(host) {
+                        assert_eq!(b.state, BindingState::Draining);
+                    }
+                }
+                _ => {
+                    let records = t.to_records();
+                    t = BindingTable::from_records(pes.clone(), records.clone(), t.next_ids())
+                        .unwrap();
+                    assert_eq!(t.to_records(), records);
+                }
+            }
+            let all = t.bindings(None);
+            let snapshot = t.snapshot();
+            let mut shared: HashMap<(u16, Uuid), SecondaryId> = HashMap::new();
+            for b in &all {
+                // Hosts bound to one VVol through one PE share its id there.
+                let id = *shared.entry((b.pe, b.vvol)).or_insert(b.secondary);
+                assert_eq!(id, b.secondary, "step {step}");
+                let first = *ever.entry((b.pe, b.secondary)).or_insert(b.vvol);
+                assert_eq!(
+                    first, b.vvol,
+                    "step {step}: id {:?} reused on PE {}",
+                    b.secondary, b.pe
+                );
+                assert_eq!(t.lookup(&b.host.to_uppercase(), b.pe, b.secondary), Some(b));
+                assert_eq!(
+                    snapshot.lookup(&b.host, b.pe, b.secondary),
+                    Some((b.vvol, b.state))
+                );
+                assert!(t.is_bound(b.vvol));
+                for other in hosts.iter().map(|h| h.to_ascii_lowercase()) {
+                    if all.iter().all(|o| o.host != other || o.vvol != b.vvol) {
+                        assert!(t.lookup(&other, b.pe, b.secondary).is_none());
+                        assert!(snapshot.lookup(&other, b.pe, b.secondary).is_none());
+                    }
+                }
+            }
+            for h in hosts {
+                for &p in &pes {
+                    let mut active: Vec<SecondaryId> = all
+                        .iter()
+                        .filter(|b| {
+                            b.host == h.to_ascii_lowercase()
+                                && b.pe == p
+                                && b.state == BindingState::Active
+                        })
+                        .map(|b| b.secondary)
+                        .collect();
+                    active.sort();
+                    assert_eq!(t.bound_on_pe(h, p), active);
+                    assert_eq!(snapshot.bound_on_pe(h, p), active);
+                }
+            }
+        }
+    }
 }
