@@ -16,5 +16,7 @@ pub mod iscsi;
 pub mod loadgen;
 pub mod net;
 pub mod scsi;
+#[cfg(test)]
+mod seeded;
 pub mod store;
 pub mod vvol;

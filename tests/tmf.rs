@@ -49,7 +49,8 @@ async fn abort_of_a_finished_command_can_answer_as_rfc_7143_says() {
     let mut s = login_main(&d).await;
     let refcmdsn = s.cmdsn;
     assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
-    // ITT 2 (the initiator's first) finished at login, and the TEST UNIT READY just now.
+    // A finished command: ITT 2 (the initiator's first, at login) with the CmdSN of the TEST
+    // UNIT READY just answered; either names a task that is gone.
     assert_eq!(abort_at(&mut s, 2, refcmdsn).await, TASK_DOES_NOT_EXIST);
     // An ITT never used, RefCmdSN not behind the TMF's CmdSN: nothing to consider received.
     assert_eq!(

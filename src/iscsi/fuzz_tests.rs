@@ -9,7 +9,7 @@ use super::pdu::{Bhs, InitiatorPdu, Itt, LoginRequest, SerialNumber};
 use super::policy::{ChapCredentials, LoginPolicy, Portal, TargetEntry};
 use super::text::{self, KeyValue, TextAccumulator};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use std::sync::Arc;
 
 const ROUNDS: usize = 20_000;
@@ -18,11 +18,7 @@ const OPEN: &str = "iqn.2026-11.test:open";
 const GUARDED: &str = "iqn.2026-11.test:chap";
 
 fn rng(salt: u64) -> StdRng {
-    let seed = std::env::var("VVOLD_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x15C5);
-    StdRng::seed_from_u64(seed ^ salt)
+    crate::seeded::rng(0x15C5 ^ salt)
 }
 
 /// Initiator opcodes (RFC 7143 §11.1.1), drawn more often than the rest.

@@ -395,8 +395,8 @@ mod tests {
 
     #[test]
     fn any_legal_transfer_fills_every_byte_once_and_completes_at_its_end() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x7EA5);
+        use rand::Rng;
+        let mut rng = crate::seeded::rng(0x7EA5);
         for _ in 0..5_000 {
             let first_burst = rng.gen_range(1..=64) * 512;
             let limits = TransferLimits {
@@ -464,8 +464,8 @@ mod tests {
 
     #[test]
     fn hostile_data_out_never_lands_outside_the_buffer() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0xBAD0);
+        use rand::Rng;
+        let mut rng = crate::seeded::rng(0xBAD0);
         for _ in 0..2_000 {
             let need = rng.gen_range(0..=65_536u32);
             let Ok(mut t) = WriteTransfer::new(need, need, 0, rng.gen(), LIMITS) else {

@@ -798,13 +798,13 @@ impl<'a> FullFeature<'a> {
                 TmfResponse::LunDoesNotExist
             }
             TmfFunction::AbortTaskSet => {
-                victims = session.tasks_on(Some(t.lun));
+                victims = session.abort_tasks_on(Some(t.lun));
                 self.drop_pending(|_, lun| lun == t.lun);
                 TmfResponse::FunctionComplete
             }
             TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
                 for s in self.shared.sessions.of_target(&target.name) {
-                    victims.extend(s.tasks_on(Some(t.lun)));
+                    victims.extend(s.abort_tasks_on(Some(t.lun)));
                 }
                 self.drop_pending(|_, lun| lun == t.lun);
                 if let Some(lu) = &lu {
@@ -825,7 +825,7 @@ impl<'a> FullFeature<'a> {
             }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 for s in self.shared.sessions.of_target(&target.name) {
-                    victims.extend(s.tasks_on(None));
+                    victims.extend(s.abort_tasks_on(None));
                 }
                 self.drop_pending(|_, _| true);
                 let kind = if t.function == TmfFunction::TargetColdReset {
@@ -843,9 +843,6 @@ impl<'a> FullFeature<'a> {
             TmfFunction::ClearAca | TmfFunction::Unknown(_) => TmfResponse::NotSupported,
         };
         info!(function = ?t.function, lun = %t.lun, ?response, aborted = victims.len(), "task management");
-        for v in &victims {
-            v.abort();
-        }
         let out = self.out.clone();
         let sessions = close_after.then(|| self.shared.sessions.of_target(&target.name));
         // Answer only once no aborted task can still write: in its own task, so the reader
@@ -864,7 +861,6 @@ impl<'a> FullFeature<'a> {
         });
     }
 
-    /// Forget writes still waiting for data that match; their slots in the window are freed.
     /// ABORT TASK for a task not here (RFC 7143 §11.6.1): one that never arrived but whose
     /// CmdSN the window still awaits is counted as received and answered FUNCTION COMPLETE
     /// (b); one that already finished gets the configured answer (c, see
@@ -879,6 +875,7 @@ impl<'a> FullFeature<'a> {
         }
     }
 
+    /// Forget writes still waiting for data that match; their slots in the window are freed.
     fn drop_pending(&mut self, matches: impl Fn(Itt, crate::scsi::Lun) -> bool) {
         let Some(session) = &self.session else { return };
         let gone: Vec<Itt> = self
@@ -900,9 +897,7 @@ impl<'a> FullFeature<'a> {
     fn teardown(&mut self) {
         let Some(session) = &self.session else { return };
         self.pending.clear();
-        for t in session.tasks_on(None) {
-            t.abort();
-        }
+        session.abort_tasks_on(None);
         self.shared.sessions.remove(session);
         for lu in session_lus(self.shared, session) {
             lu.disk.nexus_removed(session.nexus);

@@ -191,11 +191,8 @@ async fn abort_preempted(ctx: &ConnCtx, preempted: &[crate::scsi::NexusId], lun:
         .all()
         .into_iter()
         .filter(|s| preempted.contains(&s.nexus))
-        .flat_map(|s| s.tasks_on(Some(lun)))
+        .flat_map(|s| s.abort_tasks_on(Some(lun)))
         .collect();
-    for v in &victims {
-        v.abort();
-    }
     for v in victims {
         v.quiesced().await;
     }

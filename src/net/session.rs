@@ -106,11 +106,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Tasks of this session on `lun` (or all tasks with None).
-    pub fn tasks_on(&self, lun: Option<Lun>) -> Vec<Arc<Task>> {
+    /// Abort this session's tasks on `lun` (or all with None) and return them. Flagged under
+    /// the task table's lock, under which a finishing command leaves the table and reads its
+    /// flag (`ConnCtx::respond`): each is either aborted and answers nothing, or has answered
+    /// and is not among them.
+    pub fn abort_tasks_on(&self, lun: Option<Lun>) -> Vec<Arc<Task>> {
         lock(&self.tasks)
             .values()
             .filter(|t| lun.is_none_or(|l| t.lun == l))
+            .inspect(|t| t.abort())
             .cloned()
             .collect()
     }

@@ -795,8 +795,8 @@ mod tests {
     /// kept from before an unbind can never reach a different VVol.
     #[test]
     fn random_operations_keep_ids_unique_and_hosts_apart() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0xB1ED);
+        use rand::Rng;
+        let mut rng = crate::seeded::rng(0xB1ED);
         let pes = vec![5, 6, 300];
         let hosts = [
             "iqn.1998-01.com.vmware:a",
