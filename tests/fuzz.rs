@@ -272,3 +272,86 @@ fn fuzzed_api_requests_get_json_answers_never_a_server_error() {
     }
     assert!(ok > 0 && refused > 0, "{ok} accepted, {refused} refused");
 }
+
+/// A Login Request PDU with random stages, flags, ISID, TSIH and keys (framing intact).
+fn random_login(rng: &mut StdRng, step: u32) -> Vec<u8> {
+    const KEYS: &[&str] = &[
+        "InitiatorName=iqn.2026-11.io.vvold.test:fuzz",
+        "TargetName=iqn.2026-11.io.vvold.test:main",
+        "SessionType=Discovery",
+        "SessionType=Normal",
+        "AuthMethod=None",
+        "AuthMethod=CHAP",
+        "CHAP_A=5",
+        "CHAP_N=user",
+        "CHAP_R=0x00",
+        "HeaderDigest=CRC32C,None",
+        "MaxRecvDataSegmentLength=512",
+        "MaxBurstLength=0",
+        "ErrorRecoveryLevel=2",
+        "=",
+        "Key",
+    ];
+    let mut text = Vec::new();
+    for _ in 0..rng.gen_range(0..6) {
+        text.extend_from_slice(KEYS[rng.gen_range(0..KEYS.len())].as_bytes());
+        text.push(0);
+    }
+    if rng.gen_bool(0.1) {
+        text.extend((0..rng.gen_range(0..300)).map(|_| rng.gen::<u8>()));
+    }
+    let mut b = Bhs::new(op::LOGIN_REQUEST | 0x40);
+    b.0[1] = rng.gen::<u8>() & 0xCF; // T, C, CSG, NSG in any combination
+    b.0[8..14].copy_from_slice(&[0x80, 0, 0, 0, 0xF0, rng.gen()]);
+    if rng.gen_bool(0.2) {
+        b.set_u16(14, rng.gen()); // a TSIH that names no session
+    }
+    b.set_u32(16, step);
+    b.set_u32(24, step);
+    b.set_data_segment_len(text.len());
+    let mut pdu = b.0.to_vec();
+    pdu.extend_from_slice(&text);
+    pdu.resize(pdu.len() + vvold::iscsi::pdu::pad_len(text.len()), 0);
+    pdu
+}
+
+#[tokio::test]
+async fn fuzzed_logins_end_cleanly_and_the_daemon_serves_on() {
+    use tokio::io::AsyncWriteExt;
+    let mut d = Daemon::start();
+    let mut o = opts(Some(T_MAIN));
+    o.isid = [0x80, 0, 0, 0, 0xF1, 0x01];
+    let mut bystander = login_main_with(&d, &o).await;
+    let mut rng = seeded(0x1061);
+    let mut answered = 0;
+    for round in 0..ROUNDS {
+        let mut raw = raw_connect(&d).await;
+        for step in 0..rng.gen_range(1..5) {
+            let pdu = random_login(&mut rng, step);
+            if within_for(SEND_TIMEOUT, "a login send", raw.write_all(&pdu))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Whatever state the login reached, our end of the stream closes it: the target must
+        // close too (read_until_eof fails the test if it stays open).
+        let _ = raw.shutdown().await;
+        let answer = read_until_eof(&mut raw).await;
+        if let Some(&opcode) = answer.first() {
+            assert_eq!(opcode & 0x3F, op::LOGIN_RESPONSE, "round {round}");
+            answered += 1;
+        }
+        if round % 10 == 9 {
+            assert_session_works(&mut bystander, round).await;
+        }
+    }
+    d.assert_alive();
+    let log = d.log_text();
+    assert!(!log.contains("panicked"), "a task panicked:\n{log}");
+    assert!(
+        answered > 0,
+        "no login was answered: the requests prove nothing"
+    );
+}
