@@ -11,12 +11,7 @@ use vvold::iscsi::pdu::{op, Bhs};
 
 /// A daemon, plus a bystander session opened before any bad input.
 async fn setup() -> (Daemon, vvold::initiator::Session) {
-    let d = Daemon::start();
-    // Its own ISID: a later login with the default ISID must not reinstate it.
-    let mut o = opts(Some(T_MAIN));
-    o.isid = [0x80, 0, 0, 0, 0xB7, 0x01];
-    let s = login_main_with(&d, &o).await;
-    (d, s)
+    start_with_bystander([0x80, 0, 0, 0, 0xB7, 0x01]).await
 }
 
 async fn bystander_ok(d: &mut Daemon, s: &mut vvold::initiator::Session, seed: u32) {

@@ -393,6 +393,16 @@ pub async fn login_main(d: &Daemon) -> Session {
     login_main_with(d, &opts(Some(T_MAIN))).await
 }
 
+/// The standard daemon and a "bystander" session opened before a test's bad input, with its
+/// own ISID: a later login with the ISID of a session reinstates (ends) it.
+pub async fn start_with_bystander(isid: [u8; 6]) -> (Daemon, Session) {
+    let d = Daemon::start();
+    let mut o = opts(Some(T_MAIN));
+    o.isid = isid;
+    let s = login_main_with(&d, &o).await;
+    (d, s)
+}
+
 /// Log in with `o` (a `T_MAIN` login) and consume each LUN's power-on UNIT ATTENTION.
 pub async fn login_main_with(d: &Daemon, o: &LoginOptions) -> Session {
     let mut s = login_with(d, o).await;
