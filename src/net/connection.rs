@@ -774,13 +774,7 @@ impl<'a> FullFeature<'a> {
         let mut close_after = false;
         let response = match t.function {
             TmfFunction::AbortTask => {
-                // Flagged under the task table's lock, under which a finishing command leaves
-                // the table and reads its flag (`ConnCtx::respond`): the command either
-                // answers and is no longer found, or is found and answers nothing.
-                let found = lock(&session.tasks).get(&t.referenced_itt).map(|task| {
-                    task.abort();
-                    task.clone()
-                });
+                let found = session.abort_task(t.referenced_itt);
                 self.drop_pending(|itt, _| itt == t.referenced_itt);
                 match found {
                     Some(task) => {

@@ -69,7 +69,8 @@ impl ConnCtx {
         mut resp: Response,
         residual: Option<Residual>,
     ) {
-        // Leave the table and read the abort flag under one lock: ABORT TASK flags under it.
+        // Leave the table and read the abort flag under one lock: aborts flag under it
+        // (`Session::abort_task`, `abort_tasks_on`).
         let aborted = {
             let mut tasks = lock(&self.session.tasks);
             tasks.remove(&cmd.itt);

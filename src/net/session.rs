@@ -105,11 +105,16 @@ pub struct Session {
     pub closed: watch::Sender<bool>,
 }
 
+// Aborts flag tasks under the task table's lock, under which a finishing command leaves the
+// table and reads its flag (`ConnCtx::respond`): a task is either aborted and answers nothing,
+// or has answered and is not found.
 impl Session {
-    /// Abort this session's tasks on `lun` (or all with None) and return them. Flagged under
-    /// the task table's lock, under which a finishing command leaves the table and reads its
-    /// flag (`ConnCtx::respond`): each is either aborted and answers nothing, or has answered
-    /// and is not among them.
+    /// Abort the task `itt`, if it is still here, and return it.
+    pub fn abort_task(&self, itt: Itt) -> Option<Arc<Task>> {
+        lock(&self.tasks).get(&itt).inspect(|t| t.abort()).cloned()
+    }
+
+    /// Abort this session's tasks on `lun` (or all with None) and return them.
     pub fn abort_tasks_on(&self, lun: Option<Lun>) -> Vec<Arc<Task>> {
         lock(&self.tasks)
             .values()
