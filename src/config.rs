@@ -211,7 +211,14 @@ pub struct IscsiConfig {
     pub poll_us: u64,
     /// The answer to ABORT TASK for a task that has already finished.
     pub abort_finished_task: AbortFinishedTask,
+    /// TCP congestion control of the portals' connections ("": the system's default; unset:
+    /// [`DEFAULT_TCP_CONGESTION_CONTROL`] where the kernel allows it).
+    pub tcp_congestion_control: Option<String>,
 }
+
+/// Loss-based, in every kernel, and choosable without privileges; BBR, the other common
+/// system default, keeps too little in flight on a LAN (see `net::tcp`).
+pub const DEFAULT_TCP_CONGESTION_CONTROL: &str = "cubic";
 
 /// How ABORT TASK answers when the referenced task has already finished (its CmdSN is behind
 /// the window, RFC 7143 §11.6.1 c). The abort and the command's response crossed on the wire.
@@ -242,6 +249,7 @@ impl Default for IscsiConfig {
             worker_threads: 0,
             poll_us: 100,
             abort_finished_task: AbortFinishedTask::FunctionComplete,
+            tcp_congestion_control: None,
         }
     }
 }
@@ -442,6 +450,18 @@ impl Config {
         range("iscsi.queue_depth", i.queue_depth, 1, 128)?;
         if i.poll_us > 10_000 {
             return Err(err("iscsi.poll_us", "must be 0..=10000"));
+        }
+        let cc = i.tcp_congestion_control.as_deref().unwrap_or_default();
+        // The kernel's TCP_CA_NAME_MAX is 16 with the terminating NUL.
+        if cc.len() > 15
+            || !cc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(err(
+                "iscsi.tcp_congestion_control",
+                "must be an algorithm's name, such as cubic (at most 15 letters, digits, - or _), or \"\" for the system's default",
+            ));
         }
         if self.targets.is_empty() {
             return Err(err("target", "at least one target is needed"));
@@ -948,6 +968,21 @@ mod tests {
         let e = Config::parse(&bad).unwrap_err();
         assert!(e.key.contains("iscsi"), "{e}");
         assert!(e.reason.contains("function-complete"), "{e}");
+    }
+
+    #[test]
+    fn congestion_control_is_a_name_or_empty() {
+        assert_eq!(Config::lab_default().iscsi.tcp_congestion_control, None);
+        for ok in ["", "reno", "bbr", "dctcp", "h_tcp-2"] {
+            let t = format!("{LAB_DEFAULT}\n[iscsi]\ntcp_congestion_control = \"{ok}\"\n");
+            let c = Config::parse(&t).unwrap();
+            assert_eq!(c.iscsi.tcp_congestion_control.as_deref(), Some(ok));
+        }
+        for bad in ["cu bic", "cubic\\u0000", "sixteen-chars-xx", "../cubic"] {
+            let t = format!("{LAB_DEFAULT}\n[iscsi]\ntcp_congestion_control = \"{bad}\"\n");
+            let e = Config::parse(&t).unwrap_err();
+            assert_eq!(e.key, "iscsi.tcp_congestion_control", "{bad}");
+        }
     }
 
     #[test]

@@ -79,6 +79,30 @@ fn port_in_use_fails_naming_the_address() {
 }
 
 #[test]
+fn unknown_congestion_control_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cc.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[iscsi]\ntcp_congestion_control = \"no-such-cc\"\n[[target]]\nname = \"{T_MAIN}\"\n\
+             [[target.lun]]\nid = 0\nbackend = \"null\"\nsize = \"1MiB\"\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = run_bounded(vvold(&cfg, &listen, &dir.path().join("data")), EXIT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "stderr: {stderr}");
+    assert!(
+        stderr.contains("iscsi.tcp_congestion_control") && stderr.contains("no-such-cc"),
+        "stderr: {stderr}"
+    );
+    // The message lists what the kernel has instead.
+    assert!(stderr.contains("reno"), "stderr: {stderr}");
+}
+
+#[test]
 fn listen_flag_is_used_and_logged() {
     let d = Daemon::start();
     wait_for_log(&d, &format!("listening on {}", d.addr));

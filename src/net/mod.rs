@@ -10,6 +10,7 @@ pub mod route;
 pub mod runners;
 pub mod server;
 pub mod session;
+pub mod tcp;
 pub mod workers;
 pub mod writer;
 

@@ -1,16 +1,28 @@
 //! Listening on the configured portals and handing each connection to its own task.
 
-use super::Shared;
+use super::{tcp, Shared};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct BindError {
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
+pub enum BindError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "iscsi.tcp_congestion_control: cannot use '{name}' on {addr}: {source} \
+         (this kernel has: {available})"
+    )]
+    CongestionControl {
+        addr: SocketAddr,
+        name: String,
+        source: std::io::Error,
+        available: String,
+    },
 }
 
 pub struct Server {
@@ -19,13 +31,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind every portal now, so a port in use is reported before anything else starts.
+    /// Bind every portal now, so a port in use (or a congestion control the kernel refuses)
+    /// is reported before anything else starts.
     pub async fn bind(addrs: &[SocketAddr], shared: Arc<Shared>) -> Result<Server, BindError> {
         let mut listeners = Vec::new();
         for &addr in addrs {
             let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| BindError { addr, source })?;
+                .map_err(|source| BindError::Listen { addr, source })?;
+            let cc = shared.iscsi.tcp_congestion_control.as_deref();
+            tcp::choose_congestion_control(&l, cc).map_err(|source| {
+                BindError::CongestionControl {
+                    addr,
+                    name: cc.unwrap_or_default().into(),
+                    source,
+                    available: tcp::available_congestion_controls(),
+                }
+            })?;
             listeners.push(l);
         }
         Ok(Server { listeners, shared })
