@@ -19,20 +19,24 @@ fn vvold(config: &std::path::Path, listen: &str, data: &std::path::Path) -> Comm
     c
 }
 
+/// Run vvold on `text` as its configuration file, in `dir`, until it exits.
+fn run_with_config(dir: &std::path::Path, text: &str) -> std::process::Output {
+    let cfg = dir.join("vvold.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    run_bounded(vvold(&cfg, &listen, &dir.join("data")), EXIT_TIMEOUT)
+}
+
 #[test]
 fn bad_config_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let out = run_with_config(
+        dir.path(),
+        &format!(
             "[[target]]\nname = \"{T_MAIN}\"\n[[target.lun]]\nid = 0\nbackend = \"ram\"\n\
              size = \"1MiB\"\nblock_size = 1024\n"
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let out = run_bounded(vvold(&cfg, &listen, &dir.path().join("data")), EXIT_TIMEOUT);
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(
@@ -40,10 +44,10 @@ fn bad_config_exits_2_naming_the_key() {
         "stderr: {stderr}"
     );
     // A syntax error too.
-    std::fs::write(&cfg, "listen = [\n").unwrap();
-    let out = run_bounded(vvold(&cfg, &listen, &dir.path().join("data")), EXIT_TIMEOUT);
+    let out = run_with_config(dir.path(), "listen = [\n");
     assert_eq!(out.status.code(), Some(2));
     // A missing file.
+    let listen = format!("127.0.0.1:{}", free_port());
     let out = run_bounded(
         vvold(
             &dir.path().join("nonesuch.toml"),
@@ -81,17 +85,13 @@ fn port_in_use_fails_naming_the_address() {
 #[test]
 fn unknown_congestion_control_fails_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cc.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let out = run_with_config(
+        dir.path(),
+        &format!(
             "[iscsi]\ntcp_congestion_control = \"no-such-cc\"\n[[target]]\nname = \"{T_MAIN}\"\n\
              [[target.lun]]\nid = 0\nbackend = \"null\"\nsize = \"1MiB\"\n"
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let out = run_bounded(vvold(&cfg, &listen, &dir.path().join("data")), EXIT_TIMEOUT);
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "stderr: {stderr}");
     assert!(
