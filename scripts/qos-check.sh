@@ -6,6 +6,7 @@
 #
 #   scripts/qos-check.sh                 # full run
 #   QOS_SECONDS=5 scripts/qos-check.sh   # shorter windows
+#   QOS_PIN=1 scripts/qos-check.sh       # A9 with daemons and client on one CPU (less noise)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "qos-check: python3 is needed" >&2; exit 2; }
