@@ -957,8 +957,7 @@ mod tests {
             Config::lab_default().iscsi.abort_finished_task,
             AbortFinishedTask::FunctionComplete
         );
-        let rfc =
-            format!("{LAB_DEFAULT}\n[iscsi]\nabort_finished_task = \"task-does-not-exist\"\n");
+        let rfc = lab_with_iscsi("abort_finished_task = \"task-does-not-exist\"");
         let c = Config::parse(&rfc).unwrap();
         assert_eq!(
             c.iscsi.abort_finished_task,
@@ -970,16 +969,23 @@ mod tests {
         assert!(e.reason.contains("function-complete"), "{e}");
     }
 
+    /// The lab default with one line in an `[iscsi]` table.
+    fn lab_with_iscsi(line: &str) -> String {
+        format!("{LAB_DEFAULT}\n[iscsi]\n{line}\n")
+    }
+
     #[test]
     fn congestion_control_is_a_name_or_empty() {
         assert_eq!(Config::lab_default().iscsi.tcp_congestion_control, None);
         for ok in ["", "reno", "bbr", "dctcp", "h_tcp-2"] {
-            let t = format!("{LAB_DEFAULT}\n[iscsi]\ntcp_congestion_control = \"{ok}\"\n");
-            let c = Config::parse(&t).unwrap();
+            let c = Config::parse(&lab_with_iscsi(&format!(
+                "tcp_congestion_control = \"{ok}\""
+            )))
+            .unwrap();
             assert_eq!(c.iscsi.tcp_congestion_control.as_deref(), Some(ok));
         }
         for bad in ["cu bic", "cubic\\u0000", "sixteen-chars-xx", "../cubic"] {
-            let t = format!("{LAB_DEFAULT}\n[iscsi]\ntcp_congestion_control = \"{bad}\"\n");
+            let t = lab_with_iscsi(&format!("tcp_congestion_control = \"{bad}\""));
             let e = Config::parse(&t).unwrap_err();
             assert_eq!(e.key, "iscsi.tcp_congestion_control", "{bad}");
         }
