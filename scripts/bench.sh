@@ -30,6 +30,9 @@
 #                    took longer than the target's work, so the client's wake-ups, not the
 #                    targets, set the pace (QD 16 against vvold: ~250K IOPS at 0, 400-470K at 100).
 #                    The same client setting runs against every target.
+#   TCP_CC=NAME      vvold's iscsi.tcp_congestion_control (default: unset, i.e. cubic where the
+#                    kernel allows it); TCP_CC=system keeps the system's, as tgt and the clients
+#                    always do. The table's header names both.
 #
 # Placement matters a great deal on a small VM: where an idle vCPU halts (no guest halt
 # polling), waking the other CPU costs tens of microseconds, so a client and a target that the
@@ -276,12 +279,18 @@ fi
 
 start_vvold() { # NAME IQN BACKEND SIZE -> PORT_<NAME>, PID_<NAME>
   local name=$1 iqn=$2 backend=$3 size=$4
-  local port ctl
+  local port ctl cc_line=""
+  case "${TCP_CC:-}" in
+    "") ;;
+    system) cc_line='tcp_congestion_control = ""' ;;
+    *) cc_line="tcp_congestion_control = \"$TCP_CC\"" ;;
+  esac
   port=$(free_port); ctl=$(free_port)
   cat > "$TMP/$name.toml" <<EOF
 listen = ["127.0.0.1:$port"]
 
 [iscsi]
+$cc_line
 max_recv_data_segment_length = 262144
 max_burst_length = 1048576
 first_burst_length = 262144
@@ -488,6 +497,9 @@ fio_version=""
 if [[ " $CLIENTS " == *" fio "* ]]; then fio_version=" $("$FIO" --version) (libiscsi engine),"; fi
 echo "kernel $(uname -r), $(tgtd -V 2>/dev/null | head -1 || echo tgt), vvold $(git rev-parse --short HEAD 2>/dev/null || echo '?'),$fio_version"
 echo "${DURATION}s per row, PIN=$PIN, vvold-load --poll-us $CLIENT_POLL_US; target CPU = utime+stime of the target process per I/O; x = vvold / tgt, same client"
+vvold_cc=${TCP_CC:-cubic (its default)}
+[ "$vvold_cc" = system ] && vvold_cc="the system's"
+echo "TCP congestion control: system $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?') (tgt, clients), vvold $vvold_cc"
 echo
 python3 - "$OUT" <<'EOF'
 import csv, sys
