@@ -100,22 +100,17 @@ esac
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+# shellcheck source=scripts/lib/procs.sh
+source "$ROOT/scripts/lib/procs.sh"
 
 # ---- tools ----
+# Debian's policy-rc.d (containers) keeps the packaged tgt service from starting; on a full
+# system the package may start a tgtd on 0.0.0.0:3260, which this script leaves alone.
 need_apt=()
 command -v tgtd >/dev/null || need_apt+=(tgt)
 command -v iscsi-perf >/dev/null || need_apt+=(libiscsi-bin)
 command -v python3 >/dev/null || need_apt+=(python3)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing: ${need_apt[*]}"
-  # Debian's policy-rc.d (containers) keeps the packaged tgt service from starting; on a
-  # full system the package may start a tgtd on 0.0.0.0:3260, which this script leaves alone.
-  if ! DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  fi
-fi
+apt_install "${need_apt[@]}"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "== cargo build --release (vvold, vvold-load)"
   cargo build --release --bin vvold --bin vvold-load
@@ -131,19 +126,6 @@ SUDO_PIDS=()   # those that need sudo to signal
 CLIENT_PID=""
 TGT_CTL=""
 TGTADM=""
-
-stop_pid() { # PID [sudo]: SIGTERM, then SIGKILL after 5 s
-  local pid=$1 k=(kill)
-  [ -n "${2:-}" ] && k=($SUDO kill)
-  [ -n "$pid" ] || return 0
-  "${k[@]}" -0 "$pid" 2>/dev/null || return 0
-  "${k[@]}" -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 50); do
-    "${k[@]}" -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  "${k[@]}" -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local rc=$?
@@ -172,10 +154,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # The PID of a child of $1 (the real daemon when it was started through sudo).
 child_of() {
   local parent=$1 f
@@ -188,17 +166,6 @@ child_of() {
     sleep 0.1
   done
   return 1
-}
-
-wait_port() { # PORT PID NAME LOG
-  for _ in $(seq 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    if ! kill -0 "$2" 2>/dev/null && ! $SUDO kill -0 "$2" 2>/dev/null; then
-      echo "$3 exited before listening; log:" >&2; cat "$4" >&2; return 1
-    fi
-    sleep 0.1
-  done
-  echo "$3 does not listen on 127.0.0.1:$1; log:" >&2; cat "$4" >&2; return 1
 }
 
 # CPU ticks (utime + stime, all threads) of PID into TICKS; builtins only, nothing forked.

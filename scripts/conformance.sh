@@ -5,7 +5,7 @@
 # prints passed/failed/skipped per family, stops the daemon by PID, and exits non-zero if any
 # test failed. A test that logs "[FAILED]" counts as failed even where CUnit counts it passed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 VVOLD=${1:-target/release/vvold}
 WORK=$(mktemp -d /tmp/vvold-conformance.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -47,7 +47,7 @@ TOML
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null' EXIT
 for _ in $(seq 100); do
-  (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.1
 done
 

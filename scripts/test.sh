@@ -5,15 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=scripts/lib/procs.sh
+source scripts/lib/procs.sh
 need_apt=()
 command -v iscsi-test-cu >/dev/null || need_apt+=(libiscsi-bin)
 command -v python3 >/dev/null || need_apt+=(python3)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "installing: ${need_apt[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+apt_install "${need_apt[@]}"
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 
 echo "== cargo fmt --check"; cargo fmt --check
