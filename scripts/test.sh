@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what is missing, checks formatting and lints,
 # runs the unit and integration tests (which start the real daemon on loopback), then runs
-# libiscsi's iscsi-test-cu conformance suite against the release build.
+# libiscsi's iscsi-test-cu conformance suite against the release build, and last the Linux
+# kernel's initiator in a QEMU guest (scripts/kernel-initiator.sh; KERNEL_INITIATOR=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +19,6 @@ echo "== cargo clippy"; cargo clippy --all-targets -- -D warnings
 echo "== cargo build --release"; cargo build --release --bins
 echo "== cargo test"; cargo test
 echo "== iscsi-test-cu"; scripts/conformance.sh target/release/vvold
+if [ "${KERNEL_INITIATOR:-1}" = 1 ]; then
+  echo "== Linux kernel initiator"; SKIP_BUILD=1 scripts/kernel-initiator.sh
+fi
