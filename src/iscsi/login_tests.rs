@@ -558,3 +558,22 @@ fn discovery_chap_required() {
     assert_eq!(status_of(&s), (2, 1));
     assert_eq!(get(&s, "AuthMethod").unwrap(), "Reject");
 }
+
+#[test]
+fn a_login_text_of_too_many_keys_fails_cheaply() {
+    let mut keys: Vec<(String, String)> = identity()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    keys.extend((0..text::MAX_PAIRS).map(|i| (format!("X-k{i}"), String::new())));
+    let pairs: Vec<KeyValue> = keys.iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+    let mut m = LoginMachine::new(policy(None, None), portal(), 9);
+    let s = m.on_request(&req(1, true, 3), &text::encode(&pairs));
+    assert_eq!(status_of(&s), (2, 0), "initiator error");
+    // Up to the limit, each unknown key is answered NotUnderstood.
+    let pairs = &pairs[..text::MAX_PAIRS];
+    let mut m = LoginMachine::new(policy(None, None), portal(), 9);
+    let s = m.on_request(&req(1, true, 3), &text::encode(pairs));
+    assert_eq!(status_of(&s), (0, 0));
+    assert_eq!(get(&s, "X-k0").as_deref(), Some("NotUnderstood"));
+}

@@ -183,10 +183,13 @@ impl Negotiator {
             // An answer to one of our offers that keeps the default, or nonsense: no reply.
             return None;
         }
-        if !self.received.iter().any(|k| k == key) {
+        let answer = self.result(key, value);
+        // Only keys we understand can matter to our offers; recording the others would let a
+        // login full of unknown keys grow this list without bound.
+        if !matches!(answer, Some(Answer::NotUnderstood)) && !self.received.iter().any(|k| k == key)
+        {
             self.received.push(key.to_string());
         }
-        let answer = self.result(key, value);
         if answering_offer || key == "MaxRecvDataSegmentLength" && answer.is_none() {
             return None;
         }

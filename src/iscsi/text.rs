@@ -13,6 +13,11 @@ pub const MAX_VALUE_LEN: usize = 255;
 pub const MAX_LARGE_VALUE_LEN: usize = 8192;
 /// Largest reassembled text segment we are willing to buffer.
 pub const MAX_TEXT_LEN: usize = 64 * 1024;
+/// Most pairs one segment may hold. RFC 7143 defines about 30 keys, so no real initiator
+/// comes near; 64 KiB of short unknown keys is about 14,000 pairs, which the duplicate check
+/// and the per-key answers (a NotUnderstood each) would otherwise pay for before
+/// authentication: tens of milliseconds of CPU and a quarter-megabyte answer per login.
+pub const MAX_PAIRS: usize = 256;
 
 /// One key=value pair, in the order received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +51,8 @@ pub enum TextError {
     NotUtf8,
     #[error("text segment larger than {MAX_TEXT_LEN} bytes")]
     TooLarge,
+    #[error("more than {MAX_PAIRS} key=value pairs in one text segment")]
+    TooManyPairs,
 }
 
 /// The value length limit for `key`.
@@ -96,6 +103,9 @@ pub fn parse(data: &[u8]) -> Result<Vec<KeyValue>, TextError> {
         }
         if out.iter().any(|kv| kv.key == key) {
             return Err(TextError::Duplicate(key.to_string()));
+        }
+        if out.len() == MAX_PAIRS {
+            return Err(TextError::TooManyPairs);
         }
         out.push(KeyValue::new(key, value));
         rest = tail;
@@ -161,6 +171,17 @@ pub fn chunks(data: &[u8], max: usize) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_max_pairs_per_segment() {
+        let text = |n: usize| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| format!("X-k{i}=\0").into_bytes())
+                .collect()
+        };
+        assert_eq!(parse(&text(MAX_PAIRS)).unwrap().len(), MAX_PAIRS);
+        assert_eq!(parse(&text(MAX_PAIRS + 1)), Err(TextError::TooManyPairs));
+    }
 
     #[test]
     fn parses_in_order_and_skips_padding() {
