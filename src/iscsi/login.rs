@@ -275,7 +275,7 @@ impl LoginMachine {
                 reply.extend(self.neg.negotiate(&operational));
                 if let Some(n) = nsg {
                     if self.may_leave_security()? {
-                        transit = Some(n);
+                        transit = Some(self.after_security(n));
                     }
                 }
             }
@@ -301,6 +301,9 @@ impl LoginMachine {
                 }
                 if !self.neg.offers_pending() {
                     transit = nsg;
+                }
+                if transit == Some(Stage::FullFeature) && !self.neg.within_limits() {
+                    return bad(status::INITIATOR_ERROR);
                 }
             }
         }
@@ -428,6 +431,22 @@ impl LoginMachine {
                 self.auth = Auth::Done;
                 Ok(true)
             }
+        }
+    }
+
+    /// The stage a normal session goes to from security when the initiator asks for `next`.
+    /// It passes through the operational stage even when the initiator asks to skip it:
+    /// only there can we declare our MaxRecvDataSegmentLength and offer the keys our
+    /// configuration needs (ImmediateData=No, smaller bursts), which would otherwise keep
+    /// RFC defaults that may exceed it. The NSG of our answer names the stage we move to;
+    /// FreeBSD's initiator, for one, follows a target that picks the operational stage. A
+    /// discovery session has nothing to negotiate that matters and may skip it.
+    fn after_security(&self, next: Stage) -> Stage {
+        let normal = self.neg.session_type() == SessionType::Normal;
+        if next == Stage::FullFeature && normal && !self.op_declared {
+            Stage::Operational
+        } else {
+            next
         }
     }
 

@@ -347,7 +347,11 @@ fn chap_base64_response_accepted() {
         &kv(&[("CHAP_N", "alice"), ("CHAP_R", &b64)]),
     );
     assert_eq!(status_of(&s), (0, 0));
-    assert_eq!(s.bhs.0[1], 0x83, "security straight to full feature");
+    assert_eq!(
+        s.bhs.0[1], 0x81,
+        "authenticated; on to the operational stage"
+    );
+    let s = m.on_request(&req(1, true, 3), &kv(&libiscsi_operational()));
     assert!(matches!(s.outcome, LoginOutcome::Complete(_)));
 }
 
@@ -557,6 +561,100 @@ fn discovery_chap_required() {
     );
     assert_eq!(status_of(&s), (2, 1));
     assert_eq!(get(&s, "AuthMethod").unwrap(), "Reject");
+}
+
+fn policy_with(limits: crate::iscsi::params::TargetLimits) -> Arc<LoginPolicy> {
+    let mut p = (*policy(None, None)).clone();
+    p.limits = limits;
+    Arc::new(p)
+}
+
+#[test]
+fn a_normal_session_cannot_skip_the_operational_stage() {
+    // ImmediateData=No and a 64 KiB MaxBurstLength are what the RFC defaults exceed.
+    let limits = crate::iscsi::params::TargetLimits {
+        immediate_data: false,
+        max_burst_length: 65536,
+        first_burst_length: 16384,
+        ..Default::default()
+    };
+    let mut m = LoginMachine::new(policy_with(limits), portal(), 9);
+    let mut keys = identity();
+    keys.push(("AuthMethod", "None"));
+    let s1 = m.on_request(&req(0, true, 3), &kv(&keys));
+    assert_eq!(status_of(&s1), (0, 0));
+    assert_eq!(
+        s1.bhs.0[1], 0x81,
+        "T=1 CSG=0 NSG=1: on to the operational stage"
+    );
+    assert_eq!(s1.outcome, LoginOutcome::Continue);
+    // There we declare and offer; the initiator answers, then completes.
+    let s2 = m.on_request(&req(1, true, 3), &[]);
+    assert_eq!(
+        s2.bhs.0[1], 0x04,
+        "T=0 CSG=1 while our offers await answers"
+    );
+    assert_eq!(
+        get(&s2, "MaxRecvDataSegmentLength").as_deref(),
+        Some("262144")
+    );
+    assert_eq!(get(&s2, "ImmediateData").as_deref(), Some("No"));
+    assert_eq!(get(&s2, "MaxBurstLength").as_deref(), Some("65536"));
+    let answer = kv(&[
+        ("ImmediateData", "No"),
+        ("MaxBurstLength", "65536"),
+        ("FirstBurstLength", "16384"),
+        ("InitialR2T", "No"),
+    ]);
+    let s3 = m.on_request(&req(1, true, 3), &answer);
+    let p = &complete(&s3).params;
+    assert!(!p.immediate_data);
+    assert_eq!((p.max_burst_length, p.first_burst_length), (65536, 16384));
+}
+
+#[test]
+fn a_discovery_session_may_skip_the_operational_stage() {
+    let mut m = LoginMachine::new(policy(None, None), portal(), 9);
+    let keys = kv(&[
+        ("InitiatorName", INI),
+        ("SessionType", "Discovery"),
+        ("AuthMethod", "None"),
+    ]);
+    let s1 = m.on_request(&req(0, true, 3), &keys);
+    assert_eq!(s1.bhs.0[1], 0x83, "T=1 CSG=0 NSG=3");
+    assert!(matches!(s1.outcome, LoginOutcome::Complete(_)));
+}
+
+#[test]
+fn an_invalid_value_for_a_key_our_limits_need_fails_the_login() {
+    // Answered Reject, ImmediateData keeps its default Yes, which this target does not
+    // allow, and cannot be offered again in this login: initiator error, not a session
+    // outside the configuration.
+    let limits = crate::iscsi::params::TargetLimits {
+        immediate_data: false,
+        ..Default::default()
+    };
+    let mut m = LoginMachine::new(policy_with(limits), portal(), 9);
+    let mut keys = identity();
+    keys.push(("ImmediateData", "maybe"));
+    let s1 = m.on_request(&req(1, true, 3), &kv(&keys));
+    assert_eq!(get(&s1, "ImmediateData").as_deref(), Some("Reject"));
+    assert_eq!(
+        s1.bhs.0[1], 0x04,
+        "our other offer (InitialR2T=No) awaits its answer"
+    );
+    let s2 = m.on_request(&req(1, true, 3), &kv(&[("InitialR2T", "No")]));
+    assert_eq!(status_of(&s2), (2, 0), "initiator error");
+    // The same nonsense for a key whose default is within the limits is only answered
+    // Reject (RFC 7143 §6.2), and the login goes on.
+    let mut m = LoginMachine::new(policy(None, None), portal(), 9);
+    let mut keys = identity();
+    keys.extend(libiscsi_operational());
+    keys.retain(|(k, _)| *k != "ImmediateData");
+    keys.push(("ImmediateData", "maybe"));
+    let s3 = m.on_request(&req(1, true, 3), &kv(&keys));
+    assert_eq!(get(&s3, "ImmediateData").as_deref(), Some("Reject"));
+    assert!(complete(&s3).params.immediate_data, "the default, Yes");
 }
 
 #[test]

@@ -386,6 +386,18 @@ impl Negotiator {
         out
     }
 
+    /// Whether the result so far stays within this target's configuration. It leaves it only
+    /// where a key keeps an RFC default our configuration does not allow: the initiator sent
+    /// it with a value we answered Reject, and a key is negotiated once per login (RFC 7143
+    /// §6.2), so we cannot offer ours after that.
+    pub fn within_limits(&self) -> bool {
+        let (l, p) = (&self.limits, &self.params);
+        p.session_type == SessionType::Discovery
+            || (l.immediate_data || !p.immediate_data)
+                && p.max_burst_length <= l.max_burst_length
+                && self.first_burst() <= l.first_burst_length
+    }
+
     /// Whether offers are still awaiting the initiator's answer.
     pub fn offers_pending(&self) -> bool {
         !self.offered.is_empty()
