@@ -30,13 +30,20 @@ pub(crate) fn classify(command: Command, cdb: Cdb<'_>) -> Access {
         | TestUnitReady
         | ReadCapacity10
         | ReadCapacity16
+        // SPC-4 lets REPORT TARGET PORT GROUPS through every reservation: multipathing
+        // (ESXi's ALUA plugin) polls it on every path, and a cluster's reservation must not
+        // make the paths of the hosts outside it look failed.
+        | ReportTargetPortGroups
         // START STOP UNIT never stops anything here (see disk.rs), so it cannot disturb the
         // holder.
         | StartStopUnit => Access::Always,
         // PREVENT=0 only undoes this nexus' own prevention (SBC-3 table 13: allowed).
         PreventAllowMediumRemoval if !cdb.bit(4, 0) => Access::Always,
         Read6 | Read10 | Read12 | Read16 | Verify10 | Verify12 | Verify16 | PreFetch10
-        | PreFetch16 | ModeSense6 | ModeSense10 => Access::Read,
+        | PreFetch16 | ModeSense6 | ModeSense10
+        // SBC: GET LBA STATUS reads the mapping, so it is a read (allowed under write
+        // exclusive, not under exclusive access).
+        | GetLbaStatus => Access::Read,
         _ => Access::Write,
     }
 }

@@ -278,3 +278,24 @@ fn state_encoding_round_trips_and_rejects_garbage() {
     }
     assert_eq!(PrState::decode(&[2, 0, 0]), None);
 }
+
+#[test]
+fn path_state_and_mapping_queries_under_reservations() {
+    const RTPG: [u8; 12] = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 0x04, 0, 0, 0];
+    const GET_LBA_STATUS: [u8; 16] = [0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0];
+    let lu = lu();
+    prout(&lu, A, 0, 0, 0, 1, false);
+    // Exclusive access held by A: B, not registered, still learns its paths' states, but
+    // reads of any kind conflict.
+    assert_eq!(prout(&lu, A, 1, 3, 1, 0, false).status, Status::Good);
+    assert_eq!(status(&lu, B, &RTPG), Status::Good);
+    assert_eq!(status(&lu, B, &GET_LBA_STATUS), Status::ReservationConflict);
+    // Write exclusive: reads, GET LBA STATUS among them, are allowed.
+    prout(&lu, A, 2, 3, 1, 0, false);
+    assert_eq!(prout(&lu, A, 1, 1, 1, 0, false).status, Status::Good);
+    assert_eq!(status(&lu, B, &RTPG), Status::Good);
+    assert!(!matches!(
+        status(&lu, B, &GET_LBA_STATUS),
+        Status::ReservationConflict
+    ));
+}
