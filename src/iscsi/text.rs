@@ -16,7 +16,8 @@ pub const MAX_TEXT_LEN: usize = 64 * 1024;
 /// Most pairs one segment may hold. RFC 7143 defines about 30 keys, so no real initiator
 /// comes near; 64 KiB of short unknown keys is about 14,000 pairs, which the duplicate check
 /// and the per-key answers (a NotUnderstood each) would otherwise pay for before
-/// authentication: tens of milliseconds of CPU and a quarter-megabyte answer per login.
+/// authentication: 0.1-0.2 s of CPU (measured, release build) and a quarter-megabyte answer
+/// per login.
 pub const MAX_PAIRS: usize = 256;
 
 /// One key=value pair, in the order received.
