@@ -8,9 +8,10 @@
 # logs in with CHAP and CRC32C header and data digests and hands the connection to iscsi_tcp;
 # the kernel's SCSI disk driver probes the LUNs; fio writes and verifies data through the block
 # layer (4 KiB at QD 16, then 512 B to 1 MiB); blkdiscard sends UNMAP and the range must read
-# back as zeros; an ext4 file system is made, written, remounted and read back; and
-# scripts/fio/blockdev.fio runs on the null LUN with each job shortened. Each check prints PASS
-# or FAIL; the script exits 1 unless all pass.
+# back as zeros; an ext4 file system is made, written, remounted and read back; the Protocol
+# Endpoint (LUN 254) is scanned as a small disk of zeros; and scripts/fio/blockdev.fio runs on
+# the null LUN with each job shortened. Each check prints PASS or FAIL, and any I/O error the
+# guest kernel logs is a FAIL too; the script exits 1 unless all pass.
 #
 #   scripts/kernel-initiator.sh          about 2 minutes once the packages are in place
 #
@@ -156,6 +157,8 @@ size = "2GiB"
 id = 1
 backend = "ram"
 size = "$((RAM_BYTES >> 20))MiB"
+[[target.pe]]
+id = 254
 EOF
 echo "== vvold on 127.0.0.1:$PORT"
 target/release/vvold --config "$TMP/vvold.toml" --data-dir "$TMP/data" \
@@ -189,7 +192,7 @@ text = open(sys.argv[1], errors="replace").read().replace("\r", "")
 checks = re.findall(r"^VVT (PASS|FAIL) (\S+) ?(.*)$", text, re.M)
 for verdict, name, detail in checks:
     print(f"{verdict}  {name:13} {detail}")
-expected = {"login", "disks", "verify-4k", "verify-mixed", "discard", "ext4", "blockdev.fio"}
+expected = {"login", "disks", "verify-4k", "verify-mixed", "discard", "ext4", "pe", "blockdev.fio"}
 passed = {name for verdict, name, _ in checks if verdict == "PASS"}
 ok = expected <= passed and not any(v == "FAIL" for v, _, _ in checks)
 if "VVT DONE" not in text:
@@ -216,6 +219,11 @@ if noted:
     print("\nthe guest kernel noted:")
     for l in noted[:40]:
         print("  " + l)
+io_errors = [l for l in (m.group(1) if m else "").splitlines()
+             if re.search(r"I/O error|critical target error|critical medium error", l)]
+if io_errors:
+    print(f"FAIL  the guest kernel logged {len(io_errors)} I/O errors, first: {io_errors[0]}")
+    ok = False
 print("\nkernel initiator:", "PASS" if ok else "FAIL")
 sys.exit(0 if ok else 1)
 PY

@@ -102,9 +102,12 @@ async fn pes_are_discovered_at_lun0_with_their_identity() {
             "PE {p} naa"
         );
         naas.push(naa);
-        // A PE has no data of its own.
+        // A PE has no data of its own: a read-only medium of zeros.
         let r = cmd_lun(&mut s, pe(p), &read10(0, 1), None, 512).await;
-        assert_sense(&r, 0x05, 0x21, 0x00);
+        assert_good(&r);
+        assert_eq!(r.data, vec![0; 512]);
+        let r = cmd_lun(&mut s, pe(p), &write10(0, 1), Some(&[7; 512]), 0).await;
+        assert_sense(&r, 0x07, 0x27, 0x00);
     }
     assert_ne!(naas[0], naas[1], "each PE has its own NAA");
     // LUN 0 is an ordinary LU: no LU_CONG.

@@ -107,6 +107,14 @@ else
   fail ext4 "see the console"
 fi
 
+# ---- the Protocol Endpoint: a small read-only disk of zeros, scanned without errors ----
+if PE=$(disk_of_lun 254) && cmp -n 4096 "$PE" /dev/zero &&
+  [ "$(cat "/sys/block/${PE#/dev/}/ro")" = 1 ]; then
+  pass pe "LUN 254 is $PE, read-only, reads zeros"
+else
+  fail pe "LUN 254: no disk, not read-only, or its reads fail"
+fi
+
 # ---- scripts/fio/blockdev.fio on the null LUN, shortened ----
 sed -e "s|^filename=/dev/sdX|filename=$NULL|" -e "s|^runtime=.*|runtime=$(arg vt.runtime)|" \
   -e "s|^ramp_time=.*|ramp_time=0|" /vvt/blockdev.fio > /tmp/blockdev.fio

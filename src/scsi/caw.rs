@@ -23,9 +23,6 @@ pub(crate) fn plan(
     cdb: Cdb<'_>,
     write_protect: Option<Sense>,
 ) -> Result<Plan, Sense> {
-    if id.administrative {
-        return Err(Sense::LBA_OUT_OF_RANGE);
-    }
     let lba = cdb.be64(2);
     let blocks = cdb.u8(13);
     if blocks > MAX_CAW_BLOCKS {

@@ -41,8 +41,12 @@ pub struct DiskIdentity {
     /// Member of a logical unit conglomerate (a Protocol Endpoint, or a VVol behind one):
     /// standard INQUIRY LU_CONG = 1 and VPD 86h LU_COLL_TYPE = 001b.
     pub conglomerate: bool,
-    /// Administrative LU (a Protocol Endpoint): it has no data of its own, so media access
-    /// commands fail with LBA OUT OF RANGE; READ CAPACITY reports the configured tiny size.
+    /// Administrative LU (a Protocol Endpoint). It has no data of its own, and its identity
+    /// makes it a small read-only medium that reads as zeros (the array gives it a null
+    /// device): an initiator that scans it, as Linux does, finds an empty disk. Answering its
+    /// reads with LBA OUT OF RANGE inside the capacity READ CAPACITY reports, as vvold first
+    /// did, made the Linux kernel log "critical target error" and buffer I/O errors on every
+    /// scan. Nothing else changes with it but XCOPY, which refuses it as source or target.
     pub administrative: bool,
     /// Thin provisioned: the backend really deallocates (UNMAP, WRITE SAME with UNMAP).
     /// READ CAPACITY(16) LBPME/LBPRZ, VPD B0h unmap limits and VPD B2h all derive from this
@@ -744,6 +748,7 @@ pub(crate) mod tests {
         let lu = DiskLu::new(DiskIdentity {
             conglomerate: true,
             administrative: true,
+            read_only: true,
             num_blocks: 1,
             ..identity()
         });
@@ -753,10 +758,11 @@ pub(crate) mod tests {
         assert_eq!(vpd.data[8] >> 5, 0b001);
         let rc = respond(lu.plan(A, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
         assert_eq!(rc.data.as_ref(), &[0, 0, 0, 0, 0, 0, 2, 0]);
-        assert_eq!(sense_of(&respond(lu.plan(A, &READ10))), (5, 0x21, 0));
-        assert_eq!(sense_of(&respond(lu.plan(A, &WRITE10))), (5, 0x21, 0));
+        // A read-only medium of its reported size (the array gives it a null device).
+        assert!(matches!(lu.plan(A, &READ10), Plan::Read { .. }));
+        assert_eq!(sense_of(&respond(lu.plan(A, &WRITE10))), (7, 0x27, 0));
         let sync = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(sense_of(&respond(lu.plan(A, &sync))), (5, 0x21, 0));
+        assert_eq!(lu.plan(A, &sync), Plan::Flush);
         assert_eq!(respond(lu.plan(A, &TUR)).status, Status::Good);
     }
 

@@ -19,9 +19,6 @@ const MAPPED: u8 = 0;
 const DEALLOCATED: u8 = 1;
 
 pub(crate) fn plan(id: &DiskIdentity, cdb: Cdb<'_>) -> Result<Plan, Sense> {
-    if id.administrative {
-        return Err(Sense::LBA_OUT_OF_RANGE);
-    }
     let lba = cdb.be64(2);
     let alloc_len = cdb.be32(10);
     check_range(id, lba, 1)?;

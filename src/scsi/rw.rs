@@ -95,11 +95,6 @@ pub(crate) fn plan(
         _ => Layout::Sixteen,
     };
     let (lba, blocks, len_at) = layout.decode(cdb);
-    // A Protocol Endpoint has no data of its own (reference §6 Q10): every media access is
-    // outside its (empty) medium, whatever the CDB says.
-    if id.administrative {
-        return Err(Sense::LBA_OUT_OF_RANGE);
-    }
     match command {
         Read6 | Read10 | Read12 | Read16 => {
             check_transfer_length(id, blocks, len_at)?;
@@ -186,46 +181,32 @@ mod tests {
     }
 
     #[test]
-    fn administrative_lu_refuses_all_media_access() {
+    fn administrative_lu_is_an_ordinary_read_only_medium() {
+        // A PE's identity: read-only, so writes fail WRITE PROTECTED; reads, VERIFY and
+        // PRE-FETCH plan as on any LU (its null device answers zeros).
         let id = DiskIdentity {
             administrative: true,
+            read_only: true,
             ..identity()
         };
-        let ops: [(u8, usize); 18] = [
-            (0x08, 6),
-            (0x0A, 6),
-            (0x28, 10),
-            (0x2A, 10),
-            (0x2E, 10),
-            (0x2F, 10),
-            (0x34, 10),
-            (0x35, 10),
-            (0xA8, 12),
-            (0xAA, 12),
-            (0xAE, 12),
-            (0xAF, 12),
-            (0x88, 16),
-            (0x8A, 16),
-            (0x8E, 16),
-            (0x8F, 16),
-            (0x90, 16),
-            (0x91, 16),
-        ];
-        for (op, len) in ops {
-            let mut cdb = vec![0u8; len];
-            cdb[0] = op;
-            // One block at LBA 0: valid on any real medium.
-            cdb[len - 2] = if len == 6 { 0 } else { 1 };
-            if len == 6 {
-                cdb[4] = 1;
-            }
-            let (info, c) = decode(&cdb).unwrap();
-            assert_eq!(
-                plan(&id, info.command, c, None),
-                Err(Sense::LBA_OUT_OF_RANGE),
-                "{op:02x}"
-            );
-        }
+        let wp = Some(Sense::WRITE_PROTECTED);
+        let run = |cdb: &[u8]| {
+            let (info, c) = decode(cdb).unwrap();
+            plan(&id, info.command, c, wp)
+        };
+        assert_eq!(
+            run(&cdb10(0x28, 0, 0, 1)),
+            Ok(Plan::Read {
+                offset: 0,
+                len: 512
+            })
+        );
+        assert_eq!(run(&cdb10(0x2A, 0, 0, 1)), Err(Sense::WRITE_PROTECTED));
+        assert_eq!(run(&cdb16(0x8A, 0, 0, 1)), Err(Sense::WRITE_PROTECTED));
+        assert_eq!(run(&cdb10(0x2F, 0, 0, 1)), Ok(good()));
+        // Past its end, as on any LU.
+        let end = id.num_blocks as u32;
+        assert_eq!(run(&cdb10(0x28, 0, end, 1)), Err(Sense::LBA_OUT_OF_RANGE));
     }
 
     fn cdb10(op: u8, b1: u8, lba: u32, len: u16) -> Vec<u8> {

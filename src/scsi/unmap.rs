@@ -16,9 +16,6 @@ pub(crate) fn plan(
     cdb: Cdb<'_>,
     write_protect: Option<Sense>,
 ) -> Result<Plan, Sense> {
-    if id.administrative {
-        return Err(Sense::LBA_OUT_OF_RANGE);
-    }
     if !id.thin {
         // A fully provisioned LU advertises LBPU = 0: the command exists but cannot apply.
         return Err(Sense::invalid_cdb_field(0, None));

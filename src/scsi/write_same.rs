@@ -16,9 +16,6 @@ pub(crate) fn plan(
     sixteen: bool,
     write_protect: Option<Sense>,
 ) -> Result<Plan, Sense> {
-    if id.administrative {
-        return Err(Sense::LBA_OUT_OF_RANGE);
-    }
     let (lba, blocks, len_byte) = if sixteen {
         (cdb.be64(2), u64::from(cdb.be32(10)), 10)
     } else {
