@@ -13,7 +13,7 @@
 # the null LUN with each job shortened. Each check prints PASS or FAIL, and any I/O error the
 # guest kernel logs is a FAIL too; the script exits 1 unless all pass.
 #
-#   scripts/kernel-initiator.sh          about 2 minutes once the packages are in place
+#   scripts/kernel-initiator.sh          about a minute once the packages are in place
 #
 # Settings (environment):
 #   RUNTIME=N     seconds per blockdev.fio job (default 2)

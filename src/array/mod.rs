@@ -203,7 +203,7 @@ fn open_target(t: &TargetConfig, data_dir: &Path, array_id: &str) -> Result<Targ
     })
 }
 
-/// Protocol Endpoints are tiny: 1 MiB that nobody may read or write.
+/// Protocol Endpoints are tiny: 1 MiB, read-only, reading as zeros (its null device).
 const PE_SIZE: u64 = 1 << 20;
 
 fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConfig) -> engine::Pe {

@@ -443,7 +443,7 @@ impl LoginMachine {
     /// discovery session has nothing to negotiate that matters and may skip it.
     fn after_security(&self, next: Stage) -> Stage {
         let normal = self.neg.session_type() == SessionType::Normal;
-        if next == Stage::FullFeature && normal && !self.op_declared {
+        if next == Stage::FullFeature && normal {
             Stage::Operational
         } else {
             next
