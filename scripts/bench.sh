@@ -30,6 +30,12 @@
 #                    took longer than the target's work, so the client's wake-ups, not the
 #                    targets, set the pace (QD 16 against vvold: ~250K IOPS at 0, 400-470K at 100).
 #                    The same client setting runs against every target.
+#   VVOLD_POLL_US=N  vvold's iscsi.poll_us (default: unset, i.e. its default, 100): how long its
+#                    network threads poll after traffic before sleeping; 0 never polls, which
+#                    pays where wake-ups are cheap (see WAKE_PROBE). The header names it.
+#   WAKE_PROBE=0     skip measuring this machine's sleep/wake-up cost (benches/wake.rs), which
+#                    the header otherwise prints: no target can spend less CPU per I/O than that
+#                    wherever it sleeps between commands
 #   TCP_CC=NAME      vvold's iscsi.tcp_congestion_control (default: unset, i.e. cubic where the
 #                    kernel allows it); TCP_CC=system keeps the system's, as tgt and the clients
 #                    always do. The table's header names both.
@@ -67,6 +73,7 @@ ONLY=${ONLY:-}
 PIN=${PIN:-none}
 CLIENT_POLL_US=${CLIENT_POLL_US:-100}
 case "$CLIENT_POLL_US" in '' | *[!0-9]*) echo "CLIENT_POLL_US must be a whole number" >&2; exit 2 ;; esac
+case "${VVOLD_POLL_US:-}" in *[!0-9]*) echo "VVOLD_POLL_US must be a whole number" >&2; exit 2 ;; esac
 for client in $CLIENTS; do
   case "$client" in
     iscsi-perf | vvold-load | fio) ;;
@@ -117,6 +124,13 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 VVOLD=$ROOT/target/release/vvold
 LOAD=$ROOT/target/release/vvold-load
+# What one sleep and wake-up costs here (benches/wake.rs), on the idle machine before any
+# target starts: the floor under CPU per I/O wherever a target sleeps between commands.
+WAKE=""
+if [ "${WAKE_PROBE:-1}" = 1 ]; then
+  echo "== cargo bench --bench wake (this machine's wake-up cost)"
+  WAKE=$(cargo bench -q --bench wake 2>/dev/null | grep -E '^(wake-up|guest)' || true)
+fi
 TCK=$(getconf CLK_TCK)
 
 # ---- bookkeeping: everything started here is stopped by PID ----
@@ -246,7 +260,8 @@ fi
 
 start_vvold() { # NAME IQN BACKEND SIZE -> PORT_<NAME>, PID_<NAME>
   local name=$1 iqn=$2 backend=$3 size=$4
-  local port ctl cc_line=""
+  local port ctl cc_line="" poll_line=""
+  [ -n "${VVOLD_POLL_US:-}" ] && poll_line="poll_us = $VVOLD_POLL_US"
   case "${TCP_CC:-}" in
     "") ;;
     system) cc_line='tcp_congestion_control = ""' ;;
@@ -258,6 +273,7 @@ listen = ["127.0.0.1:$port"]
 
 [iscsi]
 $cc_line
+$poll_line
 max_recv_data_segment_length = 262144
 max_burst_length = 1048576
 first_burst_length = 262144
@@ -463,10 +479,11 @@ echo "vvold vs tgt on loopback: $(date -u +%F), $(nproc) CPUs ($(sed -n 's/^mode
 fio_version=""
 if [[ " $CLIENTS " == *" fio "* ]]; then fio_version=" $("$FIO" --version) (libiscsi engine),"; fi
 echo "kernel $(uname -r), $(tgtd -V 2>/dev/null | head -1 || echo tgt), vvold $(git rev-parse --short HEAD 2>/dev/null || echo '?'),$fio_version"
-echo "${DURATION}s per row, PIN=$PIN, vvold-load --poll-us $CLIENT_POLL_US; target CPU = utime+stime of the target process per I/O; x = vvold / tgt, same client"
+echo "${DURATION}s per row, PIN=$PIN, vvold-load --poll-us $CLIENT_POLL_US, vvold poll_us ${VVOLD_POLL_US:-100 (its default)}; target CPU = utime+stime of the target process per I/O; x = vvold / tgt, same client"
 vvold_cc=${TCP_CC:-cubic (its default)}
 [ "$vvold_cc" = system ] && vvold_cc="the system's"
 echo "TCP congestion control: system $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo '?') (tgt, clients), vvold $vvold_cc"
+if [ -n "$WAKE" ]; then echo "$WAKE"; fi
 echo
 python3 - "$OUT" <<'EOF'
 import csv, sys
