@@ -24,7 +24,6 @@ pub(crate) fn classify(command: Command, cdb: Cdb<'_>) -> Access {
         Inquiry
         | RequestSense
         | ReportLuns
-        | ReportSupportedOperationCodes
         | PersistentReserveIn
         | PersistentReserveOut
         | TestUnitReady
@@ -43,22 +42,23 @@ pub(crate) fn classify(command: Command, cdb: Cdb<'_>) -> Access {
         | PreFetch16 | ModeSense6 | ModeSense10
         // SBC: GET LBA STATUS reads the mapping, so it is a read (allowed under write
         // exclusive, not under exclusive access).
-        | GetLbaStatus => Access::Read,
+        | GetLbaStatus
+        // REPORT SUPPORTED OPERATION CODES: LIO's reservation check, which follows SPC-4's
+        // table column by column, allows it to non-holders under write exclusive only (SPC-4's
+        // own text was not at hand). Registrants of the registrants-only and all-registrants
+        // types have access anyway.
+        | ReportSupportedOperationCodes => Access::Read,
         _ => Access::Write,
     }
 }
 
 /// SPC-2: while another nexus holds a RESERVE, only these complete normally. RELEASE from a
-/// non-holder is GOOD without effect (handled by the RELEASE itself).
+/// non-holder is GOOD without effect (handled by the RELEASE itself). REPORT SUPPORTED
+/// OPERATION CODES came after SPC-2 and is not among them (LIO conflicts it too).
 pub(crate) fn allowed_under_spc2(command: Command, cdb: Cdb<'_>) -> bool {
     use Command::*;
     match command {
-        Inquiry
-        | RequestSense
-        | ReportLuns
-        | ReportSupportedOperationCodes
-        | Release6
-        | Release10 => true,
+        Inquiry | RequestSense | ReportLuns | Release6 | Release10 => true,
         PreventAllowMediumRemoval => !cdb.bit(4, 0),
         _ => false,
     }

@@ -152,6 +152,11 @@ fn registrations_survive_reconnect_but_spc2_does_not() {
     assert_eq!(status(&lu, A, &[0x16, 0, 0, 0, 0, 0]), Status::Good);
     assert_eq!(status(&lu, B, &READ10), Status::ReservationConflict);
     assert_eq!(status(&lu, B, &[0x12, 0, 0, 0, 36, 0]), Status::Good);
+    // REPORT SUPPORTED OPERATION CODES is not in SPC-2's list.
+    assert_eq!(
+        status(&lu, B, &[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0]),
+        Status::ReservationConflict
+    );
     assert_eq!(status(&lu, B, &[0x17, 0, 0, 0, 0, 0]), Status::Good);
     assert_eq!(
         status(&lu, B, &[0x16, 0, 0, 0, 0, 0]),
@@ -283,19 +288,28 @@ fn state_encoding_round_trips_and_rejects_garbage() {
 fn path_state_and_mapping_queries_under_reservations() {
     const RTPG: [u8; 12] = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 0x04, 0, 0, 0];
     const GET_LBA_STATUS: [u8; 16] = [0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0];
+    const RSOC: [u8; 12] = [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0];
     let lu = lu();
     prout(&lu, A, 0, 0, 0, 1, false);
     // Exclusive access held by A: B, not registered, still learns its paths' states, but
-    // reads of any kind conflict.
+    // reads of any kind conflict, and so does asking for the command set.
     assert_eq!(prout(&lu, A, 1, 3, 1, 0, false).status, Status::Good);
     assert_eq!(status(&lu, B, &RTPG), Status::Good);
     assert_eq!(status(&lu, B, &GET_LBA_STATUS), Status::ReservationConflict);
-    // Write exclusive: reads, GET LBA STATUS among them, are allowed.
+    assert_eq!(status(&lu, B, &RSOC), Status::ReservationConflict);
+    // Write exclusive: reads, GET LBA STATUS among them, are allowed, and so is RSOC.
     prout(&lu, A, 2, 3, 1, 0, false);
     assert_eq!(prout(&lu, A, 1, 1, 1, 0, false).status, Status::Good);
     assert_eq!(status(&lu, B, &RTPG), Status::Good);
+    assert_eq!(status(&lu, B, &RSOC), Status::Good);
     assert!(!matches!(
         status(&lu, B, &GET_LBA_STATUS),
         Status::ReservationConflict
     ));
+    // Exclusive access, registrants only: a registered B has access, RSOC included.
+    assert_eq!(prout(&lu, A, 2, 1, 1, 0, false).status, Status::Good);
+    assert_eq!(prout(&lu, B, 0, 0, 0, 2, false).status, Status::Good);
+    assert_eq!(prout(&lu, A, 1, 6, 1, 0, false).status, Status::Good);
+    assert_eq!(status(&lu, B, &RSOC), Status::Good);
+    assert_eq!(status(&lu, NexusId(3), &RSOC), Status::ReservationConflict);
 }
