@@ -29,13 +29,32 @@ fn thread_cpu_us() -> f64 {
     t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
 }
 
-/// Keep the calling thread on `cpu`; false if the machine refuses.
-fn pin(cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled and passed by reference.
+/// The CPUs this process may run on (a cgroup or `taskset` may leave out CPU 0).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set for the kernel to fill.
     unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Keep the calling thread on `cpu`: the figures are only what their labels say if it stays.
+fn pin(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled and passed by reference.
+    let ok = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -49,7 +68,7 @@ struct Trial {
 fn trial(caller_cpu: usize, echo_cpu: usize) -> std::io::Result<Trial> {
     let (mut near, mut far) = UnixStream::pair()?;
     let echo = std::thread::spawn(move || -> std::io::Result<f64> {
-        pin(echo_cpu);
+        pin(echo_cpu)?;
         let mut b = [0u8; 1];
         far.read_exact(&mut b)?; // the first byte only starts the clock
         far.write_all(&b)?;
@@ -60,7 +79,7 @@ fn trial(caller_cpu: usize, echo_cpu: usize) -> std::io::Result<Trial> {
         }
         Ok((thread_cpu_us() - start) / f64::from(ROUND_TRIPS))
     });
-    pin(caller_cpu);
+    pin(caller_cpu)?;
     let mut b = [1u8; 1];
     near.write_all(&b)?;
     near.read_exact(&mut b)?;
@@ -110,11 +129,15 @@ fn main() -> std::io::Result<()> {
             return Ok(());
         }
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus >= 2 && pin(1) && pin(0) {
-        report("across CPUs", 0, 1)?;
+    let cpus = allowed_cpus();
+    let Some(&first) = cpus.first() else {
+        println!("wake-up: cannot read this process's CPUs");
+        return Ok(());
+    };
+    if let Some(&second) = cpus.get(1) {
+        report("across CPUs", first, second)?;
     }
-    report("on one CPU", 0, 0)?;
+    report("on one CPU", first, first)?;
     match std::fs::read_to_string("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
         Ok(ns) => println!("guest halt-polling: {} ns", ns.trim()),
         Err(_) => println!("guest halt-polling: not present"),
