@@ -237,3 +237,29 @@ async fn read_residuals() {
     assert_good(&r);
     assert_eq!((r.residual_flags, r.residual), (0, 0));
 }
+
+#[tokio::test]
+async fn parameter_lists_sent_whole_leave_no_residual() {
+    // PERSISTENT RESERVE OUT and MODE SELECT answer from their parameter list without touching
+    // the medium; a list the initiator sent whole is no underflow.
+    let d = Daemon::start();
+    let mut s = login_main(&d).await;
+    let mut register = [0u8; 24];
+    register[8..16].copy_from_slice(&0x1234u64.to_be_bytes());
+    let prout = [0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+    let r = cmd(&mut s, LUN_RAM, &prout, Some(&register), 0).await;
+    assert_good(&r);
+    assert_eq!((r.residual_flags, r.residual), (0, 0));
+    // MODE SELECT(10), PF=1, a bare header: nothing to change.
+    let header = [0u8; 8];
+    let r = cmd(
+        &mut s,
+        LUN_RAM,
+        &[0x55, 0x10, 0, 0, 0, 0, 0, 0, 8, 0],
+        Some(&header),
+        0,
+    )
+    .await;
+    assert_good(&r);
+    assert_eq!((r.residual_flags, r.residual), (0, 0));
+}

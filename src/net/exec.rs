@@ -252,8 +252,10 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         data = Bytes::new();
         abort_preempted(ctx, &lu.disk.take_preempted_nexuses(), cmd.lun).await;
     }
+    // A Respond here came from a parameter list (PERSISTENT RESERVE OUT, MODE SELECT): its
+    // Data-Out arrived, so it has the write's residual, not "nothing moved".
     let residual = match plan {
-        Plan::Respond(_) | Plan::Read { .. } | Plan::Flush | Plan::LbaStatus { .. } => None,
+        Plan::Read { .. } | Plan::Flush | Plan::LbaStatus { .. } => None,
         _ => cmd.write_residual,
     };
     let resp = match plan {
