@@ -1,7 +1,9 @@
 //! The command window of a session (RFC 7143 §4.2.2.1): which CmdSNs are accepted, how
-//! ExpCmdSN advances, and MaxCmdSN as back-pressure. MaxCmdSN shrinks while commands are in
-//! flight, so an initiator can never have more than `depth` commands queued here: that is what
-//! bounds the memory a peer can make us hold.
+//! ExpCmdSN advances, and MaxCmdSN as back-pressure. MaxCmdSN stops advancing while commands
+//! are in flight, so an initiator can never have more than `depth` non-immediate commands
+//! queued here: that is what bounds the memory a peer can make us hold. It never goes back,
+//! though: an initiator ignores a MaxCmdSN lower than one it has seen, and may send up to the
+//! highest (RFC 7143 §4.2.2.1), so a command the target then ignored would be lost.
 
 use super::pdu::SerialNumber;
 
@@ -12,6 +14,8 @@ pub struct CmdWindow {
     in_flight: u32,
     /// CmdSNs received ahead of ExpCmdSN (a gap), bit i = ExpCmdSN + 1 + i.
     ahead: u128,
+    /// The highest MaxCmdSN this window may have advertised.
+    floor: SerialNumber,
 }
 
 /// What to do with an arriving command.
@@ -26,11 +30,13 @@ pub enum Admission {
 impl CmdWindow {
     /// `depth` is the queue depth offered to the initiator (at least 1, at most 128).
     pub fn new(expcmdsn: SerialNumber, depth: u32) -> CmdWindow {
+        let depth = depth.clamp(1, 128);
         CmdWindow {
             expcmdsn,
-            depth: depth.clamp(1, 128),
+            depth,
             in_flight: 0,
             ahead: 0,
+            floor: SerialNumber(expcmdsn.0.wrapping_add(depth).wrapping_sub(1)),
         }
     }
 
@@ -38,15 +44,24 @@ impl CmdWindow {
         self.expcmdsn
     }
 
-    /// MaxCmdSN = ExpCmdSN + free slots − 1. With no free slot it equals ExpCmdSN − 1, which
-    /// closes the window (RFC 7143 §4.2.2.1 allows MaxCmdSN = ExpCmdSN − 1).
+    /// MaxCmdSN = ExpCmdSN + free slots − 1, or the highest value already advertised if that
+    /// is more. With no free slot it equals ExpCmdSN − 1, which closes the window (RFC 7143
+    /// §4.2.2.1 allows MaxCmdSN = ExpCmdSN − 1).
     pub fn maxcmdsn(&self) -> SerialNumber {
         let free = self.depth.saturating_sub(self.in_flight);
-        SerialNumber(self.expcmdsn.0.wrapping_add(free).wrapping_sub(1))
+        let open = SerialNumber(self.expcmdsn.0.wrapping_add(free).wrapping_sub(1));
+        if open.lt(self.floor) {
+            self.floor
+        } else {
+            open
+        }
     }
 
     /// Admit a command. Immediate commands are always accepted and do not advance ExpCmdSN.
+    /// Either kind of command can take a slot without advancing ExpCmdSN (an immediate one, or
+    /// one ahead of a gap), which would lower MaxCmdSN: what was open stays open.
     pub fn admit(&mut self, cmdsn: SerialNumber, immediate: bool) -> Admission {
+        self.floor = self.maxcmdsn();
         if immediate {
             self.in_flight += 1;
             return Admission::Accept;
@@ -120,6 +135,38 @@ mod tests {
         assert_eq!(w.maxcmdsn(), SerialNumber(13));
         w.complete();
         assert_eq!(w.maxcmdsn(), SerialNumber(14));
+    }
+
+    #[test]
+    fn maxcmdsn_never_goes_back() {
+        // Depth 4 advertises MaxCmdSN 3. An immediate command then takes a slot without
+        // advancing ExpCmdSN; the initiator may still send CmdSN 0..=3, and all must run.
+        let mut w = CmdWindow::new(SerialNumber(0), 4);
+        assert_eq!(w.maxcmdsn(), SerialNumber(3));
+        assert_eq!(w.admit(SerialNumber(0), true), Admission::Accept);
+        assert_eq!(w.maxcmdsn(), SerialNumber(3));
+        for n in 0..4 {
+            assert_eq!(
+                w.admit(SerialNumber(n), false),
+                Admission::Accept,
+                "CmdSN {n}"
+            );
+        }
+        // Five in flight; the window stays at 3 until enough complete.
+        assert_eq!(w.maxcmdsn(), SerialNumber(3));
+        assert_eq!(w.admit(SerialNumber(4), false), Admission::Ignore);
+        w.complete();
+        w.complete();
+        assert_eq!(w.maxcmdsn(), SerialNumber(4));
+        // Commands ahead of a gap do not lower it either.
+        let mut w = CmdWindow::new(SerialNumber(0), 4);
+        assert_eq!(w.admit(SerialNumber(2), false), Admission::Accept);
+        assert_eq!(w.maxcmdsn(), SerialNumber(3));
+        assert_eq!(w.admit(SerialNumber(3), false), Admission::Accept);
+        assert_eq!(w.admit(SerialNumber(0), false), Admission::Accept);
+        assert_eq!(w.admit(SerialNumber(1), false), Admission::Accept);
+        assert_eq!(w.expcmdsn(), SerialNumber(4));
+        assert_eq!(w.maxcmdsn(), SerialNumber(3), "closed: four in flight");
     }
 
     #[test]
