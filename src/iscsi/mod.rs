@@ -2,6 +2,7 @@
 //! numbers and data-transfer bookkeeping. Bytes in, typed events and bytes out; no sockets.
 
 pub mod chap;
+pub mod data_in;
 pub mod digest;
 pub mod discovery;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use super::writer::{Numbering, OutPdu, OutSender};
 use crate::array::engine::{Engine, InflightGuard};
 use crate::array::{qos, LogicalUnit};
 use crate::backend::{buffer, BlockDevice};
+use crate::iscsi::data_in;
 use crate::iscsi::pdu::{self, CdbBytes, Itt, Residual, Seq};
 use crate::scsi::{self, Lun, Plan, Response, Sense, Status};
 use crate::vvol::inband::{self, InbandRequest};
@@ -114,13 +115,9 @@ impl ConnCtx {
         residual: Residual,
     ) {
         let collapse = resp.status == Status::Good;
-        let chunk = self.max_xmit.max(512);
-        let mut offset = 0usize;
-        let mut datasn = 0u32;
-        while offset < len {
-            let end = (offset + chunk).min(len);
+        for (datasn, piece) in (0u32..).zip(data_in::pieces(len, self.max_xmit, self.max_burst)) {
+            let (offset, end) = (piece.offset, piece.end);
             let last = end == len;
-            let burst_end = (offset / self.max_burst + 1) * self.max_burst <= end;
             let status = (last && collapse).then_some((resp.status as u8, residual));
             let bhs = pdu::data_in(
                 cmd.lun,
@@ -129,7 +126,7 @@ impl ConnCtx {
                 offset as u32,
                 end - offset,
                 status,
-                last || burst_end,
+                piece.ends_sequence,
                 Seq::default(),
             );
             let numbering = if status.is_some() {
@@ -146,8 +143,6 @@ impl ConnCtx {
             if self.out.send(pdu).await.is_err() {
                 return;
             }
-            offset = end;
-            datasn += 1;
         }
         if !collapse {
             self.send_scsi_response(cmd, resp, residual).await;
