@@ -67,21 +67,28 @@ impl ConnCtx {
         &self,
         cmd: &CommandInfo,
         task: &Task,
-        mut resp: Response,
+        resp: Response,
         residual: Option<Residual>,
     ) {
-        // Leave the table and read the abort flag under one lock: aborts flag under it
-        // (`Session::abort_task`, `abort_tasks_on`).
-        let aborted = {
-            let mut tasks = lock(&self.session.tasks);
-            tasks.remove(&cmd.itt);
-            task.is_aborted()
-        };
+        // Mark the task answering, then read its abort flag (both SeqCst): an abort flagged
+        // after that finds it answering and waits (`Task::quiesced`). The task stays in the
+        // table until its last PDU is queued, so an ABORT TASK or LUN RESET arriving meanwhile
+        // finds it, and its own answer cannot overtake this one's Data-In or status. An
+        // aborted task answers nothing.
+        task.start_answer();
+        let aborted = task.is_aborted();
         lock(&self.session.window).complete();
         if aborted {
             debug!(itt = cmd.itt.0, "aborted task: no response");
-            return;
+        } else {
+            self.answer(cmd, resp, residual).await;
         }
+        self.session.forget_task(cmd.itt, task);
+        task.answered();
+    }
+
+    /// Queue the Data-In (if any) and status of a command that was not aborted.
+    async fn answer(&self, cmd: &CommandInfo, mut resp: Response, residual: Option<Residual>) {
         let data_len = if cmd.read {
             resp.data.len().min(cmd.expected_len as usize)
         } else {

@@ -22,12 +22,16 @@ const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 
 /// One SCSI task. Task management aborts it; an aborted task never starts backend I/O and
-/// never sends a response. Once its backend I/O has started it is allowed to finish, and task
-/// management waits for that before answering, so no write lands after an abort is confirmed.
+/// never sends a response. Once its backend I/O has started it is allowed to finish, and once
+/// it has begun to answer it is allowed to finish answering; task management waits for both
+/// before answering, so no write lands, and no PDU of the task follows, once an abort is
+/// confirmed.
 pub struct Task {
     pub lun: Lun,
     aborted: std::sync::atomic::AtomicBool,
     state: AtomicU8,
+    /// Its Data-In and status are being queued (`ConnCtx::respond`).
+    answering: std::sync::atomic::AtomicBool,
     done: Notify,
 }
 
@@ -37,6 +41,7 @@ impl Task {
             lun,
             aborted: false.into(),
             state: AtomicU8::new(PENDING),
+            answering: false.into(),
             done: Notify::new(),
         }
     }
@@ -68,11 +73,30 @@ impl Task {
         self.done.notify_waiters();
     }
 
-    /// Wait until no backend I/O of this task is in progress.
+    /// The task is about to answer; read its abort flag after this.
+    pub fn start_answer(&self) {
+        self.answering.store(true, Ordering::SeqCst);
+    }
+
+    /// Every PDU of its answer is queued. Only task management waits for that, and it flags
+    /// the task aborted before it waits, while the task is still in the table (which the
+    /// task leaves before this): so an unflagged task has no one to wake, and the common case
+    /// skips the notify's lock.
+    pub fn answered(&self) {
+        self.answering.store(false, Ordering::SeqCst);
+        if self.is_aborted() {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Wait until no backend I/O of this task is in progress and no answer of it is being
+    /// queued.
     pub async fn quiesced(&self) {
         loop {
             let notified = self.done.notified();
-            if self.state.load(Ordering::SeqCst) != RUNNING {
+            if self.state.load(Ordering::SeqCst) != RUNNING
+                && !self.answering.load(Ordering::SeqCst)
+            {
                 return;
             }
             notified.await;
@@ -105,10 +129,22 @@ pub struct Session {
     pub closed: watch::Sender<bool>,
 }
 
-// Aborts flag tasks under the task table's lock, under which a finishing command leaves the
-// table and reads its flag (`ConnCtx::respond`): a task is either aborted and answers nothing,
-// or has answered and is not found.
+// Aborts flag tasks they find in the table. A finishing command marks itself answering before
+// it reads its flag and leaves the table only once answered (`ConnCtx::respond`): a task is
+// either aborted and answers nothing, or is waited for until its answer is queued, or has
+// answered and is not found.
 impl Session {
+    /// Take `task` out of the table, unless its ITT already names a newer task (an initiator
+    /// may reuse an ITT as soon as it has the status).
+    pub fn forget_task(&self, itt: Itt, task: &Task) {
+        // One probe: this runs for every command.
+        if let std::collections::hash_map::Entry::Occupied(e) = lock(&self.tasks).entry(itt) {
+            if std::ptr::eq(Arc::as_ptr(e.get()), task) {
+                e.remove();
+            }
+        }
+    }
+
     /// Abort the task `itt`, if it is still here, and return it.
     pub fn abort_task(&self, itt: Itt) -> Option<Arc<Task>> {
         lock(&self.tasks).get(&itt).inspect(|t| t.abort()).cloned()
@@ -226,6 +262,78 @@ mod tests {
         assert!(!waiter.is_finished());
         t.finish();
         waiter.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn quiesced_waits_for_an_answer_being_queued() {
+        let t = Arc::new(Task::new(Lun::single(0)));
+        t.start_answer();
+        t.abort(); // as task management does before it waits
+        let t2 = t.clone();
+        let waiter = tokio::spawn(async move { t2.quiesced().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the answer is still going out");
+        t.answered();
+        waiter.await.unwrap();
+    }
+
+    fn session() -> Session {
+        Session {
+            tsih: 1,
+            nexus: NexusId(1),
+            key: SessionKey {
+                initiator: "iqn.i".into(),
+                isid: [0; 6],
+                target: "iqn.t".into(),
+            },
+            initiator: "iqn.i".into(),
+            target: Arc::new(Target {
+                name: "iqn.t".into(),
+                alias: None,
+                luns: Default::default(),
+            }),
+            target_port: 1,
+            window: Arc::new(Mutex::new(CmdWindow::new(
+                crate::iscsi::pdu::SerialNumber(0),
+                4,
+            ))),
+            tasks: Mutex::new(FxHashMap::default()),
+            closing: watch::channel(false).0,
+            closed: watch::channel(false).0,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abort_during_an_answer_waits_for_it() {
+        // A command answering (its Data-In being queued) is still in the table: ABORT TASK
+        // finds it and waits, so the TMF answer cannot overtake the command's last PDU.
+        let s = session();
+        let itt = Itt(7);
+        let task = Arc::new(Task::new(Lun::single(0)));
+        lock(&s.tasks).insert(itt, task.clone());
+        task.start_answer();
+        let victim = s.abort_task(itt).expect("still in the table");
+        let waiter = tokio::spawn(async move { victim.quiesced().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "the answer is still going out");
+        s.forget_task(itt, &task);
+        task.answered();
+        waiter.await.unwrap();
+        assert!(s.abort_task(itt).is_none(), "answered: gone from the table");
+    }
+
+    #[test]
+    fn forgetting_a_task_spares_a_newer_one_with_its_itt() {
+        let s = session();
+        let (old, new) = (
+            Task::new(Lun::single(0)),
+            Arc::new(Task::new(Lun::single(0))),
+        );
+        lock(&s.tasks).insert(Itt(3), new.clone());
+        s.forget_task(Itt(3), &old);
+        assert!(lock(&s.tasks).contains_key(&Itt(3)));
+        s.forget_task(Itt(3), &new);
+        assert!(lock(&s.tasks).is_empty());
     }
 
     #[test]
