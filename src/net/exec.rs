@@ -235,7 +235,12 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         }
     };
     let (plan, lu) = lu;
+    // A command aborted while it waited for a runner must not take effect: binding, a
+    // reservation or a mode change count like backend I/O (`Task::start`).
     if let Completion::Inband { pe, service } = completion {
+        if !task.start() {
+            return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
+        }
         let resp = match inband::parse_params(service, &data) {
             Ok(req) => match ctx.inband(pe, req).await {
                 Ok(()) => Response::good_empty(),
@@ -243,6 +248,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
             },
             Err(sense) => lu.disk.sense_response(sense),
         };
+        task.finish();
         return ctx.respond(&cmd, &task, resp, cmd.write_residual).await;
     }
     let mut plan = plan;
@@ -250,7 +256,12 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     if let Plan::Parameters { .. } = plan {
         // The parameter list decides what happens next (MODE SELECT answers, UNMAP and
         // EXTENDED COPY go on to the backend).
+        if !task.start() {
+            return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
+        }
         plan = lu.disk.apply_parameters(nexus, cdb.as_slice(), &data);
+        // Finished before waiting for preempted tasks, which may include this nexus' own.
+        task.finish();
         data = Bytes::new();
         abort_preempted(ctx, &lu.disk.take_preempted_nexuses(), cmd.lun).await;
     }
