@@ -185,7 +185,16 @@ async fn normal_session(
             "session reinstatement: closing the previous session"
         );
         old.close();
-        let _ = tokio::time::timeout(Duration::from_secs(10), old.wait_closed()).await;
+        // Its tasks end with it (ErrorRecoveryLevel 0), even if its connection is too stuck
+        // to notice the close: none starts after this, and the new session proceeds only once
+        // none of them can still write.
+        let ended = async {
+            for task in old.abort_tasks_on(None) {
+                task.quiesced().await;
+            }
+            old.wait_closed().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), ended).await;
     }
     // Reservations are held by the initiator port (name + ISID), which outlives the nexus.
     let port = session.initiator_port();
