@@ -185,14 +185,20 @@ async fn normal_session(
             "session reinstatement: closing the previous session"
         );
         old.close();
-        // Its tasks end with it (ErrorRecoveryLevel 0), even if its connection is too stuck
-        // to notice the close: none starts after this, and the new session proceeds only once
-        // none of them can still write.
-        let ended = async {
+        // Its tasks end with it (ErrorRecoveryLevel 0), even if its connection is slow to
+        // notice the close: aborted now, none of them starts, and the new session proceeds
+        // only once none can still write. Its reader may still be inside a PDU and add a task,
+        // so sweep again once the old session has closed (it adds none after that), all
+        // within the same bound.
+        let sweep = |old: Arc<Session>| async move {
             for task in old.abort_tasks_on(None) {
                 task.quiesced().await;
             }
+        };
+        let ended = async {
+            sweep(old.clone()).await;
             old.wait_closed().await;
+            sweep(old.clone()).await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(10), ended).await;
     }
@@ -217,6 +223,12 @@ async fn normal_session(
 
 /// Every logical unit a session can reach: the target's LUs and PEs, and the VVols bound for
 /// its initiator.
+/// Tasks task management aborted, each marked with whether it belongs to the connection
+/// that asked (whose answers the TMF answer must follow).
+fn own(tasks: Vec<Arc<Task>>, own: bool) -> Vec<(Arc<Task>, bool)> {
+    tasks.into_iter().map(|t| (t, own)).collect()
+}
+
 fn session_lus(shared: &Shared, session: &Session) -> Vec<Arc<LogicalUnit>> {
     let engine = &shared.array.engine;
     let mut lus: Vec<Arc<LogicalUnit>> = session.target.luns.values().cloned().collect();
@@ -798,7 +810,7 @@ impl<'a> FullFeature<'a> {
                 self.drop_pending(|itt, _| itt == t.referenced_itt);
                 match found {
                     Some(task) => {
-                        victims.push(task);
+                        victims.push((task, true));
                         TmfResponse::FunctionComplete
                     }
                     None => self.abort_absent_task(&t),
@@ -812,13 +824,13 @@ impl<'a> FullFeature<'a> {
                 TmfResponse::LunDoesNotExist
             }
             TmfFunction::AbortTaskSet => {
-                victims = session.abort_tasks_on(Some(t.lun));
+                victims = own(session.abort_tasks_on(Some(t.lun)), true);
                 self.drop_pending(|_, lun| lun == t.lun);
                 TmfResponse::FunctionComplete
             }
             TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
                 for s in self.shared.sessions.of_target(&target.name) {
-                    victims.extend(s.abort_tasks_on(Some(t.lun)));
+                    victims.extend(own(s.abort_tasks_on(Some(t.lun)), s.nexus == session.nexus));
                 }
                 self.drop_pending(|_, lun| lun == t.lun);
                 if let Some(lu) = &lu {
@@ -839,7 +851,7 @@ impl<'a> FullFeature<'a> {
             }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 for s in self.shared.sessions.of_target(&target.name) {
-                    victims.extend(s.abort_tasks_on(None));
+                    victims.extend(own(s.abort_tasks_on(None), s.nexus == session.nexus));
                 }
                 self.drop_pending(|_, _| true);
                 let kind = if t.function == TmfFunction::TargetColdReset {
@@ -859,11 +871,15 @@ impl<'a> FullFeature<'a> {
         info!(function = ?t.function, lun = %t.lun, ?response, aborted = victims.len(), "task management");
         let out = self.out.clone();
         let sessions = close_after.then(|| self.shared.sessions.of_target(&target.name));
-        // Answer only once no aborted task can still write: in its own task, so the reader
-        // keeps serving the connection meanwhile.
+        // Answer only once no aborted task can still write, and once this connection's own
+        // victims have queued any answer they had begun (so ours does not overtake it): in its
+        // own task, so the reader keeps serving the connection meanwhile.
         tokio::spawn(async move {
-            for v in victims {
+            for (v, own) in victims {
                 v.quiesced().await;
+                if own {
+                    v.answer_queued().await;
+                }
             }
             let bhs = pdu::tmf_response(t.itt, response, Seq::default());
             let _ = out

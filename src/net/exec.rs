@@ -70,11 +70,11 @@ impl ConnCtx {
         resp: Response,
         residual: Option<Residual>,
     ) {
-        // Mark the task answering, then read its abort flag (both SeqCst): an abort flagged
-        // after that finds it answering and waits (`Task::quiesced`). The task stays in the
-        // table until its last PDU is queued, so an ABORT TASK or LUN RESET arriving meanwhile
-        // finds it, and its own answer cannot overtake this one's Data-In or status. An
-        // aborted task answers nothing.
+        // Mark the task answering, then read its abort flag (both SeqCst): task management on
+        // this connection that flags it after that finds it answering and waits
+        // (`Task::answer_queued`). The task stays in the table until its last PDU is queued, so
+        // an ABORT TASK or LUN RESET arriving meanwhile finds it, and the TMF answer cannot
+        // overtake this one's Data-In or status. An aborted task answers nothing.
         task.start_answer();
         let aborted = task.is_aborted();
         lock(&self.session.window).complete();

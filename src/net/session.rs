@@ -89,14 +89,25 @@ impl Task {
         }
     }
 
-    /// Wait until no backend I/O of this task is in progress and no answer of it is being
-    /// queued.
+    /// Wait until no backend I/O of this task is in progress.
     pub async fn quiesced(&self) {
+        self.wait_until(|t| t.state.load(Ordering::SeqCst) != RUNNING)
+            .await
+    }
+
+    /// Wait until no answer of this task is being queued. Only for a task of the caller's own
+    /// connection, whose answer must not be overtaken: another connection's writer may be
+    /// stuck on a peer that stopped reading, and its answer no business of this one.
+    pub async fn answer_queued(&self) {
+        self.wait_until(|t| !t.answering.load(Ordering::SeqCst))
+            .await
+    }
+
+    async fn wait_until(&self, done: impl Fn(&Task) -> bool) {
         loop {
+            // Created before the check, so a notify in between is not lost.
             let notified = self.done.notified();
-            if self.state.load(Ordering::SeqCst) != RUNNING
-                && !self.answering.load(Ordering::SeqCst)
-            {
+            if done(self) {
                 return;
             }
             notified.await;
@@ -269,8 +280,9 @@ mod tests {
         let t = Arc::new(Task::new(Lun::single(0)));
         t.start_answer();
         t.abort(); // as task management does before it waits
+        t.quiesced().await; // no backend I/O: that wait is over at once
         let t2 = t.clone();
-        let waiter = tokio::spawn(async move { t2.quiesced().await });
+        let waiter = tokio::spawn(async move { t2.answer_queued().await });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "the answer is still going out");
         t.answered();
@@ -313,7 +325,10 @@ mod tests {
         lock(&s.tasks).insert(itt, task.clone());
         task.start_answer();
         let victim = s.abort_task(itt).expect("still in the table");
-        let waiter = tokio::spawn(async move { victim.quiesced().await });
+        let waiter = tokio::spawn(async move {
+            victim.quiesced().await;
+            victim.answer_queued().await;
+        });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "the answer is still going out");
         s.forget_task(itt, &task);
