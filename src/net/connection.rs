@@ -221,14 +221,14 @@ async fn normal_session(
     .await
 }
 
-/// Every logical unit a session can reach: the target's LUs and PEs, and the VVols bound for
-/// its initiator.
 /// Tasks task management aborted, each marked with whether it belongs to the connection
 /// that asked (whose answers the TMF answer must follow).
-fn own(tasks: Vec<Arc<Task>>, own: bool) -> Vec<(Arc<Task>, bool)> {
+fn mark_own(tasks: Vec<Arc<Task>>, own: bool) -> Vec<(Arc<Task>, bool)> {
     tasks.into_iter().map(|t| (t, own)).collect()
 }
 
+/// Every logical unit a session can reach: the target's LUs and PEs, and the VVols bound for
+/// its initiator.
 fn session_lus(shared: &Shared, session: &Session) -> Vec<Arc<LogicalUnit>> {
     let engine = &shared.array.engine;
     let mut lus: Vec<Arc<LogicalUnit>> = session.target.luns.values().cloned().collect();
@@ -824,13 +824,16 @@ impl<'a> FullFeature<'a> {
                 TmfResponse::LunDoesNotExist
             }
             TmfFunction::AbortTaskSet => {
-                victims = own(session.abort_tasks_on(Some(t.lun)), true);
+                victims = mark_own(session.abort_tasks_on(Some(t.lun)), true);
                 self.drop_pending(|_, lun| lun == t.lun);
                 TmfResponse::FunctionComplete
             }
             TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
                 for s in self.shared.sessions.of_target(&target.name) {
-                    victims.extend(own(s.abort_tasks_on(Some(t.lun)), s.nexus == session.nexus));
+                    victims.extend(mark_own(
+                        s.abort_tasks_on(Some(t.lun)),
+                        s.nexus == session.nexus,
+                    ));
                 }
                 self.drop_pending(|_, lun| lun == t.lun);
                 if let Some(lu) = &lu {
@@ -851,7 +854,7 @@ impl<'a> FullFeature<'a> {
             }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 for s in self.shared.sessions.of_target(&target.name) {
-                    victims.extend(own(s.abort_tasks_on(None), s.nexus == session.nexus));
+                    victims.extend(mark_own(s.abort_tasks_on(None), s.nexus == session.nexus));
                 }
                 self.drop_pending(|_, _| true);
                 let kind = if t.function == TmfFunction::TargetColdReset {

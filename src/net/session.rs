@@ -22,10 +22,11 @@ const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 
 /// One SCSI task. Task management aborts it; an aborted task never starts backend I/O and
-/// never sends a response. Once its backend I/O has started it is allowed to finish, and once
-/// it has begun to answer it is allowed to finish answering; task management waits for both
-/// before answering, so no write lands, and no PDU of the task follows, once an abort is
-/// confirmed.
+/// never sends a response. Once its backend I/O has started it is allowed to finish, and
+/// task management waits for that before answering, so no write lands after an abort is
+/// confirmed. Once it has begun to answer it is allowed to finish answering too, and task
+/// management on the same connection waits for that as well, so its answer follows the
+/// task's last PDU.
 pub struct Task {
     pub lun: Lun,
     aborted: std::sync::atomic::AtomicBool,
@@ -276,7 +277,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn quiesced_waits_for_an_answer_being_queued() {
+    async fn answer_queued_waits_for_the_answer_being_queued() {
         let t = Arc::new(Task::new(Lun::single(0)));
         t.start_answer();
         t.abort(); // as task management does before it waits
