@@ -68,7 +68,7 @@ fn cdb_plan(c: &mut Criterion) {
         serial: "bench".into(),
         naa: [0x60; 16],
         block_size: 512,
-        num_blocks: 1 << 23,
+        num_blocks: (1 << 23).into(),
         read_only: false,
         port_groups: Vec::new(),
         conglomerate: false,

@@ -344,6 +344,86 @@ fn a_bound_vvol_cannot_be_deleted() {
     api.get(&format!("/vvols/{}", v.id)).expect_error(404);
 }
 
+// ---- 6b. grow while bound -----------------------------------------------------------------
+
+/// PERSISTENT RESERVE OUT with a 24-byte parameter list carrying `key` (and `sa_key`).
+async fn prout(s: &mut vvold::initiator::Session, l: Lun, action: u8, kind: u8, key: u64) {
+    let mut param = [0u8; 24];
+    let at = if action == 0 { 8 } else { 0 };
+    param[at..at + 8].copy_from_slice(&key.to_be_bytes());
+    let cdb = [0x5F, action, kind, 0, 0, 0, 0, 0, 24, 0];
+    assert_good(&cmd_lun(s, l, &cdb, Some(&param), 0).await);
+}
+
+#[tokio::test]
+async fn growing_a_bound_vvol_keeps_its_reservation_and_data() {
+    // ESXi extends a running VM's disk through the VASA provider while the VVol is bound:
+    // the host must see the new capacity, and nothing the LU held (a persistent reservation
+    // of a clustered disk, the data) may be lost on the way.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_FILE, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    let data = pattern(4096, 61);
+    write_blocks_at(&mut a, l, 100, 512, &data).await;
+    // REGISTER key 0x1234, then RESERVE WRITE EXCLUSIVE with it.
+    prout(&mut a, l, 0x00, 0x00, 0x1234).await;
+    prout(&mut a, l, 0x01, 0x01, 0x1234).await;
+
+    let grown: VvolInfo = api
+        .post(
+            &format!("/vvols/{}/resize", v.id),
+            serde_json::json!({ "size": 32 * MIB }),
+        )
+        .expect(200);
+    assert_eq!(grown.size, 32 * MIB);
+
+    // CAPACITY DATA HAS CHANGED once, then the new capacity.
+    let r = cmd_lun(&mut a, l, &read_capacity16(32), None, 32).await;
+    assert_sense(&r, 0x06, 0x2A, 0x09);
+    let r = cmd_lun(&mut a, l, &read_capacity16(32), None, 32).await;
+    assert_good(&r);
+    let last = u64::from_be_bytes(r.data[..8].try_into().unwrap());
+    assert_eq!((last + 1) * 512, 32 * MIB);
+
+    // The reservation is still there, held with the same key and type.
+    let r = cmd_lun(&mut a, l, &[0x5E, 0x01, 0, 0, 0, 0, 0, 0, 64, 0], None, 64).await;
+    assert_good(&r);
+    assert_eq!(
+        u32::from_be_bytes(r.data[4..8].try_into().unwrap()),
+        16,
+        "{:02x?}",
+        r.data
+    );
+    assert_eq!(
+        u64::from_be_bytes(r.data[8..16].try_into().unwrap()),
+        0x1234
+    );
+    assert_eq!(r.data[21] & 0x0F, 0x01, "WRITE EXCLUSIVE");
+    // A nexus that never registered is still refused a write.
+    let mut other = host_opts(HOST_A);
+    other.isid[5] ^= 0x7F;
+    let mut b = login_host_with(&d, &other).await;
+    let mut r = cmd_lun(&mut b, l, &write10(0, 1), Some(&[0u8; 512]), 0).await;
+    for _ in 0..3 {
+        if r.status != CHECK_CONDITION || r.sense.get(2).map(|k| k & 0x0F) != Some(0x06) {
+            break;
+        }
+        // Unit attentions a new nexus may be owed first.
+        r = cmd_lun(&mut b, l, &write10(0, 1), Some(&[0u8; 512]), 0).await;
+    }
+    assert_eq!(r.status, 0x18, "RESERVATION CONFLICT");
+
+    // The data is intact, and the new blocks are there, reading zeros and taking writes.
+    assert_eq!(read_blocks_at(&mut a, l, 100, 512, 8).await, data);
+    let end = 32 * MIB / 512 - 1;
+    assert_eq!(read_blocks_at(&mut a, l, end, 512, 1).await, vec![0; 512]);
+    let tail = pattern(512, 62);
+    write_blocks_at(&mut a, l, end, 512, &tail).await;
+    assert_eq!(read_blocks_at(&mut a, l, end, 512, 1).await, tail);
+}
+
 // ---- 7. unbind during a stream of writes ---------------------------------------------------
 
 struct WriteLog {

@@ -124,8 +124,8 @@ pub trait EngineHooks: Send + Sync {
     fn bindings_changed(&self, host: &str, pe: u16);
     /// `host` gained a binding of `lu`: its existing sessions start reaching that LU.
     fn lu_bound(&self, host: &str, lu: &Arc<LogicalUnit>);
-    /// A bound VVol's logical unit was replaced (resize): tell its hosts the capacity changed.
-    fn lu_replaced(&self, hosts: &[String], lu: &Arc<LogicalUnit>);
+    /// A bound VVol grew: tell its hosts the capacity changed.
+    fn capacity_changed(&self, hosts: &[String], lu: &Arc<LogicalUnit>);
 }
 
 pub struct Engine {
@@ -423,7 +423,7 @@ impl Engine {
             serial: id.replace('-', "")[..16].to_string(),
             naa: naa_designator(&self.array_id, &format!("vvol/{id}")),
             block_size: v.block_size,
-            num_blocks: v.size / v.block_size as u64,
+            num_blocks: (v.size / v.block_size as u64).into(),
             read_only: false,
             // Same ALUA view as the PEs it is reached through (config makes them all agree).
             port_groups: self
@@ -614,13 +614,27 @@ impl Engine {
                 "RAM-backed VVols cannot be resized".into(),
             ));
         }
+        // The catalog refuses to shrink, and extends the image file.
         let v = self.store.resize_vvol(id, size)?;
-        if lock(&self.open).contains_key(&id) {
-            let lu = Arc::new(self.build_lu(&v)?);
-            lock(&self.open).insert(id, lu.clone());
-            self.publish();
+        // A bound VVol grows in place: the same logical unit keeps its reservations, unit
+        // attentions, mode pages and COMPARE AND WRITE lock, and commands already routed to it
+        // see either capacity. The device grows first, so a command never finds a capacity its
+        // device would refuse. (Its file is already extended; should this still fail, the LU
+        // keeps its old capacity until the next start opens it at the catalog's size.)
+        let open = lock(&self.open).get(&id).cloned();
+        if let Some(lu) = open {
+            if let Err(e) = lu.device.grow(size) {
+                return Err(EngineError::Backend {
+                    vvol: id,
+                    reason: e.to_string(),
+                });
+            }
+            lu.disk
+                .identity()
+                .num_blocks
+                .grow_to(size / u64::from(v.block_size));
             if let Some(h) = self.hooks.get() {
-                h.lu_replaced(&self.hosts_of(id), &lu);
+                h.capacity_changed(&self.hosts_of(id), &lu);
             }
         }
         Ok(v)

@@ -215,7 +215,7 @@ fn protocol_endpoint(array_id: &str, t: &TargetConfig, p: &crate::config::PeConf
         serial: format!("{}pe{:04x}", &array_id[..8], p.id),
         naa,
         block_size: 512,
-        num_blocks: PE_SIZE / 512,
+        num_blocks: (PE_SIZE / 512).into(),
         read_only: true,
         port_groups: t.port_groups(),
         conglomerate: true,
@@ -305,7 +305,7 @@ fn identity(array_id: &str, target: &str, l: &LunConfig, size: u64, thin: bool) 
         serial,
         naa: naa_designator(array_id, &format!("{target}/lun/{}", l.id)),
         block_size: l.block_size,
-        num_blocks: size / l.block_size as u64,
+        num_blocks: (size / l.block_size as u64).into(),
         read_only: l.read_only,
         port_groups: Vec::new(),
         // Ordinary LUs; Protocol Endpoints are built by the vvol layer.

@@ -25,6 +25,7 @@ use request::{answer, Request};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use threaded::Threads;
 use tokio::sync::oneshot;
@@ -36,7 +37,8 @@ use uring::Ring;
 /// it blocks until in-flight I/O has completed and they have exited; drop it from
 /// `spawn_blocking` if that matters.
 pub struct FileDevice {
-    size: u64,
+    /// Only grows ([`FileDevice::grow`]), and before the LU's capacity does.
+    size: AtomicU64,
     engine: Engine,
     /// The open file (buffered, and `O_DIRECT` when in use), shared with the engine; the
     /// buffered descriptor also serves hole punching and hole finding (see [`provision`]).
@@ -134,10 +136,27 @@ impl FileDevice {
             EngineChoice::Threads => Engine::Threads(Threads::start(files.clone())?),
         };
         Ok(FileDevice {
-            size,
+            size: AtomicU64::new(size),
             engine,
             files,
         })
+    }
+
+    /// Extend the device (and its file, sparsely) to `size` bytes; a smaller size is refused.
+    /// The new size is in place before this returns, so a capacity raised afterwards never
+    /// admits a range the device would refuse.
+    pub fn grow(&self, size: u64) -> IoResult<()> {
+        let current = self.size();
+        if size < current {
+            return Err(invalid(format!(
+                "cannot shrink a {current}-byte device to {size} bytes"
+            )));
+        }
+        if self.files.buffered.metadata()?.len() < size {
+            self.files.buffered.set_len(size)?;
+        }
+        self.size.store(size, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The alignment a transfer needs to go direct; None when the device is buffered only
@@ -239,11 +258,11 @@ fn invalid(msg: String) -> BackendError {
 
 impl BlockDevice for FileDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
     }
 
     async fn read(&self, offset: u64, buf: BytesMut) -> IoResult<BytesMut> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(buf);
         }
@@ -253,7 +272,7 @@ impl BlockDevice for FileDevice {
     }
 
     async fn write(&self, offset: u64, data: Bytes, fua: bool) -> IoResult<()> {
-        check_range(self.size, offset, data.len() as u64)?;
+        check_range(self.size(), offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
         }
@@ -278,12 +297,12 @@ impl BlockDevice for FileDevice {
     }
 
     async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         provision::blocking(&self.files, move |f| provision::punch(f, offset, len)).await
     }
 
     async fn allocation(&self, offset: u64, len: u64) -> IoResult<Vec<Extent>> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         provision::blocking(&self.files, move |f| provision::allocation(f, offset, len)).await
     }
 }

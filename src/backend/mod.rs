@@ -118,6 +118,20 @@ pub enum AnyDevice {
     Rated(RatedDevice),
 }
 
+impl AnyDevice {
+    /// Extend the device to `size` bytes. Only file devices grow: a RAM disk's chunk table is
+    /// fixed at creation, and a null device has nothing to grow.
+    pub fn grow(&self, size: u64) -> IoResult<()> {
+        match self {
+            AnyDevice::File(f) => f.grow(size),
+            _ => Err(BackendError::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "only file devices can grow",
+            ))),
+        }
+    }
+}
+
 impl BlockDevice for AnyDevice {
     fn size(&self) -> u64 {
         match self {

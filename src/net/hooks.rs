@@ -51,10 +51,7 @@ impl EngineHooks for NetHooks {
         }
     }
 
-    fn lu_replaced(&self, hosts: &[String], lu: &Arc<LogicalUnit>) {
-        for host in hosts {
-            self.lu_bound(host, lu);
-        }
+    fn capacity_changed(&self, hosts: &[String], lu: &Arc<LogicalUnit>) {
         let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
         for nexus in self.sessions_of(&hosts) {
             lu.disk

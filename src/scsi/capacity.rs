@@ -7,7 +7,7 @@ use super::disk::DiskIdentity;
 use super::sense::Sense;
 
 fn last_lba(id: &DiskIdentity) -> u64 {
-    id.num_blocks.saturating_sub(1)
+    id.num_blocks.get().saturating_sub(1)
 }
 
 /// The PMI bit and LOGICAL BLOCK ADDRESS field are obsolete in SBC-3; an LBA without PMI is
@@ -54,7 +54,7 @@ mod tests {
             read_capacity_10(&id, Cdb::new(&cdb)).unwrap().as_ref(),
             &[0, 0, 0x07, 0xFF, 0, 0, 2, 0]
         );
-        id.num_blocks = 1 << 33;
+        id.num_blocks = (1 << 33).into();
         assert_eq!(
             &read_capacity_10(&id, Cdb::new(&cdb)).unwrap()[..4],
             &[0xFF; 4]
@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn rc16_bytes_and_allocation_length() {
         let mut id = identity();
-        id.num_blocks = 1 << 33;
+        id.num_blocks = (1 << 33).into();
         let mut cdb = [0u8; 16];
         cdb[0] = 0x9E;
         cdb[1] = 0x10;

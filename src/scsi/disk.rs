@@ -2,7 +2,7 @@
 //! command dispatcher the transport calls.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ pub struct DiskIdentity {
     pub naa: [u8; 16],
     /// Logical block size in bytes: 512 or 4096.
     pub block_size: u32,
-    pub num_blocks: u64,
+    pub num_blocks: BlockCount,
     /// Hardware write protection: every write fails with WRITE PROTECTED.
     pub read_only: bool,
     /// The target's port groups (implicit ALUA), in configuration order. Each group has
@@ -52,6 +52,52 @@ pub struct DiskIdentity {
     /// READ CAPACITY(16) LBPME/LBPRZ, VPD B0h unmap limits and VPD B2h all derive from this
     /// one bit (see `provisioning`).
     pub thin: bool,
+}
+
+/// A disk's capacity in logical blocks. It only grows, in place (a VVol extended while bound),
+/// so that everything else the logical unit holds (reservations, unit attentions, mode pages,
+/// the COMPARE AND WRITE lock) stays as it is. A command that reads it twice may see a larger
+/// value the second time, never a smaller one.
+#[derive(Default)]
+pub struct BlockCount(AtomicU64);
+
+impl BlockCount {
+    pub fn get(&self) -> u64 {
+        // Acquire: pairs with `grow_to`, so a command that sees the new capacity also sees
+        // the device grown before it.
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Raise the capacity to `blocks` (never lowers it).
+    pub fn grow_to(&self, blocks: u64) {
+        self.0.fetch_max(blocks, Ordering::Release);
+    }
+}
+
+impl From<u64> for BlockCount {
+    fn from(blocks: u64) -> BlockCount {
+        BlockCount(AtomicU64::new(blocks))
+    }
+}
+
+impl Clone for BlockCount {
+    fn clone(&self) -> BlockCount {
+        self.get().into()
+    }
+}
+
+impl PartialEq for BlockCount {
+    fn eq(&self, other: &BlockCount) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for BlockCount {}
+
+impl std::fmt::Debug for BlockCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 impl DiskIdentity {
@@ -547,7 +593,7 @@ pub(crate) mod tests {
                 0x60, 0x01, 0x40, 0x50, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
             ],
             block_size: 512,
-            num_blocks: 2048,
+            num_blocks: 2048.into(),
             read_only: false,
             port_groups: vec![Default::default()],
             conglomerate: false,
@@ -749,7 +795,7 @@ pub(crate) mod tests {
             conglomerate: true,
             administrative: true,
             read_only: true,
-            num_blocks: 1,
+            num_blocks: 1.into(),
             ..identity()
         });
         let inq = respond(lu.plan(A, &[0x12, 0, 0, 0, 96, 0]));

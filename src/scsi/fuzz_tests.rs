@@ -138,7 +138,7 @@ fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
 /// What must hold of any answer: a refusal carries fixed or descriptor sense with a sense
 /// key, and media access stays inside the medium.
 fn check(lu: &DiskLu, cdb: &[u8], plan: &Plan) {
-    let capacity = lu.identity().num_blocks * u64::from(lu.identity().block_size);
+    let capacity = lu.identity().num_blocks.get() * u64::from(lu.identity().block_size);
     let inside = |offset: u64, len: u64| offset.checked_add(len).is_some_and(|e| e <= capacity);
     match plan {
         Plan::Respond(r) => check_response(cdb, r),

@@ -28,7 +28,7 @@ pub(crate) fn plan(id: &DiskIdentity, cdb: Cdb<'_>) -> Result<Plan, Sense> {
     let bs = u64::from(id.block_size);
     Ok(Plan::LbaStatus {
         offset: lba * bs,
-        len: ((id.num_blocks - lba) * bs).min(SPAN_BYTES),
+        len: ((id.num_blocks.get() - lba) * bs).min(SPAN_BYTES),
         alloc_len,
     })
 }

@@ -171,14 +171,14 @@ pub(crate) fn mode_sense(
         if llbaa {
             let mut bd = [0u8; 16];
             if !changeable {
-                bd[0..8].copy_from_slice(&id.num_blocks.to_be_bytes());
+                bd[0..8].copy_from_slice(&id.num_blocks.get().to_be_bytes());
                 bd[12..16].copy_from_slice(&id.block_size.to_be_bytes());
             }
             d.extend_from_slice(&bd);
         } else {
             let mut bd = [0u8; 8];
             if !changeable {
-                let n = u32::try_from(id.num_blocks).unwrap_or(u32::MAX);
+                let n = u32::try_from(id.num_blocks.get()).unwrap_or(u32::MAX);
                 bd[0..4].copy_from_slice(&n.to_be_bytes());
                 bd[5..8].copy_from_slice(&id.block_size.to_be_bytes()[1..4]);
             }
@@ -314,9 +314,9 @@ fn check_block_descriptor(
         (blocks, u32::from_be_bytes([0, bd[5], bd[6], bd[7]]), 5)
     };
     let reported = if long_lba {
-        id.num_blocks
+        id.num_blocks.get()
     } else {
-        id.num_blocks.min(u64::from(u32::MAX))
+        id.num_blocks.get().min(u64::from(u32::MAX))
     };
     if blocks != 0 && blocks != reported {
         return Err(Sense::invalid_param_field(base as u16, Some(7)));

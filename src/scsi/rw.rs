@@ -41,8 +41,9 @@ impl Layout {
 /// LBA OUT OF RANGE unless [lba, lba+blocks) lies on the medium. An LBA past the last block
 /// is out of range even with zero blocks (libiscsi's ZeroBlocks tests rely on it).
 pub(crate) fn check_range(id: &DiskIdentity, lba: u64, blocks: u64) -> Result<(), Sense> {
+    let capacity = id.num_blocks.get();
     match lba.checked_add(blocks) {
-        Some(end) if lba < id.num_blocks && end <= id.num_blocks => Ok(()),
+        Some(end) if lba < capacity && end <= capacity => Ok(()),
         _ => Err(Sense::LBA_OUT_OF_RANGE),
     }
 }
@@ -151,7 +152,7 @@ pub(crate) fn plan(
             // SBC-3 §5.9: CONDITION MET when the range fits the cache (both IMMED values),
             // GOOD when it does not. Zero blocks means "to the end of the medium".
             let span = if blocks == 0 {
-                id.num_blocks - lba
+                id.num_blocks.get() - lba
             } else {
                 u64::from(blocks)
             };
@@ -205,7 +206,7 @@ mod tests {
         assert_eq!(run(&cdb16(0x8A, 0, 0, 1)), Err(Sense::WRITE_PROTECTED));
         assert_eq!(run(&cdb10(0x2F, 0, 0, 1)), Ok(good()));
         // Past its end, as on any LU.
-        let end = id.num_blocks as u32;
+        let end = id.num_blocks.get() as u32;
         assert_eq!(run(&cdb10(0x28, 0, end, 1)), Err(Sense::LBA_OUT_OF_RANGE));
     }
 
@@ -392,7 +393,7 @@ mod tests {
             Err(Sense::LBA_OUT_OF_RANGE)
         );
         let mut id = identity();
-        id.num_blocks = 1 << 20;
+        id.num_blocks = (1 << 20).into();
         let whole = cdb10(0x34, 0, 0, 0);
         let (info, c) = decode(&whole).unwrap();
         let Ok(Plan::Respond(r)) = plan(&id, info.command, c, None) else {

@@ -59,7 +59,7 @@ pub(crate) fn parse(id: &DiskIdentity, data: &[u8]) -> Result<Plan, Sense> {
         // An empty descriptor may sit right at the end of the medium (libiscsi
         // Unmap.ZeroBlocks); any block it would touch must exist.
         match lba.checked_add(blocks) {
-            Some(end) if end <= id.num_blocks => {}
+            Some(end) if end <= id.num_blocks.get() => {}
             _ => return Err(Sense::LBA_OUT_OF_RANGE),
         }
         total += blocks;
@@ -155,7 +155,7 @@ mod tests {
         let e = parse(&id, &list(&many)).unwrap_err();
         assert_eq!((e.asc, e.field.unwrap().byte), (0x26, 2));
         let big = DiskIdentity {
-            num_blocks: 1 << 32,
+            num_blocks: (1 << 32).into(),
             ..identity()
         };
         let e = parse(&big, &list(&[(0, 1 << 20), (1 << 22, 1)])).unwrap_err();

@@ -31,7 +31,7 @@ pub(crate) fn plan(
     // MAXIMUM WRITE SAME LENGTH like any explicit length (libiscsi WriteSame*.0blocks).
     check_range(id, lba, blocks)?;
     let blocks = if blocks == 0 {
-        id.num_blocks - lba
+        id.num_blocks.get() - lba
     } else {
         blocks
     };
@@ -107,7 +107,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let big = DiskIdentity {
-            num_blocks: 1 << 20,
+            num_blocks: (1 << 20).into(),
             ..identity()
         };
         let e = run(&big, &ws16(0, 0, 0), None).unwrap_err();

@@ -176,7 +176,7 @@ pub fn check_segment(
             && seg.len % bs == 0
             && offset
                 .checked_add(seg.len)
-                .is_some_and(|end| end <= id.num_blocks.saturating_mul(bs))
+                .is_some_and(|end| end <= id.num_blocks.get().saturating_mul(bs))
     };
     if !fits(src, seg.source_offset) || !fits(dst, seg.destination_offset) {
         return Err(COPY_TARGET_NOT_REACHABLE);

@@ -675,7 +675,7 @@ async fn private_ring_exits_after_its_io() {
         }
     };
     let dev = FileDevice {
-        size: 16 << 20,
+        size: AtomicU64::new(16 << 20),
         engine: Engine::Ring(ring),
         files,
     };
