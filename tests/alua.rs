@@ -165,3 +165,24 @@ fn listen_override_must_fit_the_port_groups() {
         "{out:?}"
     );
 }
+
+#[tokio::test]
+async fn one_isid_keeps_a_session_in_each_portal_group() {
+    // A session is an I_T nexus: initiator name and ISID at one end, target name and portal
+    // group at the other (RFC 7143 §4.4.3). An initiator port that logs in through both
+    // groups with one ISID, as a multipathing host may, holds two sessions; neither
+    // reinstates the other.
+    let d = Daemon::start_two_portals(two_groups);
+    let (p1, p2) = (d.addr, d.addr2.unwrap());
+    let mut s1 = login_at(p1, 7).await;
+    let mut s2 = login_at(p2, 7).await;
+    for (s, port) in [(&mut s1, 1), (&mut s2, 2)] {
+        assert_good(&cmd(s, 0, &test_unit_ready(), None, 0).await);
+        assert_eq!(vpd_ports(s).await, (port, port));
+    }
+    // The same ISID through the same group again is a reinstatement: the first one ends.
+    let mut s3 = login_at(p1, 7).await;
+    assert_good(&cmd(&mut s3, 0, &test_unit_ready(), None, 0).await);
+    expect_closed(&mut s1).await;
+    assert_good(&cmd(&mut s2, 0, &test_unit_ready(), None, 0).await);
+}

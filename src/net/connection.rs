@@ -170,6 +170,7 @@ async fn normal_session(
             initiator: initiator.to_ascii_lowercase(),
             isid: login.isid,
             target: target.name.to_ascii_lowercase(),
+            tpgt: target_port,
         },
         initiator: initiator.clone(),
         target: target.clone(),

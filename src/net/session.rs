@@ -116,11 +116,15 @@ impl Task {
     }
 }
 
+/// What names a session (RFC 7143 §4.4.3): the initiator port (name and ISID) and the target
+/// port (name and portal group). A login with the same key reinstates the session; the same
+/// ISID through another portal group is another session, as a multipathing host may hold.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     pub initiator: String,
     pub isid: [u8; 6],
     pub target: String,
+    pub tpgt: u16,
 }
 
 pub struct Session {
@@ -298,6 +302,7 @@ mod tests {
                 initiator: "iqn.i".into(),
                 isid: [0; 6],
                 target: "iqn.t".into(),
+                tpgt: 1,
             },
             initiator: "iqn.i".into(),
             target: Arc::new(Target {

@@ -308,9 +308,7 @@ impl DiskLu {
                         .map(|()| Bytes::new()),
                 )
             }
-            PersistentReserveIn => {
-                self.refusal(self.reservations.prin(cdb, self.target_port(nexus).id))
-            }
+            PersistentReserveIn => self.refusal(self.reservations.prin(cdb)),
             PersistentReserveOut => match cdb.be32(5) {
                 super::pr::prout::PARAM_LEN => Plan::Parameters {
                     len: super::pr::prout::PARAM_LEN,
@@ -468,8 +466,8 @@ impl DiskLu {
     /// A new I_T nexus (login) from initiator port `port` through the target port with
     /// relative target port id `target_port` (the iSCSI target portal group tag of the portal
     /// the session logged in on): it must first hear that it missed everything before now.
-    /// The initiator port is what persistent reservations are registered to; the target port
-    /// decides which port group VPD page 83h reports.
+    /// Persistent reservations are registered to the pair (the I_T nexus as it outlives the
+    /// session); the target port also decides which port group VPD page 83h reports.
     pub fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort, target_port: u16) {
         self.unit_attentions
             .add_nexus(nexus, Sense::POWER_ON_OCCURRED);
@@ -481,7 +479,7 @@ impl DiskLu {
     /// since nothing was reset (the bind itself is announced on the PE).
     pub fn nexus_attached(&self, nexus: NexusId, port: &InitiatorPort, target_port: u16) {
         self.state().target_ports.insert(nexus, target_port);
-        self.reservations.nexus_added(nexus, port);
+        self.reservations.nexus_added(nexus, port, target_port);
     }
 
     /// The target port (and so port group) `nexus` reaches this LU through; a nexus never

@@ -3,7 +3,7 @@
 
 use super::super::cdb::Cdb;
 use super::super::opcodes::Command;
-use super::state::{InitiatorPort, PrState};
+use super::state::{PrState, Registrant};
 
 /// How a command relates to reservations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub(crate) fn allowed_under_spc2(command: Command, cdb: Cdb<'_>) -> bool {
 }
 
 /// Whether `port` may run a command of class `access` under the persistent reservation.
-pub(crate) fn pr_allows(state: &PrState, port: &InitiatorPort, access: Access) -> bool {
+pub(crate) fn pr_allows(state: &PrState, port: &Registrant, access: Access) -> bool {
     let Some(res) = state.reservation else {
         return true;
     };

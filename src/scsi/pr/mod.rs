@@ -2,9 +2,10 @@
 //! persistent reservations, which live side by side under one lock because each refuses the
 //! other (SPC-4 §5.6.3, CRH = 1).
 //!
-//! Registrations belong to initiator ports, so the LU keeps a map from I_T nexus to initiator
-//! port, filled at login (`DiskLu::nexus_added`). An I_T nexus loss drops the nexus from the
-//! map and releases its SPC-2 reservation, but keeps its port's registrations (SPC-4 §5.9.4).
+//! Registrations belong to an initiator port reaching the LU through one target port (a
+//! [`Registrant`]), which outlives the session, so the LU keeps a map from I_T nexus to
+//! registrant, filled at login (`DiskLu::nexus_added`). An I_T nexus loss drops the nexus from
+//! the map and releases its SPC-2 reservation, but keeps its registrations (SPC-4 §5.9.4).
 //!
 //! Not implemented, and reported so: REGISTER AND MOVE (no table row: INVALID FIELD IN CDB at
 //! the service action), SPEC_I_PT and ALL_TG_PT (SIP_C = ATP_C = 0: INVALID FIELD IN PARAMETER
@@ -28,8 +29,8 @@ use super::opcodes::Command;
 use super::sense::Sense;
 use super::unit_attention::UnitAttentions;
 use super::NexusId;
-pub use state::InitiatorPort;
 use state::PrState;
+pub use state::{InitiatorPort, Registrant};
 
 /// Where a logical unit keeps its persistent reservation state while APTPL is set. The
 /// implementation (the array layer, on the catalog database) may block; PERSISTENT RESERVE
@@ -60,7 +61,7 @@ impl From<Sense> for Refusal {
 
 #[derive(Debug, Default)]
 struct Inner {
-    ports: HashMap<NexusId, InitiatorPort>,
+    ports: HashMap<NexusId, Registrant>,
     /// The SPC-2 RESERVE holder.
     spc2: Option<NexusId>,
     pr: PrState,
@@ -91,17 +92,24 @@ impl Reservations {
 
     /// The port of `nexus`; a nexus the LU never heard about (a VVol bound after login) gets
     /// a port of its own so that it can still register, just not across reconnects.
-    fn port_of(inner: &Inner, nexus: NexusId) -> InitiatorPort {
+    fn port_of(inner: &Inner, nexus: NexusId) -> Registrant {
         inner
             .ports
             .get(&nexus)
             .cloned()
-            .unwrap_or_else(|| InitiatorPort::new(&format!("nexus-{}", nexus.0), [0; 6]))
+            .unwrap_or_else(|| Registrant {
+                initiator: InitiatorPort::new(&format!("nexus-{}", nexus.0), [0; 6]),
+                target_port: 0,
+            })
     }
 
-    pub(crate) fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort) {
+    pub(crate) fn nexus_added(&self, nexus: NexusId, port: &InitiatorPort, target_port: u16) {
         let mut inner = self.lock();
-        inner.ports.insert(nexus, port.clone());
+        let registrant = Registrant {
+            initiator: port.clone(),
+            target_port,
+        };
+        inner.ports.insert(nexus, registrant);
     }
 
     /// I_T nexus loss releases an SPC-2 reservation (SPC-2 §5.5.1), never registrations.
@@ -149,11 +157,10 @@ impl Reservations {
     }
 
     /// PERSISTENT RESERVE IN.
-    pub(crate) fn prin(&self, cdb: Cdb<'_>, relative_port: u16) -> Result<Bytes, Refusal> {
+    pub(crate) fn prin(&self, cdb: Cdb<'_>) -> Result<Bytes, Refusal> {
         let inner = self.lock();
         let action = cdb.u8(1) & 0x1F;
-        let data = prin::build(&inner.pr, action, relative_port)
-            .ok_or(Sense::invalid_cdb_field(1, Some(4)))?;
+        let data = prin::build(&inner.pr, action).ok_or(Sense::invalid_cdb_field(1, Some(4)))?;
         Ok(trim(data, usize::from(cdb.be16(7))))
     }
 
@@ -224,7 +231,7 @@ impl Reservations {
     }
 }
 
-fn nexuses_of(inner: &Inner, port: &InitiatorPort) -> Vec<NexusId> {
+fn nexuses_of(inner: &Inner, port: &Registrant) -> Vec<NexusId> {
     inner
         .ports
         .iter()

@@ -9,7 +9,7 @@ pub(crate) const READ_FULL_STATUS: u8 = 3;
 
 /// Builds the whole answer for `action` (the caller cuts it to the allocation length); None
 /// for a service action we do not implement.
-pub(crate) fn build(state: &PrState, action: u8, relative_port: u16) -> Option<Vec<u8>> {
+pub(crate) fn build(state: &PrState, action: u8) -> Option<Vec<u8>> {
     Some(match action {
         READ_KEYS => {
             let mut body = Vec::new();
@@ -46,8 +46,8 @@ pub(crate) fn build(state: &PrState, action: u8, relative_port: u16) -> Option<V
                         d[13] = res.kind as u8;
                     }
                 }
-                d[18..20].copy_from_slice(&relative_port.to_be_bytes());
-                let tid = r.port.transport_id();
+                d[18..20].copy_from_slice(&r.port.target_port.to_be_bytes());
+                let tid = r.port.initiator.transport_id();
                 d[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
                 body.extend_from_slice(&d);
                 body.extend_from_slice(&tid);

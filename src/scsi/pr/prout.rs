@@ -2,7 +2,7 @@
 //! [`PrState`]: they say which unit attentions and aborts follow, the caller delivers them.
 
 use super::super::sense::{Sense, SenseKey};
-use super::state::{InitiatorPort, PrState, PrType, Registration, Reservation};
+use super::state::{PrState, PrType, Registrant, Registration, Reservation};
 use super::Refusal;
 
 pub(crate) const REGISTER: u8 = 0;
@@ -59,9 +59,9 @@ impl Params {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Effects {
     /// Unit attentions per initiator port (every nexus of that port gets it).
-    pub notify: Vec<(InitiatorPort, Sense)>,
+    pub notify: Vec<(Registrant, Sense)>,
     /// Ports whose tasks PREEMPT AND ABORT must abort.
-    pub abort: Vec<InitiatorPort>,
+    pub abort: Vec<Registrant>,
     /// The state changed (persist it when APTPL is in effect).
     pub changed: bool,
 }
@@ -69,7 +69,7 @@ pub(crate) struct Effects {
 /// Runs one service action for `me`. `scope_type` is CDB byte 2.
 pub(crate) fn apply(
     state: &mut PrState,
-    me: &InitiatorPort,
+    me: &Registrant,
     action: u8,
     scope_type: u8,
     p: Params,
@@ -85,7 +85,7 @@ pub(crate) fn apply(
 }
 
 /// The caller's registration, if its RESERVATION KEY matches (otherwise a conflict).
-fn registered(state: &PrState, me: &InitiatorPort, key: u64) -> Result<usize, Refusal> {
+fn registered(state: &PrState, me: &Registrant, key: u64) -> Result<usize, Refusal> {
     match state.registration(me) {
         Some(i) if state.registrations[i].key == key => Ok(i),
         _ => Err(Refusal::Conflict),
@@ -100,7 +100,7 @@ fn lu_scope_type(scope_type: u8) -> Result<PrType, Refusal> {
 }
 
 /// Other registrants, for "every other registered I_T nexus" unit attentions.
-fn others(state: &PrState, me: &InitiatorPort, sense: Sense) -> Vec<(InitiatorPort, Sense)> {
+fn others(state: &PrState, me: &Registrant, sense: Sense) -> Vec<(Registrant, Sense)> {
     state
         .registrations
         .iter()
@@ -111,7 +111,7 @@ fn others(state: &PrState, me: &InitiatorPort, sense: Sense) -> Vec<(InitiatorPo
 
 fn register(
     state: &mut PrState,
-    me: &InitiatorPort,
+    me: &Registrant,
     p: Params,
     ignore: bool,
 ) -> Result<Effects, Refusal> {
@@ -158,7 +158,7 @@ fn register(
 
 fn reserve(
     state: &mut PrState,
-    me: &InitiatorPort,
+    me: &Registrant,
     scope_type: u8,
     p: Params,
 ) -> Result<Effects, Refusal> {
@@ -179,7 +179,7 @@ fn reserve(
 
 fn release(
     state: &mut PrState,
-    me: &InitiatorPort,
+    me: &Registrant,
     scope_type: u8,
     p: Params,
 ) -> Result<Effects, Refusal> {
@@ -206,7 +206,7 @@ fn release(
     })
 }
 
-fn clear(state: &mut PrState, me: &InitiatorPort, p: Params) -> Result<Effects, Refusal> {
+fn clear(state: &mut PrState, me: &Registrant, p: Params) -> Result<Effects, Refusal> {
     registered(state, me, p.key)?;
     let notify = others(state, me, RESERVATIONS_PREEMPTED);
     state.registrations.clear();
@@ -221,7 +221,7 @@ fn clear(state: &mut PrState, me: &InitiatorPort, p: Params) -> Result<Effects, 
 
 fn preempt(
     state: &mut PrState,
-    me: &InitiatorPort,
+    me: &Registrant,
     scope_type: u8,
     p: Params,
     action: u8,
@@ -245,7 +245,7 @@ fn preempt(
     // Registrations to remove: those with the key (all but ours, when an all-registrants
     // reservation is preempted with key 0). Never our own: the preemptor stays registered.
     let all = res.is_some_and(|r| r.kind.all_registrants()) && p.sa_key == 0;
-    let victims: Vec<InitiatorPort> = state
+    let victims: Vec<Registrant> = state
         .registrations
         .iter()
         .filter(|r| &r.port != me && (all || r.key == p.sa_key))
@@ -259,7 +259,7 @@ fn preempt(
         .and_then(|r| state.registrations.get(r.holder))
         .map(|h| h.port.clone());
     state.registrations.retain(|r| !victims.contains(&r.port));
-    let mut notify: Vec<(InitiatorPort, Sense)> = victims
+    let mut notify: Vec<(Registrant, Sense)> = victims
         .iter()
         .map(|v| (v.clone(), REGISTRATIONS_PREEMPTED))
         .collect();

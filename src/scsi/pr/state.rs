@@ -44,6 +44,17 @@ impl InitiatorPort {
     }
 }
 
+/// Who a registration belongs to: an I_T nexus, named by its two ends so that it outlives the
+/// session (SPC-4 §5.9.7: without ALL_TG_PT, registering through one target port registers
+/// that I_T nexus only). One initiator port reaching the LU through two portal groups is two
+/// registrants, as a multipathing host registering on each path expects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Registrant {
+    pub initiator: InitiatorPort,
+    /// Relative target port identifier (the iSCSI target portal group tag).
+    pub target_port: u16,
+}
+
 /// Persistent reservation types (SPC-4 table 211).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrType {
@@ -95,7 +106,7 @@ impl PrType {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    pub port: InitiatorPort,
+    pub port: Registrant,
     pub key: u64,
 }
 
@@ -115,12 +126,12 @@ pub struct PrState {
 }
 
 impl PrState {
-    pub fn registration(&self, port: &InitiatorPort) -> Option<usize> {
+    pub fn registration(&self, port: &Registrant) -> Option<usize> {
         self.registrations.iter().position(|r| &r.port == port)
     }
 
     /// Whether `port` holds the reservation (any registrant, for all-registrants types).
-    pub fn is_holder(&self, port: &InitiatorPort) -> bool {
+    pub fn is_holder(&self, port: &Registrant) -> bool {
         let Some(res) = self.reservation else {
             return false;
         };
@@ -158,9 +169,10 @@ impl PrState {
         self.generation = self.generation.wrapping_add(1);
     }
 
-    /// Compact encoding for APTPL: version, generation, reservation, registrations.
+    /// Compact encoding for APTPL: version, generation, reservation, registrations (each with
+    /// its relative target port since version 2).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![1u8];
+        let mut out = vec![2u8];
         out.extend_from_slice(&self.generation.to_be_bytes());
         match self.reservation {
             Some(r) => {
@@ -172,8 +184,9 @@ impl PrState {
         out.extend_from_slice(&(self.registrations.len() as u32).to_be_bytes());
         for r in &self.registrations {
             out.extend_from_slice(&r.key.to_be_bytes());
-            out.extend_from_slice(&r.port.isid);
-            let name = r.port.name.as_bytes();
+            out.extend_from_slice(&r.port.target_port.to_be_bytes());
+            out.extend_from_slice(&r.port.initiator.isid);
+            let name = r.port.initiator.name.as_bytes();
             out.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
             out.extend_from_slice(&name[..name.len().min(u16::MAX as usize)]);
         }
@@ -183,7 +196,8 @@ impl PrState {
     /// Decodes [`PrState::encode`]; None for anything malformed (never panics).
     pub fn decode(bytes: &[u8]) -> Option<PrState> {
         let mut r = Reader(bytes);
-        if r.take(1)? != [1] {
+        let version = r.take(1)?[0];
+        if version != 1 && version != 2 {
             return None;
         }
         let generation = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
@@ -193,11 +207,21 @@ impl PrState {
         let mut registrations = Vec::new();
         for _ in 0..count {
             let key = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+            // Version 1 predates per-target-port registrations; read them as made through
+            // relative target port 1, the default portal group's (and the only one a target
+            // without port groups has).
+            let target_port = match version {
+                1 => 1,
+                _ => u16::from_be_bytes(r.take(2)?.try_into().ok()?),
+            };
             let isid: [u8; 6] = r.take(6)?.try_into().ok()?;
             let len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
             let name = String::from_utf8(r.take(len)?.to_vec()).ok()?;
             registrations.push(Registration {
-                port: InitiatorPort::new(&name, isid),
+                port: Registrant {
+                    initiator: InitiatorPort::new(&name, isid),
+                    target_port,
+                },
                 key,
             });
         }

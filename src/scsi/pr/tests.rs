@@ -256,18 +256,61 @@ fn aptpl_survives_a_restart_and_clears() {
 }
 
 #[test]
+fn one_initiator_port_registers_once_per_target_port() {
+    // The same initiator port (name and ISID) reaching the LU through two portal groups is
+    // two I_T nexuses: each registers its own key, the reservation belongs to one, and READ
+    // FULL STATUS names each registration's own target port.
+    let lu = lu();
+    const A2: NexusId = NexusId(3);
+    lu.nexus_added(A2, &port(A), 2);
+    lu.plan(A2, &TUR);
+    assert_eq!(prout(&lu, A, 0, 0, 0, 0xA1, false).status, Status::Good);
+    assert_eq!(prout(&lu, A2, 0, 0, 0, 0xA2, false).status, Status::Good);
+    assert_eq!(prout(&lu, A2, 1, 1, 0xA2, 0, false).status, Status::Good);
+    // Write exclusive, held through target port 2: the other path of the same port is not
+    // the holder.
+    assert_eq!(status(&lu, A, &WRITE10), Status::ReservationConflict);
+    assert!(matches!(lu.plan(A2, &WRITE10), Plan::Write { .. }));
+    let full = respond(lu.plan(A, &[0x5E, 3, 0, 0, 0, 0, 0, 0x01, 0, 0]));
+    assert_eq!(full.status, Status::Good);
+    let d = &full.data[8..];
+    let tid_len = u32::from_be_bytes(d[20..24].try_into().unwrap()) as usize;
+    let (first, second) = (&d[..24], &d[24 + tid_len..48 + tid_len]);
+    assert_eq!(
+        (
+            first[7],
+            first[12],
+            u16::from_be_bytes([first[18], first[19]])
+        ),
+        (0xA1, 0, 1)
+    );
+    assert_eq!(
+        (
+            second[7],
+            second[12],
+            u16::from_be_bytes([second[18], second[19]])
+        ),
+        (0xA2, 1, 2)
+    );
+}
+
+#[test]
 fn state_encoding_round_trips_and_rejects_garbage() {
-    use super::state::{PrState, PrType, Registration, Reservation};
+    use super::state::{PrState, PrType, Registrant, Registration, Reservation};
+    let through = |n: NexusId, target_port: u16| Registrant {
+        initiator: port(n),
+        target_port,
+    };
     let s = PrState {
         generation: 7,
         aptpl: true,
         registrations: vec![
             Registration {
-                port: port(A),
+                port: through(A, 1),
                 key: 1,
             },
             Registration {
-                port: port(B),
+                port: through(B, 2),
                 key: 2,
             },
         ],
@@ -282,6 +325,20 @@ fn state_encoding_round_trips_and_rejects_garbage() {
         let _ = PrState::decode(&bytes[..n]);
     }
     assert_eq!(PrState::decode(&[2, 0, 0]), None);
+    // A state saved before registrations named their target port (version 1) reads as held
+    // through the default portal group.
+    let mut v1 = vec![1u8];
+    v1.extend_from_slice(&7u32.to_be_bytes());
+    v1.extend_from_slice(&[0; 5]);
+    v1.extend_from_slice(&1u32.to_be_bytes());
+    v1.extend_from_slice(&9u64.to_be_bytes());
+    v1.extend_from_slice(&port(A).isid);
+    let name = port(A).name;
+    v1.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    v1.extend_from_slice(name.as_bytes());
+    let old = PrState::decode(&v1).expect("version 1");
+    assert_eq!(old.registrations[0].port, through(A, 1));
+    assert_eq!(old.registrations[0].key, 9);
 }
 
 #[test]
