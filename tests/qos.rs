@@ -146,6 +146,18 @@ async fn vvol_limits_default_per_container_change_live_and_show_in_telemetry() {
         (v.limits.upper, v.limits.lower, v.limits.weight),
         (Some(1000), Some(50), Some(3))
     );
+    // `vvol limits` changes only what it is given, too.
+    let out = vvolctl(&d, &["vvol", "limits", &id, "--lower", "60"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = api.vvol(v.id).limits;
+    assert_eq!(
+        (l.upper, l.lower, l.weight),
+        (Some(1000), Some(60), Some(3))
+    );
     let out = vvolctl(&d, &["qos", "set", &id, "--lower", "none"]);
     assert!(out.status.success());
     assert_eq!(api.vvol(v.id).limits.lower, None);

@@ -551,6 +551,28 @@ fn api_errors_map_to_statuses_with_json_messages() {
         .expect(200);
     assert_eq!((ok.limits.lower, ok.limits.upper), (Some(100), Some(1000)));
     assert_eq!(api.vvol(v.id).limits, ok.limits);
+    // A misspelt field is refused, not read as "no limit".
+    let msg = api
+        .put(&limits, serde_json::json!({ "upper_iops": 500 }))
+        .expect_error(400);
+    assert!(msg.contains("upper_iops"), "{msg}");
+    assert_eq!(api.vvol(v.id).limits, ok.limits, "limits untouched");
+    api.post(
+        "/vvols",
+        serde_json::json!({ "container": C_FILE, "size": 4096, "blocksize": 4096 }),
+    )
+    .expect_error(400);
+    // Metadata is all or nothing.
+    let meta = format!("/vvols/{}/metadata", v.id);
+    api.put(
+        &meta,
+        serde_json::json!({ "VMW_VmID": "vm-1", "bad=key": "x" }),
+    )
+    .expect_error(422);
+    assert!(
+        api.vvol(v.id).metadata.is_empty(),
+        "no key of a refused request stuck"
+    );
 
     api.raw(
         "POST",

@@ -645,11 +645,7 @@ impl Engine {
         id: Uuid,
         kv: &BTreeMap<String, String>,
     ) -> Result<Vvol, EngineError> {
-        let mut v = self.store.vvol(id)?;
-        for (k, val) in kv {
-            v = self.store.set_metadata(id, k, val)?;
-        }
-        Ok(v)
+        Ok(self.store.set_metadata(id, kv)?)
     }
 
     /// Change a VVol's limits; a bound VVol's I/O sees them on its next command.

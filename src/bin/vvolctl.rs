@@ -172,7 +172,8 @@ enum VvolCmd {
         #[command(subcommand)]
         cmd: MetaCmd,
     },
-    /// IOPS limits.
+    /// Change IOPS limits: those given replace the VVol's, the others keep their value
+    /// (`qos set` can also remove one).
     Limits {
         id: String,
         #[arg(long)]
@@ -536,10 +537,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 lower,
                 weight,
             } => {
+                // The API's PUT replaces all three; an option left out must not clear one.
+                let cur: VvolInfo = c.call("GET", &format!("/api/v1/vvols/{id}"), none)?;
                 let l = IoLimits {
-                    upper,
-                    lower,
-                    weight,
+                    upper: upper.or(cur.limits.upper),
+                    lower: lower.or(cur.limits.lower),
+                    weight: weight.or(cur.limits.weight),
                 };
                 let v: VvolInfo = c.call("PUT", &format!("/api/v1/vvols/{id}/limits"), Some(&l))?;
                 emit!(v, |v: &VvolInfo| print_vvols(std::slice::from_ref(v)));

@@ -100,6 +100,7 @@ impl Size {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateVvol {
     pub container: String,
     pub size: Size,
@@ -119,11 +120,13 @@ fn default_type() -> VvolType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Resize {
     pub size: Size,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BindRequest {
     pub vvol: Uuid,
     pub host: String,
@@ -133,12 +136,14 @@ pub struct BindRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnbindRequest {
     pub vvol: Uuid,
     pub host: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnbindAllRequest {
     pub host: String,
 }

@@ -120,7 +120,9 @@ fn a_failing_file_step_rolls_the_create_back() {
 fn delete_killed_after_marking() {
     let (dir, store) = lab();
     let v = data(&store, GIB).unwrap();
-    store.set_metadata(v.id, "k", "v").unwrap();
+    store
+        .set_metadata(v.id, &[("k".to_string(), "v".to_string())].into())
+        .unwrap();
     store.delete_begin(v.id).unwrap();
     assert!(store.vvol_path("lab", v.id).exists());
     assert!(matches!(store.vvol(v.id), Err(StoreError::NotFound { .. })));

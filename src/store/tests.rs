@@ -161,29 +161,49 @@ fn bad_input_is_refused_without_leftovers() {
         .is_empty());
 }
 
+fn kv(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[test]
 fn metadata_set_update_delete() {
     let (_dir, store) = lab();
     let v = data(&store, GIB).unwrap();
-    store.set_metadata(v.id, "k", "1").unwrap();
-    let v2 = store.set_metadata(v.id, "k", "2").unwrap();
+    store.set_metadata(v.id, &kv(&[("k", "1")])).unwrap();
+    let v2 = store.set_metadata(v.id, &kv(&[("k", "2")])).unwrap();
     assert_eq!(v2.metadata.get("k").map(String::as_str), Some("2"));
-    store.set_metadata(v.id, "other", "x").unwrap();
-    let v3 = store.set_metadata(v.id, "k", "").unwrap();
+    store.set_metadata(v.id, &kv(&[("other", "x")])).unwrap();
+    let v3 = store.set_metadata(v.id, &kv(&[("k", "")])).unwrap();
     assert_eq!(v3.metadata.keys().collect::<Vec<_>>(), ["other"]);
     assert_eq!(store.vvols(None).unwrap()[0].metadata, v3.metadata);
     assert!(matches!(
-        store.set_metadata(v.id, "", "x"),
+        store.set_metadata(v.id, &kv(&[("", "x")])),
         Err(StoreError::Invalid(CatalogError::MetadataKey(_)))
     ));
     assert!(matches!(
-        store.set_metadata(v.id, "k", &"x".repeat(4097)),
+        store.set_metadata(v.id, &kv(&[("k", &"x".repeat(4097))])),
         Err(StoreError::Invalid(CatalogError::MetadataValue(_)))
     ));
     assert!(matches!(
-        store.set_metadata(uuid::Uuid::new_v4(), "k", "v"),
+        store.set_metadata(uuid::Uuid::new_v4(), &kv(&[("k", "v")])),
         Err(StoreError::NotFound { .. })
     ));
+    // All or nothing: a bad key anywhere in the request leaves every key as it was.
+    assert!(matches!(
+        store.set_metadata(
+            v.id,
+            &kv(&[("a-good-one", "1"), ("other", "y"), ("bad=key", "2")])
+        ),
+        Err(StoreError::Invalid(CatalogError::MetadataKey(_)))
+    ));
+    assert_eq!(store.vvol(v.id).unwrap().metadata, v3.metadata);
+    let both = store
+        .set_metadata(v.id, &kv(&[("a", "1"), ("other", "")]))
+        .unwrap();
+    assert_eq!(both.metadata, kv(&[("a", "1")]));
 }
 
 #[test]
@@ -358,7 +378,9 @@ fn reopen_restores_everything() {
         .ensure_container(&container("mem", ContainerBackend::Ram, GIB))
         .unwrap();
     let a = data(&store, GIB).unwrap();
-    store.set_metadata(a.id, "VMW_VmID", "vm-9").unwrap();
+    store
+        .set_metadata(a.id, &kv(&[("VMW_VmID", "vm-9")]))
+        .unwrap();
     let r = store
         .create_vvol("mem", VvolType::Swap, GIB, 4096, None, BTreeMap::new())
         .unwrap();

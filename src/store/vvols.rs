@@ -52,22 +52,32 @@ impl Store {
 
     /// Sets one metadata key. An empty value deletes the key, as VASA's
     /// updateVirtualVolumeMetaData does; deleting an absent key is not an error.
-    pub fn set_metadata(&self, id: Uuid, key: &str, value: &str) -> Result<Vvol, StoreError> {
-        validate_metadata(key, value)?;
+    /// Sets (or, with an empty value, removes) every key of `kv`, all or none: each pair is
+    /// checked before any is written, and they are written in one transaction.
+    pub fn set_metadata(
+        &self,
+        id: Uuid,
+        kv: &BTreeMap<String, String>,
+    ) -> Result<Vvol, StoreError> {
+        for (key, value) in kv {
+            validate_metadata(key, value)?;
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         load(&tx, id)?;
-        if value.is_empty() {
-            tx.execute(
-                "DELETE FROM vvol_metadata WHERE vvol = ?1 AND key = ?2",
-                params![id.to_string(), key],
-            )?;
-        } else {
-            tx.execute(
-                "INSERT INTO vvol_metadata (vvol, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (vvol, key) DO UPDATE SET value = excluded.value",
-                params![id.to_string(), key, value],
-            )?;
+        for (key, value) in kv {
+            if value.is_empty() {
+                tx.execute(
+                    "DELETE FROM vvol_metadata WHERE vvol = ?1 AND key = ?2",
+                    params![id.to_string(), key],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO vvol_metadata (vvol, key, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (vvol, key) DO UPDATE SET value = excluded.value",
+                    params![id.to_string(), key, value],
+                )?;
+            }
         }
         let vvol = load(&tx, id)?;
         tx.commit()?;

@@ -51,8 +51,11 @@ pub enum ContainerBackend {
     Rated,
 }
 
-/// Per-VVol IOPS limits in normalized I/Os per second (cost = ceil(len / 32 KiB)).
+/// Per-VVol IOPS limits in normalized I/Os per second (cost = ceil(len / 32 KiB)). A request
+/// naming any other field is refused: a misspelt limit read as "absent" would silently remove
+/// the limit it meant to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct IoLimits {
     /// Cap; None = unlimited.
     pub upper: Option<u32>,
