@@ -520,6 +520,62 @@ async fn unbind_during_writes_loses_no_acknowledged_write() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unbind_finishes_though_its_client_gives_up() {
+    // An unbind waits for the binding's commands in flight; a client that stops waiting must
+    // not leave the binding half unbound (draining: refusing I/O and bind until a restart).
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let _: VvolInfo = api
+        .put(
+            &format!("/vvols/{}/limits", v.id),
+            serde_json::json!({ "upper": 10 }),
+        )
+        .expect(200);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    // 30 reads at once: at 10 IOPS the last waits seconds for QoS, in flight all the while.
+    for i in 0..30u32 {
+        let mut bhs = scsi_command_bhs(&a, 0, 0x100 + i, &read10(i, 1), 0, 512);
+        bhs.set_lun(l);
+        a.send_pdu(bhs, &[]).await.expect("send READ");
+        a.cmdsn = a.cmdsn.wrapping_add(1);
+    }
+    let url = format!("{}/api/v1/unbind", d.api_url());
+    let body = serde_json::json!({ "vvol": v.id, "host": HOST_A });
+    let gave_up = tokio::task::spawn_blocking(move || {
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .post(&url)
+            .send_json(body)
+            .is_err()
+    })
+    .await
+    .unwrap();
+    assert!(
+        gave_up,
+        "the unbind should have had to wait for the queued reads"
+    );
+    within_for(Duration::from_secs(30), "the unbind to finish", async {
+        loop {
+            let api = api.clone();
+            let left = tokio::task::spawn_blocking(move || api.bindings())
+                .await
+                .unwrap();
+            if left.is_empty() {
+                break;
+            }
+            assert!(left.iter().all(|b| b.state == "draining"), "{left:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    // And the VVol binds again.
+    api.bind(v.id, HOST_A, Some(PE_1));
+}
+
 // ---- 8. API errors -------------------------------------------------------------------------
 
 #[test]

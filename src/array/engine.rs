@@ -44,6 +44,8 @@ pub enum EngineError {
     Unsupported(String),
     #[error("cannot open the backend of VVol {vvol}: {reason}")]
     Backend { vvol: Uuid, reason: String },
+    #[error("the array is shutting down")]
+    ShuttingDown,
 }
 
 impl EngineError {
@@ -56,6 +58,7 @@ impl EngineError {
             EngineError::Bound(_)
             | EngineError::Store(_)
             | EngineError::Backend { .. }
+            | EngineError::ShuttingDown
             | EngineError::Unsupported(_) => Sense::INTERNAL_TARGET_FAILURE,
         }
     }
@@ -772,16 +775,45 @@ impl Engine {
     }
 
     /// Unbind: refuse new commands on the binding, wait for those in flight, then remove it.
-    pub async fn unbind(&self, vvol: Uuid, host: &str) -> Result<Vec<Binding>, EngineError> {
-        let _ops = self.ops.lock().await;
-        let draining = lock(&self.table).begin_unbind(vvol, host, None)?;
-        self.finish_unbinds(draining).await
+    pub async fn unbind(
+        self: &Arc<Self>,
+        vvol: Uuid,
+        host: &str,
+    ) -> Result<Vec<Binding>, EngineError> {
+        let host = host.to_string();
+        self.to_completion(move |engine| async move {
+            let _ops = engine.ops.lock().await;
+            let draining = lock(&engine.table).begin_unbind(vvol, &host, None)?;
+            engine.finish_unbinds(draining).await
+        })
+        .await
     }
 
-    pub async fn unbind_all(&self, host: &str) -> Result<Vec<Binding>, EngineError> {
-        let _ops = self.ops.lock().await;
-        let draining = lock(&self.table).begin_unbind_all(host);
-        self.finish_unbinds(draining).await
+    pub async fn unbind_all(self: &Arc<Self>, host: &str) -> Result<Vec<Binding>, EngineError> {
+        let host = host.to_string();
+        self.to_completion(move |engine| async move {
+            let _ops = engine.ops.lock().await;
+            let draining = lock(&engine.table).begin_unbind_all(&host);
+            engine.finish_unbinds(draining).await
+        })
+        .await
+    }
+
+    /// Run `op` in a task of its own, so that it completes even if its caller goes away: an
+    /// unbind waits for I/O in flight, and an HTTP client that gave up meanwhile, or a control
+    /// session that dropped, would otherwise leave its bindings draining (refusing I/O and
+    /// bind) until the next start.
+    async fn to_completion<F, Fut, T>(self: &Arc<Self>, op: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(Arc<Engine>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::spawn(op(self.clone())).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(EngineError::ShuttingDown),
+        }
     }
 
     async fn finish_unbinds(&self, draining: Vec<Binding>) -> Result<Vec<Binding>, EngineError> {
@@ -790,9 +822,7 @@ impl Engine {
                 .save_binding(b.vvol, &b.host, b.pe, b.secondary.get(), true)?;
         }
         self.publish();
-        for b in &draining {
-            self.drain(b).await;
-        }
+        self.drain(&draining).await;
         let mut done = Vec::new();
         for b in draining {
             let removed = lock(&self.table).finish_unbind(b.vvol, &b.host, b.pe)?;
@@ -816,20 +846,28 @@ impl Engine {
         Ok(done)
     }
 
-    async fn drain(&self, b: &Binding) {
-        let entry = self
-            .routes
-            .load()
-            .get(&b.host)
-            .and_then(|m| m.get(&(b.pe, b.secondary)))
-            .cloned();
-        let Some(entry) = entry else { return };
-        if tokio::time::timeout(DRAIN_TIMEOUT, entry.inflight.drain())
-            .await
-            .is_err()
-        {
-            warn!(vvol = %b.vvol, host = %b.host, "unbind: in-flight commands did not finish in time");
+    /// Wait until no command is in flight on `bindings` (already refusing new ones), all at
+    /// once under one deadline: an unbind-all for a host with many busy VVols waits for the
+    /// slowest, not for the sum.
+    async fn drain(&self, bindings: &[Binding]) {
+        let routes = self.routes.load();
+        let mut waits = tokio::task::JoinSet::new();
+        for b in bindings {
+            let Some(entry) = routes
+                .get(&b.host)
+                .and_then(|m| m.get(&(b.pe, b.secondary)))
+            else {
+                continue;
+            };
+            let inflight = entry.inflight.clone();
+            let (vvol, host) = (b.vvol, b.host.clone());
+            waits.spawn(async move {
+                if tokio::time::timeout(DRAIN_TIMEOUT, inflight.drain()).await.is_err() {
+                    warn!(vvol = %vvol, host = %host, "unbind: in-flight commands did not finish in time");
+                }
+            });
         }
+        while waits.join_next().await.is_some() {}
     }
 
     /// Flush the backends of every open VVol (orderly shutdown).

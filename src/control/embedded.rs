@@ -35,6 +35,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::PeNotAllowed { .. } => ApiError::Conflict(msg),
             EngineError::Backend { .. } => ApiError::Internal(msg),
+            EngineError::ShuttingDown => ApiError::Unavailable(msg),
         }
     }
 }
