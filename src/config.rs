@@ -500,6 +500,16 @@ impl Config {
                     chap_ok(&format!("{key}.{which}"), c)?;
                 }
             }
+            if let (Some(c), Some(m)) = (&target.chap, &target.mutual_chap) {
+                // RFC 7143 §12.1.3: a secret that authenticates initiators must not also
+                // authenticate the target.
+                if c.secret == m.secret {
+                    return Err(err(
+                        format!("{key}.mutual_chap.secret"),
+                        "must differ from chap.secret",
+                    ));
+                }
+            }
             self.validate_port_groups(&key, target)?;
             let mut ids = std::collections::HashSet::new();
             for (l, lun) in target.luns.iter().enumerate() {
@@ -941,6 +951,21 @@ mod tests {
         );
         let c = Config::parse(&rated).unwrap();
         assert_eq!(c.containers[0].window(), 32);
+    }
+
+    #[test]
+    fn mutual_chap_needs_a_secret_of_its_own() {
+        let chap = |mutual: &str| {
+            LAB_DEFAULT.replace(
+                "alias = \"vvold lab array\"\n",
+                &format!(
+                    "alias = \"vvold lab array\"\nchap = {{ user = \"esxi\", secret = \"initiator-secret\" }}\nmutual_chap = {{ user = \"vvold\", secret = \"{mutual}\" }}\n"
+                ),
+            )
+        };
+        Config::parse(&chap("target-secret-1")).unwrap();
+        let e = Config::parse(&chap("initiator-secret")).unwrap_err();
+        assert_eq!(e.key, "target[0].mutual_chap.secret");
     }
 
     #[test]

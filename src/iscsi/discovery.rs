@@ -21,6 +21,9 @@ fn format_addr(addr: SocketAddr, local: SocketAddr) -> String {
     } else {
         addr.ip()
     };
+    // A dual-stack portal ([::]) sees IPv4 peers on IPv4-mapped addresses; an IPv4 initiator
+    // must be told the plain IPv4 address it connected to.
+    let ip = ip.to_canonical();
     match ip {
         std::net::IpAddr::V4(v4) => format!("{v4}:{}", addr.port()),
         std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", addr.port()),
@@ -285,6 +288,17 @@ mod tests {
     use super::*;
     use crate::iscsi::pdu::SerialNumber;
     use crate::iscsi::policy::Portal;
+
+    #[test]
+    fn ipv4_peers_of_a_dual_stack_portal_get_ipv4_addresses() {
+        let any6: SocketAddr = "[::]:3260".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:3260".parse().unwrap();
+        assert_eq!(format_addr(any6, mapped), "10.1.2.3:3260");
+        let v6: SocketAddr = "[fd00::7]:3260".parse().unwrap();
+        assert_eq!(format_addr(any6, v6), "[fd00::7]:3260");
+        let v4: SocketAddr = "192.0.2.9:3261".parse().unwrap();
+        assert_eq!(format_addr(v4, mapped), "192.0.2.9:3261");
+    }
 
     fn entry(name: &str, portals: Vec<Portal>, allowed: Vec<String>) -> TargetEntry {
         TargetEntry {
