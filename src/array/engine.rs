@@ -478,11 +478,14 @@ impl Engine {
         if let Some(q) = map.get(&v.id) {
             return Some(q.clone());
         }
+        // Read under the map's lock, which `set_limits` holds across its update: limits
+        // changed since `v` was loaded are not lost to a first bind running meanwhile.
+        let limits = self.store.vvol(v.id).map_or(v.limits, |now| now.limits);
         let q = self.qos.volume(
             format!("vvol:{}", v.id),
             Some(v.id),
             &self.pool(c),
-            v.limits,
+            limits,
         )?;
         map.insert(v.id, q.clone());
         Some(q)
@@ -653,10 +656,13 @@ impl Engine {
 
     /// Change a VVol's limits; a bound VVol's I/O sees them on its next command.
     pub fn set_limits(&self, id: Uuid, limits: IoLimits) -> Result<Vvol, EngineError> {
+        // The live limits and the stored ones change together (see `vvol_qos`).
+        let live = lock(&self.vvol_qos);
         let v = self.store.set_limits(id, limits)?;
-        if let Some(q) = lock(&self.vvol_qos).get(&id) {
+        if let Some(q) = live.get(&id) {
             q.set_limits(v.limits);
         }
+        drop(live);
         self.warn_overcommit(&v.container);
         Ok(v)
     }
