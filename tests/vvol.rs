@@ -943,6 +943,29 @@ async fn inband_bind_report_and_unbind() {
     assert_eq!(r.sense_code().map(|c| c.0), Some(0x05), "{r:?}");
 }
 
+#[tokio::test]
+async fn control_initiators_bind_on_a_pe_restricted_to_some_hosts() {
+    let d = Daemon::start_vvol(VvolOpts {
+        pe1_hosts: vec![HOST_A],
+        ..VvolOpts::default()
+    });
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_FILE, 16 * MIB);
+    // The control initiator reaches PE 1 (its power-on unit attention included) ...
+    let mut c = login_host(&d, CONTROL_IQN).await;
+    let params = inband::encode_params(&bind_request(v.id, HOST_A));
+    assert_good(&binding_out(&mut c, PE_1, ServiceAction::Bind, &params).await);
+    assert_eq!(report_bindings(&mut c, PE_1).await.len(), 1);
+    // ... host A, allowed, gets the binding, and host B does not see the PE at all.
+    let mut a = login_host(&d, HOST_A).await;
+    let sec = binding_lun(&api.bindings()[0]);
+    clear_power_on_ua_at(&mut a, sec).await;
+    write_blocks_at(&mut a, sec, 0, 512, &pattern(512, 3)).await;
+    let mut b = login_with(&d, &host_opts(HOST_B)).await;
+    let r = cmd_lun(&mut b, pe(PE_1), &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x05, 0x25, 0x00);
+}
+
 /// Bind, check and unbind through a standalone control service in front of `d`, as host A
 /// logged in with `host`.
 async fn drive_standalone(d: &Daemon, svc: &ControlService, host: &vvold::initiator::LoginOptions) {

@@ -481,12 +481,9 @@ impl Engine {
         // Read under the map's lock, which `set_limits` holds across its update: limits
         // changed since `v` was loaded are not lost to a first bind running meanwhile.
         let limits = self.store.vvol(v.id).map_or(v.limits, |now| now.limits);
-        let q = self.qos.volume(
-            format!("vvol:{}", v.id),
-            Some(v.id),
-            &self.pool(c),
-            limits,
-        )?;
+        let q = self
+            .qos
+            .volume(format!("vvol:{}", v.id), Some(v.id), &self.pool(c), limits)?;
         map.insert(v.id, q.clone());
         Some(q)
     }

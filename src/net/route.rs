@@ -43,12 +43,19 @@ enum Dest {
     Missing,
 }
 
+/// Whether `session` may reach PE `p`: its allowed hosts do, and so do control initiators,
+/// which bind VVols on every PE for every host (in-band binding and the standalone control
+/// service would otherwise fail on a PE restricted to some hosts).
+fn may_use(shared: &Shared, session: &Session, p: &Pe) -> bool {
+    p.allows(&session.initiator) || shared.array.engine.is_control_initiator(&session.initiator)
+}
+
 fn visible_pe(shared: &Shared, session: &Session, lun: u16) -> Option<Arc<Pe>> {
     shared
         .array
         .engine
         .pe(&session.target.name, lun)
-        .filter(|p| p.allows(&session.initiator))
+        .filter(|p| may_use(shared, session, p))
         .cloned()
 }
 
@@ -134,7 +141,7 @@ fn report_luns(shared: &Shared, session: &Session, lun: Lun, d: &Dest, cdb: &[u8
         .pes()
         .iter()
         .filter(|p| {
-            p.target.eq_ignore_ascii_case(&session.target.name) && p.allows(&session.initiator)
+            p.target.eq_ignore_ascii_case(&session.target.name) && may_use(shared, session, p)
         })
         .map(|p| p.lun)
         .collect();

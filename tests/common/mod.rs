@@ -764,6 +764,8 @@ pub struct VvolOpts {
     pub chap: Option<(String, String)>,
     /// TOML appended to the configuration (more containers, a [qos] table).
     pub extra: String,
+    /// `allowed_hosts` of the first PE (none: every host).
+    pub pe1_hosts: Vec<&'static str>,
 }
 
 /// The VVol array's configuration, its control API on `control`.
@@ -778,6 +780,11 @@ pub fn vvol_config_text(o: &VvolOpts, control: SocketAddr) -> String {
         .as_ref()
         .map(|t| format!("token = \"{t}\""))
         .unwrap_or_default();
+    let pe1_hosts = if o.pe1_hosts.is_empty() {
+        String::new()
+    } else {
+        format!("allowed_hosts = {:?}", o.pe1_hosts)
+    };
     format!(
         r#"
 listen = ["127.0.0.1:1"]
@@ -798,6 +805,7 @@ size = "{VVOL_LUN0_BYTES}"
 
 [[target.pe]]
 id = {PE_1}
+{pe1_hosts}
 
 [[target.pe]]
 id = {PE_2}
