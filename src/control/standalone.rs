@@ -16,8 +16,16 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::timeout;
 use tracing::{info, warn};
 use uuid::Uuid;
+
+/// How long an in-band login may take.
+const INBAND_LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an in-band command may take: an unbind waits up to a minute for the binding's
+/// commands in flight (the engine's drain deadline), so a little more than that.
+const INBAND_COMMAND_TIMEOUT: Duration = Duration::from_secs(75);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -158,7 +166,9 @@ impl Standalone {
         .map_err(|e| ApiError::Internal(e.to_string()))?
     }
 
-    /// Run one in-band command on PE `pe`, logging in (again) when needed.
+    /// Run one in-band command on PE `pe`, logging in (again) when needed. Both steps are
+    /// bounded, so a target that stopped answering (power lost, network gone) cannot hold the
+    /// session, and every binding call queued behind it, for ever.
     async fn scsi(
         &self,
         pe: u16,
@@ -171,14 +181,39 @@ impl Standalone {
             if guard.is_none() {
                 let mut opts = LoginOptions::new(&self.initiator_name, Some(&self.target.iqn));
                 opts.chap = self.target.chap.clone();
-                let s = Session::login(self.target.addr, &opts).await.map_err(|e| {
-                    unavailable(format!("in-band login to {}: {e}", self.target.addr))
-                })?;
+                let s = timeout(
+                    INBAND_LOGIN_TIMEOUT,
+                    Session::login(self.target.addr, &opts),
+                )
+                .await
+                .map_err(|_| {
+                    unavailable(format!(
+                        "in-band login to {}: no answer in {} s",
+                        self.target.addr,
+                        INBAND_LOGIN_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(|e| unavailable(format!("in-band login to {}: {e}", self.target.addr)))?;
                 info!(target = %self.target.iqn, "in-band session established");
                 *guard = Some(s);
             }
             let s = guard.as_mut().expect("logged in");
-            match s.command(pe_lun(pe), cdb, data_out, expected_in).await {
+            let answer = timeout(
+                INBAND_COMMAND_TIMEOUT,
+                s.command(pe_lun(pe), cdb, data_out, expected_in),
+            )
+            .await;
+            let Ok(answer) = answer else {
+                // Not retried: the command may have taken effect (an unbind retried would
+                // then report "not bound"), so its caller must look before trying again.
+                warn!("in-band command unanswered; dropping the session");
+                *guard = None;
+                return Err(unavailable(format!(
+                    "the array did not answer an in-band command in {} s; its outcome is unknown",
+                    INBAND_COMMAND_TIMEOUT.as_secs()
+                )));
+            };
+            match answer {
                 // A unit attention (power-on, bindings changed) is not an answer: retry once.
                 Ok(r)
                     if r.status == 2
