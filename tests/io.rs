@@ -263,3 +263,43 @@ async fn parameter_lists_sent_whole_leave_no_residual() {
     assert_good(&r);
     assert_eq!((r.residual_flags, r.residual), (0, 0));
 }
+
+#[tokio::test]
+async fn a_max_recv_data_segment_length_declared_after_login_bounds_data_in() {
+    // RFC 7143 §13.12: the initiator may declare a new MaxRecvDataSegmentLength in a Text
+    // request in full-feature phase; Data-In segments must respect it from then on.
+    use vvold::iscsi::pdu::{op, Bhs};
+    let d = Daemon::start();
+    let mut s = login_main(&d).await;
+    let mut text = Bhs::new(op::TEXT_REQUEST | 0x40);
+    text.0[1] = 0x80;
+    text.set_u32(16, 0x5151);
+    text.set_u32(20, 0xFFFF_FFFF);
+    text.set_u32(24, s.cmdsn);
+    text.set_u32(28, s.expstatsn);
+    s.send_pdu(text, b"MaxRecvDataSegmentLength=8192\0")
+        .await
+        .unwrap();
+    let answer = within("the Text Response", recv(&mut s)).await;
+    assert_eq!(answer.bhs.opcode(), op::TEXT_RESPONSE);
+    s.expstatsn = answer.bhs.u32_at(24).wrapping_add(1);
+
+    let read = scsi_command_bhs(&s, LUN_RAM, 0x6161, &read10(0, 128), 0, 65536);
+    s.send_pdu(read, &[]).await.unwrap();
+    s.cmdsn = s.cmdsn.wrapping_add(1);
+    let mut total = 0;
+    loop {
+        let rx = within("Data-In", recv(&mut s)).await;
+        assert_eq!(rx.bhs.opcode(), op::DATA_IN, "{:02x?}", &rx.bhs.0[..4]);
+        assert!(
+            rx.data.len() <= 8192,
+            "a {}-byte Data-In segment",
+            rx.data.len()
+        );
+        total += rx.data.len();
+        if rx.bhs.0[1] & 0x01 != 0 {
+            break;
+        }
+    }
+    assert_eq!(total, 65536);
+}

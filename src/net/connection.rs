@@ -24,7 +24,7 @@ use crate::scsi::{Plan, Sense};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -345,7 +345,7 @@ impl<'a> FullFeature<'a> {
         let ctx = Arc::new(ConnCtx {
             session: session.clone(),
             out,
-            max_xmit: s.max_xmit,
+            max_xmit: AtomicUsize::new(s.max_xmit),
             max_burst: login.params.max_burst_length as usize,
             engine: shared.array.engine.clone(),
             shared: shared.clone(),
@@ -546,6 +546,12 @@ impl<'a> FullFeature<'a> {
                 }
                 match self.text.on_request(&t, &data, self.seq()) {
                     Ok(step) => {
+                        // A MaxRecvDataSegmentLength declared in the request bounds the
+                        // Data-In of commands from now on.
+                        if let Some(ctx) = &self.ctx {
+                            let n = self.text.max_xmit_data_segment_length() as usize;
+                            ctx.max_xmit.store(n, Ordering::Relaxed);
+                        }
                         self.send(step.bhs, Bytes::from(step.data), Numbering::Status)
                             .await
                     }

@@ -13,6 +13,7 @@ use crate::iscsi::pdu::{self, CdbBytes, Itt, Residual, Seq};
 use crate::scsi::{self, Lun, Plan, Response, Sense, Status};
 use crate::vvol::inband::{self, InbandRequest};
 use bytes::{Bytes, BytesMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tracing::debug;
 
@@ -20,8 +21,9 @@ use tracing::debug;
 pub struct ConnCtx {
     pub session: Arc<Session>,
     pub out: OutSender,
-    /// Largest Data-In segment the initiator accepts (its MaxRecvDataSegmentLength).
-    pub max_xmit: usize,
+    /// Largest Data-In segment the initiator accepts (its MaxRecvDataSegmentLength), which
+    /// it may declare anew in a full-feature Text request (RFC 7143 §13.12).
+    pub max_xmit: AtomicUsize,
     /// Data-In sequences end (F bit) every MaxBurstLength bytes.
     pub max_burst: usize,
     pub engine: Arc<Engine>,
@@ -122,7 +124,11 @@ impl ConnCtx {
         residual: Residual,
     ) {
         let collapse = resp.status == Status::Good;
-        for (datasn, piece) in (0u32..).zip(data_in::pieces(len, self.max_xmit, self.max_burst)) {
+        for (datasn, piece) in (0u32..).zip(data_in::pieces(
+            len,
+            self.max_xmit.load(Ordering::Relaxed),
+            self.max_burst,
+        )) {
             let (offset, end) = (piece.offset, piece.end);
             let last = end == len;
             let status = (last && collapse).then_some((resp.status as u8, residual));
