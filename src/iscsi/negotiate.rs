@@ -180,7 +180,12 @@ impl Negotiator {
             None => false,
         };
         if is_special(value) {
-            // An answer to one of our offers that keeps the default, or nonsense: no reply.
+            // Reject, NotUnderstood or Irrelevant: to one of our offers, the key keeps its
+            // default (RFC 7143 §6.2), which is what the initiator will use; otherwise
+            // nonsense. No reply either way.
+            if answering_offer {
+                self.revert(key);
+            }
             return None;
         }
         let answer = self.result(key, value);
@@ -403,9 +408,24 @@ impl Negotiator {
         !self.offered.is_empty()
     }
 
-    /// Forget unanswered offers (the initiator ignored them; the results stay as applied).
+    /// Forget unanswered offers: the initiator never took them up, so those keys keep their
+    /// defaults, as on its side. (`within_limits` then tells whether the login can go on.)
     pub fn drop_offers(&mut self) {
-        self.offered.clear();
+        for key in std::mem::take(&mut self.offered) {
+            self.revert(key);
+        }
+    }
+
+    /// Put an offered key back to its RFC default (our offer was applied when made).
+    fn revert(&mut self, key: &str) {
+        let d = NegotiatedParams::default();
+        match key {
+            "InitialR2T" => self.params.initial_r2t = d.initial_r2t,
+            "ImmediateData" => self.params.immediate_data = d.immediate_data,
+            "MaxBurstLength" => self.params.max_burst_length = d.max_burst_length,
+            "FirstBurstLength" => self.params.first_burst_length = d.first_burst_length,
+            _ => {}
+        }
     }
 
     /// The negotiated parameters; FirstBurstLength clamped to MaxBurstLength.
@@ -598,5 +618,34 @@ mod tests {
         let mut n = neg();
         assert_eq!(ans(&mut n, "InitialR2T", "Yes").unwrap(), "Yes");
         assert!(n.offers().is_empty());
+    }
+
+    #[test]
+    fn offers_refused_or_ignored_leave_the_defaults() {
+        // Our offers are applied when made; an initiator that rejects one, or never answers,
+        // keeps the RFC default, and so must we (then a default our limits do not allow ends
+        // the login instead of leaving the two sides apart).
+        let strict = TargetLimits {
+            immediate_data: false,
+            max_burst_length: 65536,
+            first_burst_length: 65536,
+            ..TargetLimits::default()
+        };
+        let mut n = Negotiator::new(strict.clone());
+        let offered: Vec<String> = n.offers().into_iter().map(|kv| kv.key).collect();
+        assert!(offered.iter().any(|k| k == "ImmediateData"), "{offered:?}");
+        assert!(!n.finish().immediate_data, "applied when offered");
+        assert_eq!(n.key("ImmediateData", "Reject"), None);
+        assert_eq!(n.key("MaxBurstLength", "65536"), None);
+        assert!(n.finish().immediate_data, "the default stands");
+        assert!(!n.within_limits());
+
+        let mut n = Negotiator::new(strict);
+        n.offers();
+        n.drop_offers();
+        let p = n.finish();
+        assert!(p.immediate_data && p.initial_r2t);
+        assert_eq!(p.max_burst_length, 262_144);
+        assert!(!n.within_limits());
     }
 }
