@@ -205,6 +205,9 @@ pub struct IscsiConfig {
     pub nop_timeout_secs: u64,
     /// CHAP credentials required for discovery sessions (none: discovery is open).
     pub discovery_chap: Option<ChapConfig>,
+    /// The target's own credentials, for initiators that authenticate the target on discovery
+    /// sessions too (mutual CHAP; needs `discovery_chap`).
+    pub discovery_mutual_chap: Option<ChapConfig>,
     /// Threads serving connections, each with its own connections (0: one per CPU).
     pub worker_threads: u32,
     /// µs a network thread keeps polling after traffic before it sleeps (0: sleep at once).
@@ -246,6 +249,7 @@ impl Default for IscsiConfig {
             nop_interval_secs: 30,
             nop_timeout_secs: 15,
             discovery_chap: None,
+            discovery_mutual_chap: None,
             worker_threads: 0,
             poll_us: 100,
             abort_finished_task: AbortFinishedTask::FunctionComplete,
@@ -557,6 +561,24 @@ impl Config {
                         "only the file backend takes direct_io",
                     ));
                 }
+            }
+        }
+        if let Some(m) = &i.discovery_mutual_chap {
+            chap_ok("iscsi.discovery_mutual_chap", m)?;
+            match &i.discovery_chap {
+                None => {
+                    return Err(err(
+                        "iscsi.discovery_mutual_chap",
+                        "needs discovery_chap to be set as well",
+                    ))
+                }
+                Some(c) if c.secret == m.secret => {
+                    return Err(err(
+                        "iscsi.discovery_mutual_chap.secret",
+                        "must differ from discovery_chap.secret",
+                    ))
+                }
+                Some(_) => {}
             }
         }
         if let Some(c) = &i.discovery_chap {

@@ -124,6 +124,30 @@ async fn mutual_chap_authenticates_the_target() {
 }
 
 #[tokio::test]
+async fn discovery_sessions_take_mutual_chap() {
+    let d = Daemon::start_with(&format!(
+        "discovery_chap = {{ user = \"{CHAP_USER}\", secret = \"{CHAP_SECRET}\" }}\n\
+         discovery_mutual_chap = {{ user = \"{MUTUAL_USER}\", secret = \"{MUTUAL_SECRET}\" }}"
+    ));
+    let mut o = chap_opts("", CHAP_SECRET, "7");
+    o.target_name = None;
+    o.mutual_chap = Some((MUTUAL_USER.into(), MUTUAL_SECRET.into()));
+    let mut s = login_with(&d, &o).await;
+    let kv = within("SendTargets", s.send_targets("All")).await.unwrap();
+    assert!(
+        kv.iter()
+            .any(|k| k.key == "TargetName" && k.value == T_MAIN),
+        "{kv:?}"
+    );
+    // A target answering with another secret is not the one the initiator trusts.
+    o.mutual_chap = Some((MUTUAL_USER.into(), "some-other-secret".into()));
+    assert!(matches!(
+        try_login(&d, &o).await,
+        Err(InitiatorError::MutualAuthFailed)
+    ));
+}
+
+#[tokio::test]
 async fn crc32c_digests_negotiated_and_io_works() {
     let d = Daemon::start();
     let mut o = opts(Some(T_MAIN));

@@ -37,7 +37,7 @@ pub fn login_policy(cfg: &Config, portals: &[SocketAddr]) -> LoginPolicy {
             })
             .collect(),
         discovery_chap: creds(&i.discovery_chap),
-        discovery_mutual_chap: None,
+        discovery_mutual_chap: creds(&i.discovery_mutual_chap),
         limits: TargetLimits {
             max_recv_data_segment_length: i.max_recv_data_segment_length,
             max_burst_length: i.max_burst_length,
