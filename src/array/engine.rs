@@ -173,13 +173,25 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let store = Arc::new(Store::open(data_dir)?);
         for c in &cfg.containers {
-            store.ensure_container(&Container {
+            let configured = Container {
                 name: c.name.clone(),
                 backend: c.backend,
                 capacity: c.capacity_bytes(),
                 overcommit_ratio: c.overcommit_ratio,
                 default_limits: c.default_limits(),
-            })?;
+            };
+            if let Some(old) = store.configure_container(&configured)? {
+                info!(
+                    container = %c.name,
+                    "configuration changed: capacity {} -> {}, overcommit {} -> {}, default limits {:?} -> {:?}",
+                    old.capacity,
+                    configured.capacity,
+                    old.overcommit_ratio,
+                    configured.overcommit_ratio,
+                    old.default_limits,
+                    configured.default_limits
+                );
+            }
         }
         for p in store.problems() {
             warn!("catalog: {p}");

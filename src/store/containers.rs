@@ -42,6 +42,54 @@ impl Store {
         }
     }
 
+    /// Make the stored container match the configuration: create it, or take the
+    /// configuration's capacity, overcommit ratio and default limits (the configuration is
+    /// where containers are managed; existing VVols keep their own limits). Returns the
+    /// stored container as it was, if it changed. A container that holds VVols cannot change
+    /// backend: they live on the old one.
+    pub fn configure_container(&self, c: &Container) -> Result<Option<Container>, StoreError> {
+        validate(c)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if insert_if_absent(&tx, c)? {
+            tx.commit()?;
+            return Ok(None);
+        }
+        let old = load(&tx, &c.name)?;
+        if old == *c {
+            return Ok(None);
+        }
+        let vvols: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM vvols WHERE container = ?1",
+            [&c.name],
+            |r| r.get(0),
+        )?;
+        if old.backend != c.backend && vvols > 0 {
+            return Err(StoreError::InvalidValue(format!(
+                "container '{}' holds {vvols} VVols on the {} backend, and the configuration now \
+                 says {}: delete them first, or keep the backend",
+                c.name,
+                backend_str(old.backend),
+                backend_str(c.backend)
+            )));
+        }
+        tx.execute(
+            "UPDATE containers SET backend = ?2, capacity = ?3, overcommit_ratio = ?4,
+             default_upper = ?5, default_lower = ?6, default_weight = ?7 WHERE name = ?1",
+            params![
+                c.name,
+                backend_str(c.backend),
+                to_sql_int(c.capacity, "capacity")?,
+                c.overcommit_ratio,
+                c.default_limits.upper,
+                c.default_limits.lower,
+                c.default_limits.weight,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(old))
+    }
+
     pub fn container(&self, name: &str) -> Result<Container, StoreError> {
         load(&self.conn(), name)
     }

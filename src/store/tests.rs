@@ -42,6 +42,33 @@ fn store_is_send_and_sync() {
 }
 
 #[test]
+fn the_configuration_manages_containers() {
+    let (_dir, store) = lab();
+    let mut c = container("lab", ContainerBackend::File, 20 * GIB);
+    c.overcommit_ratio = 2.0;
+    c.default_limits.upper = Some(8000);
+    let old = store.configure_container(&c).unwrap().expect("changed");
+    assert_eq!(old.capacity, 10 * GIB);
+    assert_eq!(store.container("lab").unwrap(), c);
+    assert_eq!(
+        store.configure_container(&c).unwrap(),
+        None,
+        "nothing to change"
+    );
+    // A new one is created; a container holding VVols keeps its backend.
+    let mem = container("mem", ContainerBackend::Ram, GIB);
+    assert_eq!(store.configure_container(&mem).unwrap(), None);
+    data(&store, GIB).unwrap();
+    let ram = Container {
+        backend: ContainerBackend::Ram,
+        ..c.clone()
+    };
+    let e = store.configure_container(&ram).unwrap_err();
+    assert!(e.to_string().contains("holds 1 VVols"), "{e}");
+    assert_eq!(store.container("lab").unwrap(), c);
+}
+
+#[test]
 fn containers_are_ensured_once() {
     let (_dir, store) = lab();
     let mut changed = container("lab", ContainerBackend::File, GIB);
