@@ -143,6 +143,10 @@ pub struct Engine {
     ram: Mutex<HashMap<Uuid, Arc<RamDevice>>>,
     /// Serialises binding changes (the control plane is not a hot path).
     ops: tokio::sync::Mutex<()>,
+    /// The runtime binding changes run on: the one the engine was opened in (the daemon's
+    /// main runtime), not a network worker's, whose other connections would wait out the
+    /// catalog's fsync of an in-band bind. None outside a runtime (then: the caller's).
+    home: Option<tokio::runtime::Handle>,
     hooks: OnceLock<Arc<dyn EngineHooks>>,
     control_initiators: Vec<String>,
     qos: Arc<Qos>,
@@ -231,6 +235,7 @@ impl Engine {
             open: Mutex::new(HashMap::new()),
             ram: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
+            home: tokio::runtime::Handle::try_current().ok(),
             hooks: OnceLock::new(),
             control_initiators: cfg
                 .control
@@ -716,6 +721,17 @@ impl Engine {
 
     /// Bind `vvol` for `host` on `pe` (None: the least loaded PE the host may use).
     pub async fn bind(
+        self: &Arc<Self>,
+        vvol: Uuid,
+        host: &str,
+        pe: Option<u16>,
+    ) -> Result<Binding, EngineError> {
+        let host = host.to_string();
+        self.to_completion(move |engine| async move { engine.bind_now(vvol, &host, pe).await })
+            .await
+    }
+
+    async fn bind_now(
         &self,
         vvol: Uuid,
         host: &str,
@@ -814,17 +830,23 @@ impl Engine {
         .await
     }
 
-    /// Run `op` in a task of its own, so that it completes even if its caller goes away: an
-    /// unbind waits for I/O in flight, and an HTTP client that gave up meanwhile, or a control
-    /// session that dropped, would otherwise leave its bindings draining (refusing I/O and
-    /// bind) until the next start.
+    /// Run `op` in a task of its own on the engine's home runtime, so that it completes even
+    /// if its caller goes away (an unbind waits for I/O in flight, and an HTTP client that gave
+    /// up meanwhile, or a control session that dropped, would otherwise leave its bindings
+    /// draining, refusing I/O and bind, until the next start), and so that its catalog writes
+    /// never block a network thread.
     async fn to_completion<F, Fut, T>(self: &Arc<Self>, op: F) -> Result<T, EngineError>
     where
         F: FnOnce(Arc<Engine>) -> Fut,
         Fut: std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
         T: Send + 'static,
     {
-        match tokio::spawn(op(self.clone())).await {
+        let task = op(self.clone());
+        let handle = match &self.home {
+            Some(home) => home.spawn(task),
+            None => tokio::spawn(task),
+        };
+        match handle.await {
             Ok(r) => r,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(EngineError::ShuttingDown),
