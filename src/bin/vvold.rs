@@ -187,7 +187,8 @@ fn main() -> ExitCode {
             };
             info!("control API listening on {addr}");
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
+                let limits = vvold::control::serve::Limits::default();
+                if let Err(e) = vvold::control::serve::serve(listener, app, limits).await {
                     error!("control API stopped: {e}");
                 }
             });

@@ -6,4 +6,5 @@ pub mod api;
 pub mod embedded;
 pub mod error;
 pub mod model;
+pub mod serve;
 pub mod standalone;

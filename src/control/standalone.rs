@@ -484,7 +484,7 @@ pub fn main(args: Args) -> ExitCode {
         };
         info!("control API listening on {} (standalone, array {}, target {})", args.listen, args.array, args.target.split('@').next_back().unwrap_or(""));
         let app = api::router(Arc::new(svc), args.token.clone());
-        let serve = axum::serve(listener, app);
+        let serve = super::serve::serve(listener, app, super::serve::Limits::default());
         tokio::select! {
             r = serve => if let Err(e) = r { eprintln!("vvold control: {e}"); return ExitCode::FAILURE; },
             _ = tokio::signal::ctrl_c() => {},
