@@ -122,8 +122,11 @@ impl Standalone {
         Ok(Standalone {
             array: args.array.trim_end_matches('/').to_string(),
             array_token: args.array_token.clone(),
+            // No pooled connections: the array closes idle ones after its header timeout, and
+            // a POST sent on one it has just closed would fail instead of being retried.
             agent: ureq::AgentBuilder::new()
                 .timeout(std::time::Duration::from_secs(120))
+                .max_idle_connections(0)
                 .build(),
             target: TargetUrl::parse(&args.target)?,
             initiator_name: args.initiator_name.clone(),
