@@ -576,6 +576,55 @@ async fn an_unbind_finishes_though_its_client_gives_up() {
     api.bind(v.id, HOST_A, Some(PE_1));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xcopy_between_vvols_and_not_into_one_being_unbound() {
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v1 = api.create_vvol(C_RAM, 16 * MIB);
+    let v2 = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l1 = binding_lun(&api.bind(v1.id, HOST_A, Some(PE_1)));
+    let l2 = binding_lun(&api.bind(v2.id, HOST_A, Some(PE_2)));
+    let (n1, n2) = (naa_at(&mut a, l1).await, naa_at(&mut a, l2).await);
+    let data = pattern(64 * 512, 5);
+    write_blocks_at(&mut a, l1, 0, 512, &data).await;
+    let (cdb, list) = xcopy(1, &[cscd(&n1), cscd(&n2)], &[b2b(0, 1, 64, 0, 100)]);
+    assert_good(&cmd_lun(&mut a, l1, &cdb, Some(&list), 0).await);
+    assert_eq!(read_blocks_at(&mut a, l2, 100, 512, 64).await, data);
+
+    // V2 being unbound: throttled, with reads queued, its drain takes seconds.
+    let _: VvolInfo = api
+        .put(
+            &format!("/vvols/{}/limits", v2.id),
+            serde_json::json!({ "upper": 10 }),
+        )
+        .expect(200);
+    for i in 0..30u32 {
+        let mut bhs = scsi_command_bhs(&a, 0, 0x200 + i, &read10(i, 1), 0, 512);
+        bhs.set_lun(l2);
+        a.send_pdu(bhs, &[]).await.expect("send READ");
+        a.cmdsn = a.cmdsn.wrapping_add(1);
+    }
+    let api2 = api.clone();
+    let unbind = tokio::task::spawn_blocking(move || api2.unbind(v2.id, HOST_A));
+    within("the unbind to begin", async {
+        while !api.bindings().iter().any(|b| b.state == "draining") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // Another session of the host copies into it: COPY TARGET DEVICE NOT REACHABLE, and
+    // nothing lands in the VVol the unbind is emptying.
+    let mut other = host_opts(HOST_A);
+    other.isid[5] ^= 0x3C;
+    let mut b = login_host_with(&d, &other).await;
+    clear_power_on_ua_at(&mut b, l1).await;
+    let (cdb, list) = xcopy(2, &[cscd(&n1), cscd(&n2)], &[b2b(0, 1, 64, 0, 200)]);
+    let r = cmd_lun(&mut b, l1, &cdb, Some(&list), 0).await;
+    assert_sense(&r, 0x0A, 0x0D, 0x02);
+    assert_eq!(within("the unbind", unbind).await.unwrap().len(), 1);
+}
+
 // ---- 8. API errors -------------------------------------------------------------------------
 
 #[test]

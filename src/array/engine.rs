@@ -349,6 +349,24 @@ impl Engine {
         v
     }
 
+    /// The VVol bound for `host` (lowercase) whose LU has NAA designator `naa`, counted in
+    /// flight like a routed command: EXTENDED COPY names its source and destination so, and a
+    /// copy into a VVol being unbound must hold up the unbind as a write does. None if no such
+    /// binding is active.
+    pub fn route_by_naa(
+        &self,
+        host: &str,
+        naa: &[u8; 16],
+    ) -> Option<(Arc<LogicalUnit>, InflightGuard)> {
+        let routes = self.routes.load();
+        let b = routes
+            .get(host)?
+            .values()
+            .find(|b| !b.draining && &b.lu.disk.identity().naa == naa)?;
+        let guard = b.inflight.enter()?;
+        Some((b.lu.clone(), guard))
+    }
+
     /// Logical units of VVols bound for `host` (a new session registers with them).
     pub fn bound_lus(&self, host: &str) -> Vec<Arc<LogicalUnit>> {
         let routes = self.routes.load();

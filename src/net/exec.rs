@@ -418,15 +418,20 @@ impl ConnCtx {
     }
 
     /// The logical unit with NAA designator `naa` that this session may copy to or from: the
-    /// target's LUs and the VVols bound for its host.
-    fn lu_by_naa(&self, naa: &[u8; 16]) -> Option<Arc<LogicalUnit>> {
+    /// target's LUs, and the VVols bound for its host, which the copy holds in flight (an
+    /// unbind waits for it, and a VVol being unbound is not reachable).
+    fn lu_by_naa(&self, naa: &[u8; 16]) -> Option<(Arc<LogicalUnit>, Option<InflightGuard>)> {
         let s = &self.session;
-        s.target
+        if let Some(lu) = s
+            .target
             .luns
             .values()
-            .cloned()
-            .chain(self.engine.bound_lus(&s.initiator))
             .find(|lu| &lu.disk.identity().naa == naa)
+        {
+            return Some((lu.clone(), None));
+        }
+        let (lu, guard) = self.engine.route_by_naa(&s.key.initiator, naa)?;
+        Some((lu, Some(guard)))
     }
 
     /// EXTENDED COPY: block-to-block segments copied by the backends, never through the
@@ -434,7 +439,7 @@ impl ConnCtx {
     async fn copy(&self, segments: &[scsi::CopySegment]) -> Result<u64, Sense> {
         let mut copied = 0;
         for seg in segments {
-            let (Some(src), Some(dst)) = (
+            let (Some((src, _src_held)), Some((dst, _dst_held))) = (
                 self.lu_by_naa(&seg.source),
                 self.lu_by_naa(&seg.destination),
             ) else {
