@@ -520,6 +520,39 @@ async fn unbind_during_writes_loses_no_acknowledged_write() {
     }
 }
 
+/// Make an unbind of `vvol` (bound at `l` for host A, session `a`) slow: cap the VVol at 10
+/// IOPS and queue 30 reads on it, so the commands its drain waits for take seconds.
+async fn queue_throttled_reads(
+    api: &Api,
+    a: &mut vvold::initiator::Session,
+    vvol: Uuid,
+    l: Lun,
+    itt_base: u32,
+) {
+    let _: VvolInfo = api
+        .put(
+            &format!("/vvols/{vvol}/limits"),
+            serde_json::json!({ "upper": 10 }),
+        )
+        .expect(200);
+    for i in 0..30u32 {
+        let mut bhs = scsi_command_bhs(a, 0, itt_base + i, &read10(i, 1), 0, 512);
+        bhs.set_lun(l);
+        a.send_pdu(bhs, &[]).await.expect("send READ");
+        a.cmdsn = a.cmdsn.wrapping_add(1);
+    }
+}
+
+/// Wait until some binding is draining.
+async fn until_draining(api: &Api) {
+    within("the unbind to begin", async {
+        while !api.bindings().iter().any(|b| b.state == "draining") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unbind_finishes_though_its_client_gives_up() {
     // An unbind waits for the binding's commands in flight; a client that stops waiting must
@@ -527,21 +560,9 @@ async fn an_unbind_finishes_though_its_client_gives_up() {
     let d = Daemon::start_vvol(VvolOpts::default());
     let api = Api::of(&d);
     let v = api.create_vvol(C_RAM, 16 * MIB);
-    let _: VvolInfo = api
-        .put(
-            &format!("/vvols/{}/limits", v.id),
-            serde_json::json!({ "upper": 10 }),
-        )
-        .expect(200);
     let mut a = login_host(&d, HOST_A).await;
     let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    // 30 reads at once: at 10 IOPS the last waits seconds for QoS, in flight all the while.
-    for i in 0..30u32 {
-        let mut bhs = scsi_command_bhs(&a, 0, 0x100 + i, &read10(i, 1), 0, 512);
-        bhs.set_lun(l);
-        a.send_pdu(bhs, &[]).await.expect("send READ");
-        a.cmdsn = a.cmdsn.wrapping_add(1);
-    }
+    queue_throttled_reads(&api, &mut a, v.id, l, 0x100).await;
     let url = format!("{}/api/v1/unbind", d.api_url());
     let body = serde_json::json!({ "vvol": v.id, "host": HOST_A });
     let gave_up = tokio::task::spawn_blocking(move || {
@@ -592,27 +613,11 @@ async fn xcopy_between_vvols_and_not_into_one_being_unbound() {
     assert_good(&cmd_lun(&mut a, l1, &cdb, Some(&list), 0).await);
     assert_eq!(read_blocks_at(&mut a, l2, 100, 512, 64).await, data);
 
-    // V2 being unbound: throttled, with reads queued, its drain takes seconds.
-    let _: VvolInfo = api
-        .put(
-            &format!("/vvols/{}/limits", v2.id),
-            serde_json::json!({ "upper": 10 }),
-        )
-        .expect(200);
-    for i in 0..30u32 {
-        let mut bhs = scsi_command_bhs(&a, 0, 0x200 + i, &read10(i, 1), 0, 512);
-        bhs.set_lun(l2);
-        a.send_pdu(bhs, &[]).await.expect("send READ");
-        a.cmdsn = a.cmdsn.wrapping_add(1);
-    }
+    // V2 being unbound, slowly.
+    queue_throttled_reads(&api, &mut a, v2.id, l2, 0x200).await;
     let api2 = api.clone();
     let unbind = tokio::task::spawn_blocking(move || api2.unbind(v2.id, HOST_A));
-    within("the unbind to begin", async {
-        while !api.bindings().iter().any(|b| b.state == "draining") {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    until_draining(&api).await;
     // Another session of the host copies into it: COPY TARGET DEVICE NOT REACHABLE, and
     // nothing lands in the VVol the unbind is emptying.
     let mut other = host_opts(HOST_A);
@@ -622,6 +627,29 @@ async fn xcopy_between_vvols_and_not_into_one_being_unbound() {
     let (cdb, list) = xcopy(2, &[cscd(&n1), cscd(&n2)], &[b2b(0, 1, 64, 0, 200)]);
     let r = cmd_lun(&mut b, l1, &cdb, Some(&list), 0).await;
     assert_sense(&r, 0x0A, 0x0D, 0x02);
+    assert_eq!(within("the unbind", unbind).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_management_reaches_a_vvol_being_unbound() {
+    // The commands an unbind waits for are the host's to abort or reset.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    queue_throttled_reads(&api, &mut a, v.id, l, 0x300).await;
+    let api2 = api.clone();
+    let unbind = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A));
+    until_draining(&api).await;
+    let mut other = host_opts(HOST_A);
+    other.isid[5] ^= 0x5A;
+    let mut b = login_host_with(&d, &other).await;
+    // LOGICAL UNIT RESET at PE ‖ secondary: FUNCTION COMPLETE, not "LUN does not exist".
+    let answer = within("LUN RESET", b.task_mgmt(5, l, 0xFFFF_FFFF))
+        .await
+        .expect("TMF answer");
+    assert_eq!(answer, 0);
     assert_eq!(within("the unbind", unbind).await.unwrap().len(), 1);
 }
 

@@ -349,6 +349,13 @@ impl Engine {
         v
     }
 
+    /// The logical unit bound for `host` (lowercase) at `pe` ‖ `id`, draining or not: task
+    /// management must reach the commands an unbind is waiting for.
+    pub fn bound_lu(&self, host: &str, pe: u16, id: SecondaryId) -> Option<Arc<LogicalUnit>> {
+        let routes = self.routes.load();
+        Some(routes.get(host)?.get(&(pe, id))?.lu.clone())
+    }
+
     /// The VVol bound for `host` (lowercase) whose LU has NAA designator `naa`, counted in
     /// flight like a routed command: EXTENDED COPY names its source and destination so, and a
     /// copy into a VVol being unbound must hold up the unbind as a write does. None if no such

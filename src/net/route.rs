@@ -81,8 +81,14 @@ fn dest(shared: &Shared, session: &Session, lun: Lun) -> Dest {
 }
 
 /// The logical unit a task management function on `lun` acts on (a bound VVol, a PE or a
-/// normal LU), or None when the LUN addresses nothing for this host.
+/// normal LU), or None when the LUN addresses nothing for this host. A VVol being unbound
+/// still counts: its commands in flight are what the unbind waits for, and a host may reset
+/// them (SAM-5: a LOGICAL UNIT RESET to PE ‖ secondary acts on that subsidiary LU).
 pub fn task_lu(shared: &Shared, session: &Session, lun: Lun) -> Option<Arc<LogicalUnit>> {
+    if let LunAddress::Secondary { pe, id } = LunAddress::decode(lun) {
+        visible_pe(shared, session, pe)?;
+        return shared.array.engine.bound_lu(&session.key.initiator, pe, id);
+    }
     match dest(shared, session, lun) {
         Dest::Normal(lu) | Dest::Vvol(lu, _) => Some(lu),
         Dest::Pe(pe) => Some(pe.lu.clone()),
