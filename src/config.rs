@@ -115,6 +115,9 @@ pub struct ControlConfig {
     /// REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh, the default) or SUBSIDIARY BINDING CHANGED
     /// (3Fh/1Ah) as the unit attention a bind or unbind raises.
     pub bind_unit_attention: BindUnitAttention,
+    /// Seconds an unbind waits for the binding's commands in flight; then it aborts those
+    /// that have not reached the backend and waits only for the ones that have.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ControlConfig {
@@ -124,6 +127,7 @@ impl Default for ControlConfig {
             token: None,
             initiators: Vec::new(),
             bind_unit_attention: BindUnitAttention::ReportedLunsChanged,
+            drain_timeout_secs: 60,
         }
     }
 }

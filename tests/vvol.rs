@@ -653,6 +653,58 @@ async fn task_management_reaches_a_vvol_being_unbound() {
     assert_eq!(within("the unbind", unbind).await.unwrap().len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_lands_after_an_unbind_whose_drain_timed_out() {
+    // A VVol capped at 10 IOPS with 30 writes queued: the drain (1 s here) times out, the
+    // unbind aborts what has not started, and nothing more is written once it has returned.
+    let d = Daemon::start_vvol(VvolOpts {
+        extra: "drain_timeout_secs = 1".into(),
+        ..VvolOpts::default()
+    });
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    let _: VvolInfo = api
+        .put(
+            &format!("/vvols/{}/limits", v.id),
+            serde_json::json!({ "upper": 10 }),
+        )
+        .expect(200);
+    for i in 0..30u32 {
+        let mut bhs = scsi_command_bhs(&a, 0, 0x400 + i, &write10(i, 1), 512, 0);
+        bhs.set_lun(l);
+        a.send_pdu(bhs, &pattern(512, i + 1))
+            .await
+            .expect("send WRITE");
+        a.cmdsn = a.cmdsn.wrapping_add(1);
+    }
+    let api2 = api.clone();
+    let removed = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A))
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 1);
+    // Count the blocks written, through a new binding and session, now and later.
+    let again = binding_lun(&api.bind(v.id, HOST_A, Some(PE_2)));
+    let mut other = host_opts(HOST_A);
+    other.isid[5] ^= 0x66;
+    let mut b = login_host_with(&d, &other).await;
+    clear_power_on_ua_at(&mut b, again).await;
+    let written = |data: Vec<u8>| {
+        data.chunks(512)
+            .filter(|c| c.iter().any(|&x| x != 0))
+            .count()
+    };
+    let at_unbind = written(read_blocks_at(&mut b, again, 0, 512, 30).await);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let later = written(read_blocks_at(&mut b, again, 0, 512, 30).await);
+    assert!(
+        at_unbind < 30,
+        "every queued write landed: none was aborted"
+    );
+    assert_eq!(later, at_unbind, "writes landed after the unbind returned");
+}
+
 // ---- 8. API errors -------------------------------------------------------------------------
 
 #[test]

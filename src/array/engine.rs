@@ -13,7 +13,7 @@ use super::{naa_designator, LogicalUnit, PRODUCT, REVISION, VENDOR};
 use crate::backend::{AnyDevice, FileDevice, RamDevice, RatedDevice, RatedPool};
 use crate::config::{Config, ContainerConfig};
 use crate::scsi::disk::{DiskIdentity, DiskLu};
-use crate::scsi::Sense;
+use crate::scsi::{Lun, Sense};
 use crate::store::{BindingRecord, Store, StoreError};
 use crate::vvol::address::{secondary_lun, SecondaryId};
 use crate::vvol::binding::{BindError, Binding, BindingState, BindingTable};
@@ -21,14 +21,18 @@ use crate::vvol::catalog::{Container, ContainerBackend, IoLimits, Vvol, VvolType
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 /// How long an unbind waits for in-flight commands before it proceeds anyway.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an unbind waits for the commands it aborted after its drain timeout, which are
+/// only those already in the backend.
+const ABORTED_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -129,6 +133,9 @@ pub trait EngineHooks: Send + Sync {
     fn lu_bound(&self, host: &str, lu: &Arc<LogicalUnit>);
     /// A bound VVol grew: tell its hosts the capacity changed.
     fn capacity_changed(&self, hosts: &[String], lu: &Arc<LogicalUnit>);
+    /// Abort `host`'s commands on `lun` (an unbind whose drain timed out), and wait until none
+    /// of them can still reach the backend.
+    fn abort_commands(&self, host: &str, lun: Lun) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
 pub struct Engine {
@@ -153,6 +160,8 @@ pub struct Engine {
     /// Settings of the configured containers (pool window, normalization, rated disk).
     container_cfg: HashMap<String, ContainerConfig>,
     default_unit_bytes: u32,
+    /// How long an unbind waits for the binding's commands in flight before aborting them.
+    drain_timeout: Duration,
     lun_window: u32,
     /// Each VVol's I/O control, kept across unbind and resize so its cap and telemetry are
     /// continuous; created when the VVol is first opened.
@@ -250,6 +259,7 @@ impl Engine {
                 .map(|c| (c.name.clone(), c.clone()))
                 .collect(),
             default_unit_bytes: cfg.qos.unit_bytes,
+            drain_timeout: Duration::from_secs(cfg.control.drain_timeout_secs),
             lun_window: cfg.qos.lun_window,
             vvol_qos: Mutex::new(HashMap::new()),
             luns: Mutex::new(HashMap::new()),
@@ -923,9 +933,23 @@ impl Engine {
             };
             let inflight = entry.inflight.clone();
             let (vvol, host) = (b.vvol, b.host.clone());
+            let (timeout, hooks) = (self.drain_timeout, self.hooks.get().cloned());
+            let lun = secondary_lun(b.pe, b.secondary);
             waits.spawn(async move {
-                if tokio::time::timeout(DRAIN_TIMEOUT, inflight.drain()).await.is_err() {
-                    warn!(vvol = %vvol, host = %host, "unbind: in-flight commands did not finish in time");
+                if tokio::time::timeout(timeout, inflight.drain()).await.is_ok() {
+                    return;
+                }
+                // Commands still queued (a VVol capped at a few IOPS can hold minutes of them)
+                // must not write after the unbind has returned: abort them. Those already in
+                // the backend finish; the rest never start.
+                warn!(vvol = %vvol, host = %host, "unbind: commands still in flight after {} s; aborting them", timeout.as_secs());
+                if let Some(h) = hooks {
+                    if tokio::time::timeout(ABORTED_TIMEOUT, h.abort_commands(&host, lun))
+                        .await
+                        .is_err()
+                    {
+                        warn!(vvol = %vvol, host = %host, "unbind: aborted commands still in the backend");
+                    }
                 }
             });
         }

@@ -4,7 +4,9 @@ use super::Shared;
 use crate::array::engine::EngineHooks;
 use crate::array::LogicalUnit;
 use crate::config::BindUnitAttention;
-use crate::scsi::{Sense, SenseKey};
+use crate::scsi::{Lun, Sense, SenseKey};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
 /// SUBSIDIARY BINDING CHANGED (3Fh/1Ah), the conglomerate-specific alternative.
@@ -57,6 +59,24 @@ impl EngineHooks for NetHooks {
             lu.disk
                 .establish_unit_attention(Some(nexus), Sense::CAPACITY_DATA_CHANGED);
         }
+    }
+
+    fn abort_commands(&self, host: &str, lun: Lun) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Box::pin(async {});
+        };
+        let tasks: Vec<_> = shared
+            .sessions
+            .all()
+            .into_iter()
+            .filter(|s| s.initiator.eq_ignore_ascii_case(host))
+            .flat_map(|s| s.abort_tasks_on(Some(lun)))
+            .collect();
+        Box::pin(async move {
+            for task in tasks {
+                task.quiesced().await;
+            }
+        })
     }
 
     fn lu_bound(&self, host: &str, lu: &Arc<LogicalUnit>) {
