@@ -77,3 +77,40 @@ async fn report_target_port_groups_default_group() {
     let inq = cmd(&mut s, LUN_FILE, &inquiry(None, 96), None, 96).await;
     assert_eq!(inq.data[5], 0x18, "TPGS=01b, 3PC");
 }
+
+#[tokio::test]
+async fn a_copy_cannot_write_through_another_nexus_reservation() {
+    // A node fenced from the RAM LU by a reservation must not overwrite it by asking the
+    // copy manager (EXTENDED COPY sent to another LU it still reaches).
+    let d = Daemon::start();
+    let mut holder = login_main(&d).await;
+    let mut o = opts(Some(T_MAIN));
+    o.isid[5] ^= 0x21;
+    let mut fenced = login_main_with(&d, &o).await;
+    let (file, ram) = (
+        naa(&mut fenced, LUN_FILE).await,
+        naa(&mut fenced, LUN_RAM).await,
+    );
+    write_blocks(&mut fenced, LUN_FILE, 0, 512, &pattern(8 * 512, 3)).await;
+    // The holder registers and reserves WRITE EXCLUSIVE on the RAM LU.
+    let mut param = [0u8; 24];
+    param[8..16].copy_from_slice(&0x77u64.to_be_bytes());
+    let register = [0x5F, 0x00, 0x00, 0, 0, 0, 0, 0, 24, 0];
+    assert_good(&cmd(&mut holder, LUN_RAM, &register, Some(&param), 0).await);
+    let mut param = [0u8; 24];
+    param[..8].copy_from_slice(&0x77u64.to_be_bytes());
+    let reserve = [0x5F, 0x01, 0x01, 0, 0, 0, 0, 0, 24, 0];
+    assert_good(&cmd(&mut holder, LUN_RAM, &reserve, Some(&param), 0).await);
+
+    let (cdb, list) = xcopy(3, &[cscd(&file), cscd(&ram)], &[b2b(0, 1, 8, 0, 500)]);
+    let r = cmd(&mut fenced, LUN_FILE, &cdb, Some(&list), 0).await;
+    assert_sense(&r, 0x0A, 0x0D, 0x02);
+    assert_eq!(
+        read_blocks(&mut fenced, LUN_RAM, 500, 512, 8).await,
+        vec![0; 8 * 512],
+        "nothing written"
+    );
+    // Reading the reserved LU as a source is still allowed under WRITE EXCLUSIVE.
+    let (cdb, list) = xcopy(4, &[cscd(&ram), cscd(&file)], &[b2b(0, 1, 8, 500, 900)]);
+    assert_good(&cmd(&mut fenced, LUN_FILE, &cdb, Some(&list), 0).await);
+}

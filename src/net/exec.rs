@@ -447,6 +447,8 @@ impl ConnCtx {
                 return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0D, 0x02));
             };
             scsi::xcopy::check_segment(seg, src.disk.identity(), dst.disk.identity())?;
+            src.disk.copy_access(self.session.nexus, false)?;
+            dst.disk.copy_access(self.session.nexus, true)?;
             let _w = dst.write_lock.read().await;
             // Within one LU with the destination overlapping the source from above, copy from
             // the end so no chunk is overwritten before it has been read.

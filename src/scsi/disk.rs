@@ -420,6 +420,22 @@ impl DiskLu {
     }
 
     /// The outcome of an EXTENDED COPY, for RECEIVE COPY RESULTS.
+    /// Whether EXTENDED COPY, acting for `nexus`, may read this LU's medium (or write it,
+    /// with `write`): the reservations and the software write protect that would refuse the
+    /// host's own command refuse its copy too. A refusal ends the copy with COPY ABORTED:
+    /// WRITE PROTECTED as for a read-only LU, or COPY TARGET DEVICE NOT REACHABLE for a
+    /// reservation (there is no sense code for one; the host then copies by reading and
+    /// writing itself, and meets the RESERVATION CONFLICT there).
+    pub fn copy_access(&self, nexus: NexusId, write: bool) -> Result<(), Sense> {
+        if write && self.write_protect().is_some() {
+            return Err(Sense::new(super::SenseKey::CopyAborted, 0x27, 0x00));
+        }
+        if self.reservations.refuses_media(nexus, write) {
+            return Err(super::xcopy::COPY_TARGET_NOT_REACHABLE);
+        }
+        Ok(())
+    }
+
     pub fn copy_finished(
         &self,
         nexus: NexusId,

@@ -131,6 +131,24 @@ impl Reservations {
         self.refresh(&inner);
     }
 
+    /// Whether the reservations refuse `nexus` reading (or, with `write`, writing) the
+    /// medium: what a copy manager acting for `nexus` must respect on its copy targets.
+    pub(crate) fn refuses_media(&self, nexus: NexusId, write: bool) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        let inner = self.lock();
+        if let Some(holder) = inner.spc2 {
+            return holder != nexus;
+        }
+        let access = if write {
+            access::Access::Write
+        } else {
+            access::Access::Read
+        };
+        !access::pr_allows(&inner.pr, &Self::port_of(&inner, nexus), access)
+    }
+
     /// Whether `command` from `nexus` must end in RESERVATION CONFLICT.
     pub(crate) fn conflicts(&self, nexus: NexusId, command: Command, cdb: Cdb<'_>) -> bool {
         if !self.active.load(Ordering::Acquire) {
