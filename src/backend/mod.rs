@@ -37,10 +37,23 @@ impl BackendError {
         match self {
             BackendError::OutOfRange { .. } => Sense::LBA_OUT_OF_RANGE,
             BackendError::Closed => Sense::INTERNAL_TARGET_FAILURE,
+            BackendError::Io(e) if writing && out_of_space(e) => Sense::SPACE_ALLOCATION_FAILED,
             BackendError::Io(_) if writing => Sense::WRITE_ERROR,
             BackendError::Io(_) => Sense::UNRECOVERED_READ_ERROR,
         }
     }
+}
+
+/// The file system is full (or over quota), or a RAM disk could not get memory: every
+/// backend is thin, so that is space allocation failing, not a bad medium.
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::QuotaExceeded
+                | std::io::ErrorKind::OutOfMemory
+        )
 }
 
 pub type IoResult<T> = Result<T, BackendError>;
@@ -228,4 +241,26 @@ pub(crate) fn test_pattern(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+#[cfg(test)]
+mod sense_tests {
+    use super::BackendError;
+    use crate::scsi::sense::Sense;
+    use std::io;
+
+    #[test]
+    fn out_of_space_is_a_space_allocation_failure_not_a_medium_error() {
+        let io = |e: io::Error| BackendError::Io(e);
+        for full in [
+            io::Error::from_raw_os_error(libc::ENOSPC),
+            io::Error::from_raw_os_error(libc::EDQUOT),
+            io::Error::from(io::ErrorKind::OutOfMemory),
+        ] {
+            assert_eq!(io(full).sense(true), Sense::SPACE_ALLOCATION_FAILED);
+        }
+        let eio = || io(io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(eio().sense(true), Sense::WRITE_ERROR);
+        assert_eq!(eio().sense(false), Sense::UNRECOVERED_READ_ERROR);
+    }
 }

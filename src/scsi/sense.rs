@@ -97,6 +97,10 @@ impl Sense {
         Sense::new(SenseKey::IllegalRequest, 0x39, 0x00);
     pub const MEDIUM_REMOVAL_PREVENTED: Sense = Sense::new(SenseKey::IllegalRequest, 0x53, 0x02);
     pub const WRITE_PROTECTED: Sense = Sense::new(SenseKey::DataProtect, 0x27, 0x00);
+    /// SPACE ALLOCATION FAILED WRITE PROTECT (SBC-4 §4.7.3.7): a thin LU out of space. ESXi
+    /// pauses only the VMs writing there until space is added, where a medium error would
+    /// reach their guests as a failed write.
+    pub const SPACE_ALLOCATION_FAILED: Sense = Sense::new(SenseKey::DataProtect, 0x27, 0x07);
     pub const UNRECOVERED_READ_ERROR: Sense = Sense::new(SenseKey::MediumError, 0x11, 0x00);
     pub const WRITE_ERROR: Sense = Sense::new(SenseKey::MediumError, 0x0C, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(SenseKey::Miscompare, 0x1D, 0x00);
