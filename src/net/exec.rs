@@ -293,7 +293,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
             if !task.start() {
                 return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
             }
-            let r = ctx.media(&lu, nexus, media, data).await;
+            let r = ctx.media(&lu, nexus, media, data, &task).await;
             task.finish();
             if let Some((q, a)) = admission {
                 q.finish(a);
@@ -316,6 +316,7 @@ impl ConnCtx {
         nexus: crate::scsi::NexusId,
         plan: Plan,
         data: Bytes,
+        task: &Task,
     ) -> Response {
         let read_err = |e: crate::backend::BackendError| lu.disk.sense_response(e.sense(false));
         let write_err = |e: crate::backend::BackendError| lu.disk.sense_response(e.sense(true));
@@ -409,7 +410,7 @@ impl ConnCtx {
                 Err(e) => read_err(e),
             },
             Plan::Copy { list_id, segments } => {
-                let r = self.copy(&segments).await;
+                let r = self.copy(&segments, task).await;
                 lu.disk.copy_finished(nexus, list_id, r)
             }
             Plan::Respond(r) => r,
@@ -436,7 +437,7 @@ impl ConnCtx {
 
     /// EXTENDED COPY: block-to-block segments copied by the backends, never through the
     /// network path. Returns the bytes copied, or the sense that ends the copy.
-    async fn copy(&self, segments: &[scsi::CopySegment]) -> Result<u64, Sense> {
+    async fn copy(&self, segments: &[scsi::CopySegment], task: &Task) -> Result<u64, Sense> {
         let mut copied = 0;
         for seg in segments {
             let (Some((src, _src_held)), Some((dst, _dst_held))) = (
@@ -473,6 +474,13 @@ impl ConnCtx {
                 .await
                 .map_err(|_| Sense::new(crate::scsi::SenseKey::CopyAborted, 0x0C, 0x00))?;
                 done += n;
+                // A copy may run to gigabytes: let the thread's other connections run between
+                // chunks (a RAM disk never waits, so nothing else would yield), and stop once
+                // task management has aborted it, rather than hold a reset up until the end.
+                tokio::task::yield_now().await;
+                if task.is_aborted() {
+                    return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x00, 0x00));
+                }
             }
             copied += seg.len;
         }
@@ -513,6 +521,8 @@ async fn write_repeated(
         dev.write(offset + done, pattern.slice(..n as usize), false)
             .await?;
         done += n;
+        // Up to gigabytes too: let the thread's other connections run between chunks.
+        tokio::task::yield_now().await;
     }
     buffer::recycle(pattern);
     Ok(())
