@@ -169,11 +169,27 @@ async fn bind_raises_ua_for_its_host_and_the_pe_reports_the_secondary() {
         "SELECT REPORT field"
     );
 
-    // A second bind: REPORT LUNS (which does not report the UA) clears it for this nexus.
+    // A second bind: REPORT LUNS (which does not report the UA) clears it for this nexus,
+    // but only one that completes: a refused one reported nothing.
     let v2 = api.create_vvol(C_RAM, 16 * MIB);
     let bnd2 = api.bind(v2.id, HOST_A, Some(PE_1));
     let sec2 = binding_lun(&bnd2);
     assert_ne!(sec, sec2);
+    let r = cmd_lun(
+        &mut a,
+        pe(PE_1),
+        &report_luns_select(0x10, 4096),
+        None,
+        4096,
+    )
+    .await;
+    assert_sense(&r, 0x05, 0x24, 0x00);
+    let r = cmd_lun(&mut a, pe(PE_1), &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x3F, 0x0E);
+    let v3 = api.create_vvol(C_RAM, 16 * MIB);
+    let sec3 = binding_lun(&api.bind(v3.id, HOST_A, Some(PE_1)));
+    api.unbind(v3.id, HOST_A);
+    assert_ne!(sec3, sec2);
     let mut want = vec![b(sec), b(sec2)];
     want.sort();
     assert_eq!(report_luns_at(&mut a, pe(PE_1), 0x00).await, want);

@@ -172,8 +172,10 @@ fn report_luns(shared: &Shared, session: &Session, lun: Lun, d: &Dest, cdb: &[u8
             secondaries,
         },
     );
-    if let Dest::Pe(pe) = d {
-        // Executing REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED for this nexus.
+    if let (Dest::Pe(pe), scsi::Status::Good) = (d, resp.status) {
+        // A REPORT LUNS that completes clears REPORTED LUNS DATA HAS CHANGED for this nexus
+        // (SPC-4 §6.33); one refused (a reserved SELECT REPORT, a short allocation length)
+        // reported nothing, so the condition stays.
         pe.lu.disk.report_luns_sent(session.nexus);
     }
     let _ = lun;
