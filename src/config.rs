@@ -674,8 +674,13 @@ impl Config {
         for (t, target) in self.targets.iter().enumerate() {
             for (p, pe) in target.pes.iter().enumerate() {
                 let key = format!("target[{t}].pe[{p}]");
-                if pe.id > 16383 {
-                    return Err(err(format!("{key}.id"), "must be 0..16383"));
+                // LUN 0 answers REPORT LUNS with the target's inventory (the PEs and normal
+                // LUs, never a host's secondaries), which a PE at LUN 0 would contradict.
+                if pe.id == 0 || pe.id > 16383 {
+                    return Err(err(
+                        format!("{key}.id"),
+                        "must be 1..16383 (LUN 0 reports the target's LUNs, not a PE's)",
+                    ));
                 }
                 if target.luns.iter().any(|l| l.id == pe.id) || !pe_ids.insert(pe.id) {
                     return Err(err(
@@ -992,6 +997,14 @@ mod tests {
         Config::parse(&chap("target-secret-1")).unwrap();
         let e = Config::parse(&chap("initiator-secret")).unwrap_err();
         assert_eq!(e.key, "target[0].mutual_chap.secret");
+    }
+
+    #[test]
+    fn a_pe_cannot_be_lun_0() {
+        let t = LAB_DEFAULT.replace("id = 0\nbackend = \"file\"", "id = 1\nbackend = \"file\"");
+        let t = t.replace("[[target.pe]]\nid = 254", "[[target.pe]]\nid = 0");
+        let e = Config::parse(&t).unwrap_err();
+        assert_eq!(e.key, "target[0].pe[0].id");
     }
 
     #[test]
