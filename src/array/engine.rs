@@ -403,11 +403,13 @@ impl Engine {
                 continue;
             };
             let draining = b.state == BindingState::Draining;
-            // Keep the in-flight counter of a binding that already existed. The warm lines are
-            // gathered afresh: the LU's QoS may have been attached since.
+            // Keep the in-flight counter of a binding that already existed, never one that was
+            // closed for an unbind (an active binding must admit commands). The warm lines
+            // are gathered afresh: the LU's QoS may have been attached since.
             let inflight = old
                 .get(&b.host)
                 .and_then(|m| m.get(&(b.pe, b.secondary)))
+                .filter(|e| e.vvol == b.vvol && (draining || !e.inflight.is_draining()))
                 .map(|e| e.inflight.clone())
                 .unwrap_or_default();
             let entry = BoundLu {
@@ -896,15 +898,16 @@ impl Engine {
         self.publish();
         self.drain(&draining).await;
         let mut done = Vec::new();
+        let mut failed = None;
         for b in draining {
-            let removed = lock(&self.table).finish_unbind(b.vvol, &b.host, b.pe)?;
-            self.store.remove_binding(b.vvol, &b.host, b.pe)?;
-            if !lock(&self.table).is_bound(b.vvol) {
-                lock(&self.open).remove(&b.vvol);
+            match self.finish_unbind(&b) {
+                Ok(removed) => done.push(removed),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
-            info!(vvol = %b.vvol, host = %b.host, pe = b.pe, "unbound");
-            done.push(removed);
         }
+        // Published whatever happened, so the routes never keep a binding the table dropped.
         self.publish();
         if let Some(h) = self.hooks.get() {
             let mut seen = Vec::new();
@@ -915,7 +918,20 @@ impl Engine {
                 }
             }
         }
-        Ok(done)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    fn finish_unbind(&self, b: &Binding) -> Result<Binding, EngineError> {
+        let removed = lock(&self.table).finish_unbind(b.vvol, &b.host, b.pe)?;
+        self.store.remove_binding(b.vvol, &b.host, b.pe)?;
+        if !lock(&self.table).is_bound(b.vvol) {
+            lock(&self.open).remove(&b.vvol);
+        }
+        info!(vvol = %b.vvol, host = %b.host, pe = b.pe, "unbound");
+        Ok(removed)
     }
 
     /// Wait until no command is in flight on `bindings` (already refusing new ones), all at

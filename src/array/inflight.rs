@@ -37,6 +37,11 @@ impl Inflight {
         Some(guard)
     }
 
+    /// Whether `drain` has closed it.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Where the count lives (to warm before `enter`).
     pub fn counter_address(&self) -> usize {
         &self.count as *const AtomicUsize as usize
