@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use vvold::array::Array;
 use vvold::backend::BlockDevice;
 use vvold::config::Config;
@@ -118,6 +118,19 @@ fn main() -> ExitCode {
         }
     }
     let listen = cfg.listen_addrs().expect("validated");
+    if !cfg.control.initiators.is_empty() && listen.iter().any(|a| !a.ip().is_loopback()) {
+        for t in cfg
+            .targets
+            .iter()
+            .filter(|t| !t.pes.is_empty() && t.chap.is_none())
+        {
+            warn!(
+                target = %t.name,
+                "no CHAP: control initiators reaching this target from the network are refused \
+                 in-band binding (ACCESS DENIED); over loopback they may bind"
+            );
+        }
+    }
     let data_dir = args
         .data_dir
         .clone()

@@ -177,6 +177,14 @@ async fn normal_session(
         target_port,
         window: window.clone(),
         tasks: Mutex::new(FxHashMap::default()),
+        control: super::session::may_control(
+            shared.array.engine.is_control_initiator(&initiator),
+            shared
+                .policy
+                .target(&target.name)
+                .is_some_and(|t| t.chap.is_some()),
+            local.ip().is_loopback(),
+        ),
         closing: watch::channel(false).0,
         closed: watch::channel(false).0,
     });

@@ -43,11 +43,11 @@ enum Dest {
     Missing,
 }
 
-/// Whether `session` may reach PE `p`: its allowed hosts do, and so do control initiators,
+/// Whether `session` may reach PE `p`: its allowed hosts do, and so do control sessions,
 /// which bind VVols on every PE for every host (in-band binding and the standalone control
 /// service would otherwise fail on a PE restricted to some hosts).
-fn may_use(shared: &Shared, session: &Session, p: &Pe) -> bool {
-    p.allows(&session.initiator) || shared.array.engine.is_control_initiator(&session.initiator)
+fn may_use(session: &Session, p: &Pe) -> bool {
+    p.allows(&session.initiator) || session.control
 }
 
 fn visible_pe(shared: &Shared, session: &Session, lun: u16) -> Option<Arc<Pe>> {
@@ -55,7 +55,7 @@ fn visible_pe(shared: &Shared, session: &Session, lun: u16) -> Option<Arc<Pe>> {
         .array
         .engine
         .pe(&session.target.name, lun)
-        .filter(|p| may_use(shared, session, p))
+        .filter(|p| may_use(session, p))
         .cloned()
 }
 
@@ -146,9 +146,7 @@ fn report_luns(shared: &Shared, session: &Session, lun: Lun, d: &Dest, cdb: &[u8
     let pes: Vec<u16> = engine
         .pes()
         .iter()
-        .filter(|p| {
-            p.target.eq_ignore_ascii_case(&session.target.name) && may_use(shared, session, p)
-        })
+        .filter(|p| p.target.eq_ignore_ascii_case(&session.target.name) && may_use(session, p))
         .map(|p| p.lun)
         .collect();
     let normal: Vec<u16> = session.target.luns.keys().copied().collect();
@@ -189,7 +187,7 @@ fn inband_plan(shared: &Shared, session: &Session, pe: &Arc<Pe>, cdb: &[u8]) -> 
         completion: Completion::Scsi,
         guard: None,
     };
-    if !shared.array.engine.is_control_initiator(&session.initiator) {
+    if !session.control {
         return respond(pe.lu.disk.sense_response(ACCESS_DENIED));
     }
     if cdb[0] == inband::BINDING_IN {

@@ -116,6 +116,14 @@ impl Task {
     }
 }
 
+/// Whether a session may send in-band binding commands: its initiator is a listed control
+/// initiator, and it proved it (the target requires CHAP), or it came over loopback, where only
+/// this machine can log in. A name alone is not enough: anyone on the network could claim it
+/// and bind any VVol to itself.
+pub fn may_control(listed: bool, authenticated: bool, loopback: bool) -> bool {
+    listed && (authenticated || loopback)
+}
+
 /// What names a session (RFC 7143 §4.4.3): the initiator port (name and ISID) and the target
 /// port (name and portal group). A login with the same key reinstates the session; the same
 /// ISID through another portal group is another session, as a multipathing host may hold.
@@ -139,6 +147,8 @@ pub struct Session {
     /// FxHash: looked up twice per command. ITTs come from the initiator, but colliding ones
     /// only slow that initiator's own session, whose task count the CmdSN window bounds.
     pub tasks: Mutex<FxHashMap<Itt, Arc<Task>>>,
+    /// A control initiator's session, allowed in-band binding commands (see [`may_control`]).
+    pub control: bool,
     /// Set to true to make the session's connection close (reinstatement, cold reset).
     pub closing: watch::Sender<bool>,
     /// Set to true once the session's connection has finished.
@@ -258,6 +268,18 @@ impl Sessions {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_control_initiator_proves_itself_or_is_local() {
+        use super::may_control;
+        assert!(may_control(true, true, false), "CHAP over the network");
+        assert!(may_control(true, false, true), "over loopback");
+        assert!(
+            !may_control(true, false, false),
+            "a name alone, from the network"
+        );
+        assert!(!may_control(false, true, true), "not listed");
+    }
+
     use super::*;
 
     #[tokio::test]
@@ -311,6 +333,7 @@ mod tests {
                 luns: Default::default(),
             }),
             target_port: 1,
+            control: false,
             window: Arc::new(Mutex::new(CmdWindow::new(
                 crate::iscsi::pdu::SerialNumber(0),
                 4,
