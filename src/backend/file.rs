@@ -39,6 +39,8 @@ use uring::Ring;
 pub struct FileDevice {
     /// Only grows ([`FileDevice::grow`]), and before the LU's capacity does.
     size: AtomicU64,
+    /// The file system punches holes (see [`provision::can_punch`]).
+    thin: bool,
     engine: Engine,
     /// The open file (buffered, and `O_DIRECT` when in use), shared with the engine; the
     /// buffered descriptor also serves hole punching and hole finding (see [`provision`]).
@@ -137,6 +139,7 @@ impl FileDevice {
         };
         Ok(FileDevice {
             size: AtomicU64::new(size),
+            thin: provision::can_punch(&files.buffered),
             engine,
             files,
         })
@@ -293,7 +296,7 @@ impl BlockDevice for FileDevice {
     }
 
     fn thin(&self) -> bool {
-        true
+        self.thin
     }
 
     async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {

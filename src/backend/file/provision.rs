@@ -45,6 +45,26 @@ pub(super) fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
     write_zeros(file, offset, len)
 }
 
+/// Whether the file system can punch holes in `file`: a punch past its end (`KEEP_SIZE`, so
+/// nothing changes) is refused with EOPNOTSUPP where it cannot (NFSv3, some FUSE file
+/// systems). A device there is not thin: UNMAP would write zeros, allocating the very space
+/// it was meant to free.
+pub(super) fn can_punch(file: &File) -> bool {
+    let Ok(end) = file.metadata().map(|m| m.len()).and_then(to_off) else {
+        return false;
+    };
+    // SAFETY: fallocate on a descriptor we own for the duration of the call; no memory passed.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            end,
+            4096,
+        )
+    };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EOPNOTSUPP)
+}
+
 fn write_zeros(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let zeros = vec![0u8; len.min(1 << 20) as usize];
@@ -121,6 +141,29 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_punch_probe_changes_nothing() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probe.img");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[0x5A; 8192]).unwrap();
+        // ext4, xfs and tmpfs punch holes, as where the tests run.
+        assert!(super::can_punch(&f));
+        let mut back = Vec::new();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, vec![0x5A; 8192], "size and data unchanged");
+    }
 
     #[tokio::test]
     async fn punched_ranges_read_zeros_free_space_and_show_as_holes() {

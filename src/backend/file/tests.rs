@@ -676,6 +676,7 @@ async fn private_ring_exits_after_its_io() {
     };
     let dev = FileDevice {
         size: AtomicU64::new(16 << 20),
+        thin: true,
         engine: Engine::Ring(ring),
         files,
     };
