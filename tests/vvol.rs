@@ -658,6 +658,18 @@ async fn task_management_reaches_a_vvol_being_unbound() {
     let api2 = api.clone();
     let unbind = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A));
     until_draining(&api).await;
+    // Meanwhile the rest of the array is not held up: another VVol binds at once.
+    let v2 = api.create_vvol(C_RAM, 16 * MIB);
+    let started = Instant::now();
+    let api2 = api.clone();
+    tokio::task::spawn_blocking(move || api2.bind(v2.id, HOST_A, Some(PE_2)))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "a bind waited {:?} for another VVol's drain",
+        started.elapsed()
+    );
     let mut other = host_opts(HOST_A);
     other.isid[5] ^= 0x5A;
     let mut b = login_host_with(&d, &other).await;

@@ -850,9 +850,13 @@ impl Engine {
     ) -> Result<Vec<Binding>, EngineError> {
         let host = host.to_string();
         self.to_completion(move |engine| async move {
-            let _ops = engine.ops.lock().await;
-            let draining = lock(&engine.table).begin_unbind(vvol, &host, None)?;
-            engine.finish_unbinds(draining).await
+            let draining = {
+                let _ops = engine.ops.lock().await;
+                let draining = lock(&engine.table).begin_unbind(vvol, &host, None)?;
+                engine.close_for_unbind(&draining)?;
+                draining
+            };
+            engine.unbind_drained(draining).await
         })
         .await
     }
@@ -860,9 +864,13 @@ impl Engine {
     pub async fn unbind_all(self: &Arc<Self>, host: &str) -> Result<Vec<Binding>, EngineError> {
         let host = host.to_string();
         self.to_completion(move |engine| async move {
-            let _ops = engine.ops.lock().await;
-            let draining = lock(&engine.table).begin_unbind_all(&host);
-            engine.finish_unbinds(draining).await
+            let draining = {
+                let _ops = engine.ops.lock().await;
+                let draining = lock(&engine.table).begin_unbind_all(&host);
+                engine.close_for_unbind(&draining)?;
+                draining
+            };
+            engine.unbind_drained(draining).await
         })
         .await
     }
@@ -890,18 +898,33 @@ impl Engine {
         }
     }
 
-    async fn finish_unbinds(&self, draining: Vec<Binding>) -> Result<Vec<Binding>, EngineError> {
-        for b in &draining {
+    /// First step of an unbind, under the operations lock: record the bindings as draining
+    /// and publish routes that refuse new commands on them.
+    fn close_for_unbind(&self, draining: &[Binding]) -> Result<(), EngineError> {
+        for b in draining {
             self.store
                 .save_binding(b.vvol, &b.host, b.pe, b.secondary.get(), true)?;
         }
         self.publish();
+        Ok(())
+    }
+
+    /// The rest of an unbind: wait for the commands in flight, without the operations lock
+    /// (binds and unbinds elsewhere on the array need not wait out a slow drain; these
+    /// bindings' draining state keeps a bind of them out meanwhile), then remove them under it.
+    async fn unbind_drained(&self, draining: Vec<Binding>) -> Result<Vec<Binding>, EngineError> {
         self.drain(&draining).await;
+        let _ops = self.ops.lock().await;
+        self.finish_unbinds(draining)
+    }
+
+    fn finish_unbinds(&self, draining: Vec<Binding>) -> Result<Vec<Binding>, EngineError> {
         let mut done = Vec::new();
         let mut failed = None;
         for b in draining {
             match self.finish_unbind(&b) {
-                Ok(removed) => done.push(removed),
+                Ok(Some(removed)) => done.push(removed),
+                Ok(None) => {}
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
@@ -924,14 +947,19 @@ impl Engine {
         }
     }
 
-    fn finish_unbind(&self, b: &Binding) -> Result<Binding, EngineError> {
-        let removed = lock(&self.table).finish_unbind(b.vvol, &b.host, b.pe)?;
+    /// Remove one drained binding; None if a concurrent unbind of it got there first.
+    fn finish_unbind(&self, b: &Binding) -> Result<Option<Binding>, EngineError> {
+        let removed = match lock(&self.table).finish_unbind(b.vvol, &b.host, b.pe) {
+            Ok(removed) => removed,
+            Err(BindError::NotBound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         self.store.remove_binding(b.vvol, &b.host, b.pe)?;
         if !lock(&self.table).is_bound(b.vvol) {
             lock(&self.open).remove(&b.vvol);
         }
         info!(vvol = %b.vvol, host = %b.host, pe = b.pe, "unbound");
-        Ok(removed)
+        Ok(Some(removed))
     }
 
     /// Wait until no command is in flight on `bindings` (already refusing new ones), all at
