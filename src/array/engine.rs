@@ -671,6 +671,9 @@ impl Engine {
                 "RAM-backed VVols cannot be resized".into(),
             ));
         }
+        if size == current.size {
+            return Ok(current);
+        }
         // The catalog refuses to shrink, and extends the image file.
         let v = self.store.resize_vvol(id, size)?;
         // A bound VVol grows in place: the same logical unit keeps its reservations, unit
@@ -948,11 +951,19 @@ impl Engine {
     }
 
     /// Remove one drained binding; None if a concurrent unbind of it got there first.
+    /// Only the very binding this unbind closed: a host may have bound the VVol afresh
+    /// meanwhile (after a concurrent unbind of the same binding finished), and that one is
+    /// not ours to remove.
     fn finish_unbind(&self, b: &Binding) -> Result<Option<Binding>, EngineError> {
-        let removed = match lock(&self.table).finish_unbind(b.vvol, &b.host, b.pe) {
-            Ok(removed) => removed,
-            Err(BindError::NotBound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let removed = {
+            let mut table = lock(&self.table);
+            let still_ours = table
+                .lookup(&b.host, b.pe, b.secondary)
+                .is_some_and(|now| now.vvol == b.vvol && now.state == BindingState::Draining);
+            if !still_ours {
+                return Ok(None);
+            }
+            table.finish_unbind(b.vvol, &b.host, b.pe)?
         };
         self.store.remove_binding(b.vvol, &b.host, b.pe)?;
         if !lock(&self.table).is_bound(b.vvol) {
