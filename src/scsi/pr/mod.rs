@@ -110,6 +110,7 @@ impl Reservations {
             target_port,
         };
         inner.ports.insert(nexus, registrant);
+        claim_legacy(&mut inner);
     }
 
     /// I_T nexus loss releases an SPC-2 reservation (SPC-2 §5.5.1), never registrations.
@@ -239,6 +240,7 @@ impl Reservations {
         if let Some(pr) = saved {
             let mut inner = self.lock();
             inner.pr = pr;
+            claim_legacy(&mut inner);
             self.refresh(&inner);
         }
     }
@@ -246,6 +248,22 @@ impl Reservations {
     /// Nexuses whose tasks a PREEMPT AND ABORT preempted since the last call.
     pub(crate) fn take_aborts(&self) -> Vec<NexusId> {
         std::mem::take(&mut *self.aborts.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Give registrations restored without their target port (saved before registrants had one)
+/// to a known nexus of the same initiator port: before per-port registrations one ISID held
+/// one session at a time, so the first such nexus is the one that registered.
+fn claim_legacy(inner: &mut Inner) {
+    let Inner { ports, pr, .. } = inner;
+    for r in pr
+        .registrations
+        .iter_mut()
+        .filter(|r| r.port.target_port == Registrant::UNKNOWN_PORT)
+    {
+        if let Some(known) = ports.values().find(|k| k.initiator == r.port.initiator) {
+            r.port.target_port = known.target_port;
+        }
     }
 }
 

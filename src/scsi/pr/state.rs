@@ -55,6 +55,12 @@ pub struct Registrant {
     pub target_port: u16,
 }
 
+impl Registrant {
+    /// A registration restored from a state saved before registrants had a target port
+    /// (relative target port identifiers start at 1).
+    pub const UNKNOWN_PORT: u16 = 0;
+}
+
 /// Persistent reservation types (SPC-4 table 211).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PrType {
@@ -207,11 +213,11 @@ impl PrState {
         let mut registrations = Vec::new();
         for _ in 0..count {
             let key = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
-            // Version 1 predates per-target-port registrations; read them as made through
-            // relative target port 1, the default portal group's (and the only one a target
-            // without port groups has).
+            // Version 1 predates per-target-port registrations: the port is not known, and the
+            // first I_T nexus of that initiator port to log in claims the registration (see
+            // `Reservations::nexus_added`). Until then only such a nexus could match it.
             let target_port = match version {
-                1 => 1,
+                1 => Registrant::UNKNOWN_PORT,
                 _ => u16::from_be_bytes(r.take(2)?.try_into().ok()?),
             };
             let isid: [u8; 6] = r.take(6)?.try_into().ok()?;

@@ -256,6 +256,31 @@ fn aptpl_survives_a_restart_and_clears() {
 }
 
 #[test]
+fn registrations_saved_before_target_ports_go_to_their_initiator_port() {
+    // APTPL state of version 1 (no target port): key 9 of port(A), holding WRITE EXCLUSIVE.
+    let mut v1 = vec![1u8];
+    v1.extend_from_slice(&3u32.to_be_bytes());
+    v1.push(1);
+    v1.extend_from_slice(&0u32.to_be_bytes());
+    v1.extend_from_slice(&1u32.to_be_bytes());
+    v1.extend_from_slice(&9u64.to_be_bytes());
+    v1.extend_from_slice(&port(A).isid);
+    v1.extend_from_slice(&(port(A).name.len() as u16).to_be_bytes());
+    v1.extend_from_slice(port(A).name.as_bytes());
+    let store = Arc::new(Memory(Mutex::new(Some(v1))));
+    let lu = DiskLu::new(identity());
+    lu.set_pr_persistence(store);
+    // Port A comes back through portal group 2: its registration and reservation are its own.
+    lu.nexus_added(A, &port(A), 2);
+    lu.nexus_added(B, &port(B), 1);
+    for n in [A, B] {
+        lu.plan(n, &TUR);
+    }
+    assert!(matches!(lu.plan(A, &WRITE10), Plan::Write { .. }));
+    assert_eq!(status(&lu, B, &WRITE10), Status::ReservationConflict);
+}
+
+#[test]
 fn one_initiator_port_registers_once_per_target_port() {
     // The same initiator port (name and ISID) reaching the LU through two portal groups is
     // two I_T nexuses: each registers its own key, the reservation belongs to one, and READ
@@ -337,7 +362,10 @@ fn state_encoding_round_trips_and_rejects_garbage() {
     v1.extend_from_slice(&(name.len() as u16).to_be_bytes());
     v1.extend_from_slice(name.as_bytes());
     let old = PrState::decode(&v1).expect("version 1");
-    assert_eq!(old.registrations[0].port, through(A, 1));
+    assert_eq!(
+        old.registrations[0].port,
+        through(A, Registrant::UNKNOWN_PORT)
+    );
     assert_eq!(old.registrations[0].key, 9);
 }
 
