@@ -67,6 +67,14 @@ impl Inflight {
     }
 }
 
+impl InflightGuard {
+    /// Whether the binding has begun unbinding since this command counted itself in: a
+    /// long-running command (EXTENDED COPY) stops rather than write on into it.
+    pub fn closing(&self) -> bool {
+        self.0.is_draining()
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         // SeqCst pairs with `drain`: either this load sees `waited`, or the waiter's later

@@ -440,7 +440,7 @@ impl ConnCtx {
     async fn copy(&self, segments: &[scsi::CopySegment], task: &Task) -> Result<u64, Sense> {
         let mut copied = 0;
         for seg in segments {
-            let (Some((src, _src_held)), Some((dst, _dst_held))) = (
+            let (Some((src, src_held)), Some((dst, dst_held))) = (
                 self.lu_by_naa(&seg.source),
                 self.lu_by_naa(&seg.destination),
             ) else {
@@ -480,6 +480,15 @@ impl ConnCtx {
                 tokio::task::yield_now().await;
                 if task.is_aborted() {
                     return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x00, 0x00));
+                }
+                // A VVol the copy reads or writes is being unbound: its drain must not wait
+                // for the rest of a long copy, nor may the copy outlast it.
+                if [&src_held, &dst_held]
+                    .into_iter()
+                    .flatten()
+                    .any(InflightGuard::closing)
+                {
+                    return Err(scsi::xcopy::COPY_TARGET_NOT_REACHABLE);
                 }
             }
             copied += seg.len;
