@@ -779,6 +779,11 @@ impl Config {
         if ctl.token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(err("control.token", "must be at least 16 characters"));
         }
+        // Above a minute, the standalone service's in-band command timeout (75 s: the drain,
+        // then up to 10 s for aborted commands) would give up on unbinds that succeed.
+        if !(1..=60).contains(&ctl.drain_timeout_secs) {
+            return Err(err("control.drain_timeout_secs", "must be 1..=60"));
+        }
         for (n, ini) in ctl.initiators.iter().enumerate() {
             if !valid_iscsi_name(ini) {
                 return Err(err(

@@ -183,7 +183,8 @@ async fn normal_session(
                 .policy
                 .target(&target.name)
                 .is_some_and(|t| t.chap.is_some()),
-            local.ip().is_loopback(),
+            // A dual-stack portal sees IPv4 loopback as ::ffff:127.0.0.1.
+            local.ip().to_canonical().is_loopback(),
         ),
         closing: watch::channel(false).0,
         closed: watch::channel(false).0,
