@@ -112,6 +112,9 @@ pub struct ControlConfig {
     pub token: Option<String>,
     /// Initiators allowed to send in-band binding commands to Protocol Endpoints.
     pub initiators: Vec<String>,
+    /// CHAP credentials the control initiators must log in with, on every target (none: they
+    /// may bind in-band over loopback only).
+    pub chap: Option<ChapConfig>,
     /// REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh, the default) or SUBSIDIARY BINDING CHANGED
     /// (3Fh/1Ah) as the unit attention a bind or unbind raises.
     pub bind_unit_attention: BindUnitAttention,
@@ -126,6 +129,7 @@ impl Default for ControlConfig {
             listen: None,
             token: None,
             initiators: Vec::new(),
+            chap: None,
             bind_unit_attention: BindUnitAttention::ReportedLunsChanged,
             drain_timeout_secs: 60,
         }
@@ -784,6 +788,16 @@ impl Config {
         if !(1..=60).contains(&ctl.drain_timeout_secs) {
             return Err(err("control.drain_timeout_secs", "must be 1..=60"));
         }
+        if let Some(c) = &ctl.chap {
+            chap_ok("control.chap", c)?;
+            let shared = self.targets.iter().flat_map(|t| [&t.chap, &t.mutual_chap]);
+            if shared.flatten().any(|t| t.secret == c.secret) {
+                return Err(err(
+                    "control.chap.secret",
+                    "must differ from every target's CHAP secrets (hosts know those)",
+                ));
+            }
+        }
         for (n, ini) in ctl.initiators.iter().enumerate() {
             if !valid_iscsi_name(ini) {
                 return Err(err(
@@ -1002,6 +1016,24 @@ mod tests {
         Config::parse(&chap("target-secret-1")).unwrap();
         let e = Config::parse(&chap("initiator-secret")).unwrap_err();
         assert_eq!(e.key, "target[0].mutual_chap.secret");
+    }
+
+    #[test]
+    fn the_control_secret_is_not_a_hosts_secret() {
+        let with = |secret: &str| {
+            LAB_DEFAULT
+                .replace(
+                    "alias = \"vvold lab array\"\n",
+                    "alias = \"vvold lab array\"\nchap = { user = \"esxi\", secret = \"initiator-secret\" }\n",
+                )
+                .replace(
+                    "[control]\n",
+                    &format!("[control]\nchap = {{ user = \"ctl\", secret = \"{secret}\" }}\n"),
+                )
+        };
+        Config::parse(&with("control-secret-9")).unwrap();
+        let e = Config::parse(&with("initiator-secret")).unwrap_err();
+        assert_eq!(e.key, "control.chap.secret");
     }
 
     #[test]

@@ -118,18 +118,14 @@ fn main() -> ExitCode {
         }
     }
     let listen = cfg.listen_addrs().expect("validated");
-    if !cfg.control.initiators.is_empty() && listen.iter().any(|a| !a.ip().is_loopback()) {
-        for t in cfg
-            .targets
-            .iter()
-            .filter(|t| !t.pes.is_empty() && t.chap.is_none())
-        {
-            warn!(
-                target = %t.name,
-                "no CHAP: control initiators reaching this target from the network are refused \
-                 in-band binding (ACCESS DENIED); over loopback they may bind"
-            );
-        }
+    if !cfg.control.initiators.is_empty()
+        && cfg.control.chap.is_none()
+        && listen.iter().any(|a| !a.ip().is_loopback())
+    {
+        warn!(
+            "no control.chap: control initiators reaching the target from the network are \
+             refused in-band binding (ACCESS DENIED); over loopback they may bind"
+        );
     }
     let data_dir = args
         .data_dir

@@ -82,7 +82,12 @@ struct SessionInfo {
 impl SessionInfo {
     fn creds(&self, policy: &LoginPolicy) -> (Option<ChapCredentials>, Option<ChapCredentials>) {
         match &self.target {
-            Some(t) => (t.chap.clone(), t.mutual_chap.clone()),
+            // A control initiator proves credentials of its own: the target's are every
+            // host's, and the control session may bind any VVol to any host.
+            Some(t) => match policy.control_chap(&self.initiator_name) {
+                Some(c) => (Some(c.clone()), t.mutual_chap.clone()),
+                None => (t.chap.clone(), t.mutual_chap.clone()),
+            },
             None => (
                 policy.discovery_chap.clone(),
                 policy.discovery_mutual_chap.clone(),

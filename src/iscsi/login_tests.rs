@@ -190,6 +190,16 @@ fn chap_login(
     mutual_cfg: Option<ChapCredentials>,
 ) -> (LoginMachine, LoginStep, Vec<u8>, ChapAlgorithm) {
     let pol = policy(Some(creds("alice", "sesame-secret")), mutual_cfg);
+    chap_login_to(pol, alg_list, secret, mutual_req)
+}
+
+/// A CHAP login as user "alice" with `secret`, under `pol`.
+fn chap_login_to(
+    pol: Arc<LoginPolicy>,
+    alg_list: &str,
+    secret: &str,
+    mutual_req: Option<(&str, Vec<u8>)>,
+) -> (LoginMachine, LoginStep, Vec<u8>, ChapAlgorithm) {
     let mut m = LoginMachine::new(pol, portal(), 5);
     let mut keys = identity();
     keys.push(("AuthMethod", "CHAP,None"));
@@ -231,6 +241,32 @@ fn chap_login(
     let keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let s3 = m.on_request(&req(0, true, 1), &kv(&keys));
     (m, s3, c, alg)
+}
+
+#[test]
+fn control_initiators_prove_the_control_secret_not_the_targets() {
+    // INI is a control initiator: the target's secret, which every host knows, is not enough.
+    let with_control = |target_chap: Option<ChapCredentials>| {
+        let mut p = (*policy(target_chap, None)).clone();
+        p.control = Some(crate::iscsi::policy::ControlLogin {
+            initiators: vec![INI.to_ascii_lowercase()],
+            chap: creds("alice", "control-secret-9"),
+        });
+        Arc::new(p)
+    };
+    let target = || Some(creds("alice", "sesame-secret"));
+    let (_, s3, _, _) = chap_login_to(with_control(target()), "5", "sesame-secret", None);
+    assert_eq!(status_of(&s3), (2, 1), "the hosts' secret");
+    let (_, s3, _, _) = chap_login_to(with_control(target()), "5", "control-secret-9", None);
+    assert_eq!(status_of(&s3), (0, 0));
+    // On a target without CHAP, the control initiator still has to prove itself.
+    let (_, s3, _, _) = chap_login_to(with_control(None), "7", "control-secret-9", None);
+    assert_eq!(status_of(&s3), (0, 0));
+    let mut m = LoginMachine::new(with_control(None), portal(), 5);
+    let mut keys = identity();
+    keys.push(("AuthMethod", "None"));
+    let s = m.on_request(&req(0, true, 1), &kv(&keys));
+    assert_eq!(status_of(&s), (2, 1));
 }
 
 #[test]

@@ -19,6 +19,28 @@ pub struct ChapCredentials {
     pub secret: String,
 }
 
+/// How control initiators authenticate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlLogin {
+    pub initiators: Vec<String>,
+    pub chap: ChapCredentials,
+}
+
+impl LoginPolicy {
+    /// The control credentials `initiator` must log in with, if it is a control initiator
+    /// and they are configured.
+    pub fn control_chap(&self, initiator: &str) -> Option<&ChapCredentials> {
+        self.control
+            .as_ref()
+            .filter(|c| {
+                c.initiators
+                    .iter()
+                    .any(|i| i.eq_ignore_ascii_case(initiator))
+            })
+            .map(|c| &c.chap)
+    }
+}
+
 impl std::fmt::Debug for ChapCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ChapCredentials({}, <secret>)", self.user)
@@ -77,6 +99,9 @@ pub struct LoginPolicy {
     pub discovery_chap: Option<ChapCredentials>,
     /// Mutual CHAP credentials for discovery sessions.
     pub discovery_mutual_chap: Option<ChapCredentials>,
+    /// Initiators (lowercase) that log in as the control service, and the CHAP credentials
+    /// they must prove on every target instead of the target's own (which every host knows).
+    pub control: Option<ControlLogin>,
     pub limits: TargetLimits,
     /// Command window granted: MaxCmdSN = ExpCmdSN + cmd_window - 1.
     pub cmd_window: u32,
@@ -88,6 +113,7 @@ impl Default for LoginPolicy {
             targets: Vec::new(),
             discovery_chap: None,
             discovery_mutual_chap: None,
+            control: None,
             limits: TargetLimits::default(),
             cmd_window: 128,
         }

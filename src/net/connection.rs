@@ -179,10 +179,8 @@ async fn normal_session(
         tasks: Mutex::new(FxHashMap::default()),
         control: super::session::may_control(
             shared.array.engine.is_control_initiator(&initiator),
-            shared
-                .policy
-                .target(&target.name)
-                .is_some_and(|t| t.chap.is_some()),
+            // Logged in, so it proved the control credentials if there are any.
+            shared.policy.control_chap(&initiator).is_some(),
             // A dual-stack portal sees IPv4 loopback as ::ffff:127.0.0.1.
             local.ip().to_canonical().is_loopback(),
         ),

@@ -3,7 +3,7 @@
 
 use crate::config::{ChapConfig, Config};
 use crate::iscsi::params::TargetLimits;
-use crate::iscsi::policy::{ChapCredentials, LoginPolicy, Portal, TargetEntry};
+use crate::iscsi::policy::{ChapCredentials, ControlLogin, LoginPolicy, Portal, TargetEntry};
 use std::net::SocketAddr;
 
 fn creds(c: &Option<ChapConfig>) -> Option<ChapCredentials> {
@@ -38,6 +38,15 @@ pub fn login_policy(cfg: &Config, portals: &[SocketAddr]) -> LoginPolicy {
             .collect(),
         discovery_chap: creds(&i.discovery_chap),
         discovery_mutual_chap: creds(&i.discovery_mutual_chap),
+        control: creds(&cfg.control.chap).map(|chap| ControlLogin {
+            initiators: cfg
+                .control
+                .initiators
+                .iter()
+                .map(|i| i.to_ascii_lowercase())
+                .collect(),
+            chap,
+        }),
         limits: TargetLimits {
             max_recv_data_segment_length: i.max_recv_data_segment_length,
             max_burst_length: i.max_burst_length,

@@ -117,9 +117,10 @@ impl Task {
 }
 
 /// Whether a session may send in-band binding commands: its initiator is a listed control
-/// initiator, and it proved it (the target requires CHAP), or it came over loopback, where only
-/// this machine can log in. A name alone is not enough: anyone on the network could claim it
-/// and bind any VVol to itself.
+/// initiator, and it proved it (it logged in with the control CHAP credentials, `control.chap`,
+/// not a target's, which every host knows), or it came over loopback, where only this
+/// machine can log in. A name alone is not enough: anyone on the network could claim it and
+/// bind any VVol to itself.
 pub fn may_control(listed: bool, authenticated: bool, loopback: bool) -> bool {
     listed && (authenticated || loopback)
 }
@@ -271,7 +272,10 @@ mod tests {
     #[test]
     fn a_control_initiator_proves_itself_or_is_local() {
         use super::may_control;
-        assert!(may_control(true, true, false), "CHAP over the network");
+        assert!(
+            may_control(true, true, false),
+            "control CHAP over the network"
+        );
         assert!(may_control(true, false, true), "over loopback");
         assert!(
             !may_control(true, false, false),
