@@ -154,14 +154,8 @@ async fn bind_raises_ua_for_its_host_and_the_pe_reports_the_secondary() {
         report_luns_at(&mut a, pe(PE_2), 0x00).await,
         Vec::<[u8; 8]>::new()
     );
-    let r = cmd_lun(
-        &mut a,
-        pe(PE_1),
-        &report_luns_select(0x10, 4096),
-        None,
-        4096,
-    )
-    .await;
+    let reserved_select = report_luns_select(0x10, 4096);
+    let r = cmd_lun(&mut a, pe(PE_1), &reserved_select, None, 4096).await;
     assert_sense(&r, 0x05, 0x24, 0x00);
     assert_eq!(
         field_pointer(&r),
@@ -175,14 +169,7 @@ async fn bind_raises_ua_for_its_host_and_the_pe_reports_the_secondary() {
     let bnd2 = api.bind(v2.id, HOST_A, Some(PE_1));
     let sec2 = binding_lun(&bnd2);
     assert_ne!(sec, sec2);
-    let r = cmd_lun(
-        &mut a,
-        pe(PE_1),
-        &report_luns_select(0x10, 4096),
-        None,
-        4096,
-    )
-    .await;
+    let r = cmd_lun(&mut a, pe(PE_1), &reserved_select, None, 4096).await;
     assert_sense(&r, 0x05, 0x24, 0x00);
     let r = cmd_lun(&mut a, pe(PE_1), &test_unit_ready(), None, 0).await;
     assert_sense(&r, 0x06, 0x3F, 0x0E);
@@ -537,13 +524,15 @@ async fn unbind_during_writes_loses_no_acknowledged_write() {
 }
 
 /// Make an unbind of `vvol` (bound at `l` for host A, session `a`) slow: cap the VVol at 10
-/// IOPS and queue 30 reads on it, so the commands its drain waits for take seconds.
-async fn queue_throttled_reads(
+/// IOPS and queue 30 one-block commands on it (writes of `pattern(512, i + 1)` to LBA i, or
+/// reads), so the commands its drain waits for take seconds.
+async fn queue_throttled(
     api: &Api,
     a: &mut vvold::initiator::Session,
     vvol: Uuid,
     l: Lun,
     itt_base: u32,
+    write: bool,
 ) {
     let _: VvolInfo = api
         .put(
@@ -552,11 +541,38 @@ async fn queue_throttled_reads(
         )
         .expect(200);
     for i in 0..30u32 {
-        let mut bhs = scsi_command_bhs(a, 0, itt_base + i, &read10(i, 1), 0, 512);
+        let (mut bhs, data) = if write {
+            let bhs = scsi_command_bhs(a, 0, itt_base + i, &write10(i, 1), 512, 0);
+            (bhs, pattern(512, i + 1))
+        } else {
+            let bhs = scsi_command_bhs(a, 0, itt_base + i, &read10(i, 1), 0, 512);
+            (bhs, Vec::new())
+        };
         bhs.set_lun(l);
-        a.send_pdu(bhs, &[]).await.expect("send READ");
+        a.send_pdu(bhs, &data).await.expect("send command");
         a.cmdsn = a.cmdsn.wrapping_add(1);
     }
+}
+
+/// A VVol array (`opts`) with one RAM VVol bound for host A at PE 1 whose unbind will be slow
+/// (see `queue_throttled`).
+struct SlowUnbind {
+    d: Daemon,
+    api: Api,
+    v: VvolInfo,
+    /// The session holding the queued commands: keep it, or they end with it.
+    a: vvold::initiator::Session,
+    l: Lun,
+}
+
+async fn slow_unbind(opts: VvolOpts, itt_base: u32, write: bool) -> SlowUnbind {
+    let d = Daemon::start_vvol(opts);
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    queue_throttled(&api, &mut a, v.id, l, itt_base, write).await;
+    SlowUnbind { d, api, v, a, l }
 }
 
 /// Wait until some binding is draining.
@@ -573,12 +589,9 @@ async fn until_draining(api: &Api) {
 async fn an_unbind_finishes_though_its_client_gives_up() {
     // An unbind waits for the binding's commands in flight; a client that stops waiting must
     // not leave the binding half unbound (draining: refusing I/O and bind until a restart).
-    let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    queue_throttled_reads(&api, &mut a, v.id, l, 0x100).await;
+    let SlowUnbind {
+        d, api, v, a: _a, ..
+    } = slow_unbind(VvolOpts::default(), 0x100, false).await;
     let url = format!("{}/api/v1/unbind", d.api_url());
     let body = serde_json::json!({ "vvol": v.id, "host": HOST_A });
     let gave_up = tokio::task::spawn_blocking(move || {
@@ -630,7 +643,7 @@ async fn xcopy_between_vvols_and_not_into_one_being_unbound() {
     assert_eq!(read_blocks_at(&mut a, l2, 100, 512, 64).await, data);
 
     // V2 being unbound, slowly.
-    queue_throttled_reads(&api, &mut a, v2.id, l2, 0x200).await;
+    queue_throttled(&api, &mut a, v2.id, l2, 0x200, false).await;
     let api2 = api.clone();
     let unbind = tokio::task::spawn_blocking(move || api2.unbind(v2.id, HOST_A));
     until_draining(&api).await;
@@ -655,12 +668,13 @@ async fn xcopy_between_vvols_and_not_into_one_being_unbound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_management_reaches_a_vvol_being_unbound() {
     // The commands an unbind waits for are the host's to abort or reset.
-    let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    queue_throttled_reads(&api, &mut a, v.id, l, 0x300).await;
+    let SlowUnbind {
+        d,
+        api,
+        v,
+        a: _a,
+        l,
+    } = slow_unbind(VvolOpts::default(), 0x300, false).await;
     let api2 = api.clone();
     let unbind = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A));
     until_draining(&api).await;
@@ -692,28 +706,13 @@ async fn task_management_reaches_a_vvol_being_unbound() {
 async fn no_write_lands_after_an_unbind_whose_drain_timed_out() {
     // A VVol capped at 10 IOPS with 30 writes queued: the drain (1 s here) times out, the
     // unbind aborts what has not started, and nothing more is written once it has returned.
-    let d = Daemon::start_vvol(VvolOpts {
+    let opts = VvolOpts {
         extra: "drain_timeout_secs = 1".into(),
         ..VvolOpts::default()
-    });
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    let _: VvolInfo = api
-        .put(
-            &format!("/vvols/{}/limits", v.id),
-            serde_json::json!({ "upper": 10 }),
-        )
-        .expect(200);
-    for i in 0..30u32 {
-        let mut bhs = scsi_command_bhs(&a, 0, 0x400 + i, &write10(i, 1), 512, 0);
-        bhs.set_lun(l);
-        a.send_pdu(bhs, &pattern(512, i + 1))
-            .await
-            .expect("send WRITE");
-        a.cmdsn = a.cmdsn.wrapping_add(1);
-    }
+    };
+    let SlowUnbind {
+        d, api, v, a: _a, ..
+    } = slow_unbind(opts, 0x400, true).await;
     let api2 = api.clone();
     let removed = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A))
         .await

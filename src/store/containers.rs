@@ -73,18 +73,12 @@ impl Store {
                 backend_str(c.backend)
             )));
         }
-        tx.execute(
-            "UPDATE containers SET backend = ?2, capacity = ?3, overcommit_ratio = ?4,
-             default_upper = ?5, default_lower = ?6, default_weight = ?7 WHERE name = ?1",
-            params![
-                c.name,
-                backend_str(c.backend),
-                to_sql_int(c.capacity, "capacity")?,
-                c.overcommit_ratio,
-                c.default_limits.upper,
-                c.default_limits.lower,
-                c.default_limits.weight,
-            ],
+        write(
+            &tx,
+            c,
+            "DO UPDATE SET backend = excluded.backend, capacity = excluded.capacity,
+             overcommit_ratio = excluded.overcommit_ratio, default_upper = excluded.default_upper,
+             default_lower = excluded.default_lower, default_weight = excluded.default_weight",
         )?;
         tx.commit()?;
         Ok(Some(old))
@@ -148,9 +142,16 @@ fn validate(c: &Container) -> Result<(), StoreError> {
 }
 
 fn insert_if_absent(conn: &Connection, c: &Container) -> Result<bool, StoreError> {
-    let n = conn.execute(
+    Ok(write(conn, c, "DO NOTHING")? == 1)
+}
+
+/// Insert `c`; where a container of that name exists, `on_conflict` decides (an SQLite
+/// upsert clause). Returns the rows changed.
+fn write(conn: &Connection, c: &Container, on_conflict: &str) -> Result<usize, StoreError> {
+    Ok(conn.execute(
         &format!(
-            "INSERT OR IGNORE INTO containers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            "INSERT INTO containers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (name) {on_conflict}"
         ),
         params![
             c.name,
@@ -161,8 +162,7 @@ fn insert_if_absent(conn: &Connection, c: &Container) -> Result<bool, StoreError
             c.default_limits.lower,
             c.default_limits.weight,
         ],
-    )?;
-    Ok(n == 1)
+    )?)
 }
 
 pub(super) fn load(conn: &Connection, name: &str) -> Result<Container, StoreError> {
