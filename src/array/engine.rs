@@ -583,6 +583,9 @@ impl Engine {
                     id: format!("{target}/{lun}"),
                 })
             })?;
+        // The stored and the live limits change together, as for VVols (see `set_limits`):
+        // two changes at once must not leave one stored and the other in force.
+        let _live = lock(&self.vvol_qos);
         self.store.set_lun_limits(target, lun, limits)?;
         if let Some(q) = lu.qos.get() {
             q.set_limits(limits);

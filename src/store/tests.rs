@@ -96,10 +96,15 @@ fn containers_are_ensured_once() {
             ..
         })
     ));
-    assert!(matches!(
-        store.ensure_container(&container("a/b", ContainerBackend::File, GIB)),
-        Err(StoreError::Invalid(CatalogError::ContainerName(_)))
-    ));
+    for bad in ["a/b", "..", ".", ".hidden", "luns"] {
+        assert!(
+            matches!(
+                store.ensure_container(&container(bad, ContainerBackend::File, GIB)),
+                Err(StoreError::Invalid(CatalogError::ContainerName(_)))
+            ),
+            "{bad}"
+        );
+    }
     let mut nan = container("x", ContainerBackend::File, GIB);
     nan.overcommit_ratio = f64::NAN;
     assert!(matches!(

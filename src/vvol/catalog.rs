@@ -84,7 +84,10 @@ pub enum CatalogError {
     MetadataKey(String),
     #[error("metadata value for '{0}' is longer than 4096 bytes")]
     MetadataValue(String),
-    #[error("container name '{0}' must be 1..=64 characters of [A-Za-z0-9._-]")]
+    #[error(
+        "container name '{0}' must be 1..=64 characters of [A-Za-z0-9._-], not start with a dot, \
+         and not be 'luns' (the normal LUNs' QoS pool)"
+    )]
     ContainerName(String),
 }
 
@@ -161,8 +164,13 @@ pub fn validate_metadata(key: &str, value: &str) -> Result<(), CatalogError> {
     Ok(())
 }
 
+/// A container's name is also its directory under `containers/`: letters, digits, `.`, `_`
+/// and `-`, not starting with a dot (`.` and `..` would put its VVols' images outside it).
+/// `luns` is the QoS pool of the normal LUNs, so no container may take it.
 pub fn validate_container_name(name: &str) -> Result<(), CatalogError> {
     let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name != "luns"
         && name.len() <= 64
         && name
             .bytes()
