@@ -523,16 +523,26 @@ async fn unbind_during_writes_loses_no_acknowledged_write() {
     }
 }
 
+/// What `queue_throttled` queues.
+#[derive(Clone, Copy, PartialEq)]
+enum Queued {
+    /// One-block reads of LBA i: about 3 s of the cap.
+    Reads,
+    /// 1 MiB reads (32 units each): about 96 s of the cap.
+    LongReads,
+    /// One-block writes of `pattern(512, i + 1)` to LBA i: about 3 s.
+    Writes,
+}
+
 /// Make an unbind of `vvol` (bound at `l` for host A, session `a`) slow: cap the VVol at 10
-/// IOPS and queue 30 one-block commands on it (writes of `pattern(512, i + 1)` to LBA i, or
-/// reads), so the commands its drain waits for take seconds.
+/// IOPS and queue 30 commands on it, so the commands its drain waits for take seconds.
 async fn queue_throttled(
     api: &Api,
     a: &mut vvold::initiator::Session,
     vvol: Uuid,
     l: Lun,
     itt_base: u32,
-    write: bool,
+    kind: Queued,
 ) {
     let _: VvolInfo = api
         .put(
@@ -541,12 +551,20 @@ async fn queue_throttled(
         )
         .expect(200);
     for i in 0..30u32 {
-        let (mut bhs, data) = if write {
-            let bhs = scsi_command_bhs(a, 0, itt_base + i, &write10(i, 1), 512, 0);
-            (bhs, pattern(512, i + 1))
-        } else {
-            let bhs = scsi_command_bhs(a, 0, itt_base + i, &read10(i, 1), 0, 512);
-            (bhs, Vec::new())
+        let itt = itt_base + i;
+        let (mut bhs, data) = match kind {
+            Queued::Writes => {
+                let bhs = scsi_command_bhs(a, 0, itt, &write10(i, 1), 512, 0);
+                (bhs, pattern(512, i + 1))
+            }
+            Queued::Reads => (
+                scsi_command_bhs(a, 0, itt, &read10(i, 1), 0, 512),
+                Vec::new(),
+            ),
+            Queued::LongReads => {
+                let bhs = scsi_command_bhs(a, 0, itt, &read10(0, 2048), 0, 1 << 20);
+                (bhs, Vec::new())
+            }
         };
         bhs.set_lun(l);
         a.send_pdu(bhs, &data).await.expect("send command");
@@ -565,13 +583,13 @@ struct SlowUnbind {
     l: Lun,
 }
 
-async fn slow_unbind(opts: VvolOpts, itt_base: u32, write: bool) -> SlowUnbind {
+async fn slow_unbind(opts: VvolOpts, itt_base: u32, kind: Queued) -> SlowUnbind {
     let d = Daemon::start_vvol(opts);
     let api = Api::of(&d);
     let v = api.create_vvol(C_RAM, 16 * MIB);
     let mut a = login_host(&d, HOST_A).await;
     let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    queue_throttled(&api, &mut a, v.id, l, itt_base, write).await;
+    queue_throttled(&api, &mut a, v.id, l, itt_base, kind).await;
     SlowUnbind { d, api, v, a, l }
 }
 
@@ -591,7 +609,7 @@ async fn an_unbind_finishes_though_its_client_gives_up() {
     // not leave the binding half unbound (draining: refusing I/O and bind until a restart).
     let SlowUnbind {
         d, api, v, a: _a, ..
-    } = slow_unbind(VvolOpts::default(), 0x100, false).await;
+    } = slow_unbind(VvolOpts::default(), 0x100, Queued::Reads).await;
     let url = format!("{}/api/v1/unbind", d.api_url());
     let body = serde_json::json!({ "vvol": v.id, "host": HOST_A });
     let gave_up = tokio::task::spawn_blocking(move || {
@@ -643,7 +661,7 @@ async fn xcopy_between_vvols_and_not_into_one_being_unbound() {
     assert_eq!(read_blocks_at(&mut a, l2, 100, 512, 64).await, data);
 
     // V2 being unbound, slowly.
-    queue_throttled(&api, &mut a, v2.id, l2, 0x200, false).await;
+    queue_throttled(&api, &mut a, v2.id, l2, 0x200, Queued::Reads).await;
     let api2 = api.clone();
     let unbind = tokio::task::spawn_blocking(move || api2.unbind(v2.id, HOST_A));
     until_draining(&api).await;
@@ -674,7 +692,7 @@ async fn task_management_reaches_a_vvol_being_unbound() {
         v,
         a: _a,
         l,
-    } = slow_unbind(VvolOpts::default(), 0x300, false).await;
+    } = slow_unbind(VvolOpts::default(), 0x300, Queued::LongReads).await;
     let api2 = api.clone();
     let unbind = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A));
     until_draining(&api).await;
@@ -699,6 +717,8 @@ async fn task_management_reaches_a_vvol_being_unbound() {
         .await
         .expect("TMF answer");
     assert_eq!(answer, 0);
+    // The reset ends the aborted commands' wait for the cap (about 96 s of it): the drain
+    // need not sit it out.
     assert_eq!(within("the unbind", unbind).await.unwrap().len(), 1);
 }
 
@@ -712,7 +732,7 @@ async fn no_write_lands_after_an_unbind_whose_drain_timed_out() {
     };
     let SlowUnbind {
         d, api, v, a: _a, ..
-    } = slow_unbind(opts, 0x400, true).await;
+    } = slow_unbind(opts, 0x400, Queued::Writes).await;
     let api2 = api.clone();
     let removed = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A))
         .await

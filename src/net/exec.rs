@@ -281,10 +281,20 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         Plan::Respond(r) => r,
         Plan::Parameters { .. } => lu.disk.sense_response(Sense::INTERNAL_TARGET_FAILURE),
         media => {
-            // QoS first: the cap, then a slot of the pool's backend window.
+            // QoS first: the cap, then a slot of the pool's backend window. A capped VVol can
+            // hold a command there for minutes; an abort ends the wait at once, so the command
+            // gives back its CmdSN slot and runner rather than sleep out its turn.
             let admission = match lu.qos.get() {
                 Some(q) => match qos::charge(&media, q.pool.unit_bytes) {
-                    Some(c) => Some((q, q.admit(c).await)),
+                    // Biased: an admission that is ready at once (the usual case) never polls,
+                    // so never registers, the abort wait.
+                    Some(c) => tokio::select! {
+                        biased;
+                        a = q.admit(c) => Some((q, a)),
+                        _ = task.aborted() => {
+                            return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
+                        }
+                    },
                     None => None,
                 },
                 None => None,

@@ -49,6 +49,13 @@ impl Task {
 
     pub fn abort(&self) {
         self.aborted.store(true, Ordering::SeqCst);
+        // A command waiting for QoS admission (`aborted`) stops waiting.
+        self.done.notify_waiters();
+    }
+
+    /// Wait until the task is aborted.
+    pub async fn aborted(&self) {
+        self.wait_until(Task::is_aborted).await
     }
 
     pub fn is_aborted(&self) -> bool {
