@@ -50,6 +50,10 @@ pub enum EngineError {
     Backend { vvol: Uuid, reason: String },
     #[error("the array is shutting down")]
     ShuttingDown,
+    /// Saved persistent reservations that cannot be restored: the LU is not served without
+    /// them (a cluster would lose its fencing).
+    #[error("{0}")]
+    Reservations(String),
 }
 
 impl EngineError {
@@ -63,6 +67,7 @@ impl EngineError {
             | EngineError::Store(_)
             | EngineError::Backend { .. }
             | EngineError::ShuttingDown
+            | EngineError::Reservations(_)
             | EngineError::Unsupported(_) => Sense::INTERNAL_TARGET_FAILURE,
         }
     }
@@ -313,8 +318,8 @@ impl Engine {
     }
 
     /// Gives `disk` its APTPL persistence in the catalog (and restores its saved state).
-    pub fn attach_pr_persistence(&self, disk: &DiskLu) {
-        super::pr_store::attach(&self.store, disk);
+    pub fn attach_pr_persistence(&self, disk: &DiskLu) -> Result<(), EngineError> {
+        super::pr_store::attach(&self.store, disk).map_err(EngineError::Reservations)
     }
 
     /// The data path's lookup of a secondary LUN for `host`, which must already be lowercase
@@ -494,7 +499,7 @@ impl Engine {
             thin: crate::backend::BlockDevice::thin(&device),
         };
         let disk = DiskLu::new(identity);
-        self.attach_pr_persistence(&disk);
+        self.attach_pr_persistence(&disk)?;
         let lu = LogicalUnit::new(0, crate::scsi::Lun::default(), disk, device);
         if let Some(q) = self.vvol_qos(v, &container) {
             let _ = lu.qos.set(q);

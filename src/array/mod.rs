@@ -158,10 +158,10 @@ impl Array {
         // Every LU keeps APTPL reservations in the catalog; the VVols get theirs when opened.
         let all_targets: &Vec<Arc<Target>> = &targets;
         for lu in all_targets.iter().flat_map(|t| t.luns.values()) {
-            engine.attach_pr_persistence(&lu.disk);
+            engine.attach_pr_persistence(&lu.disk)?;
         }
         for pe in engine.pes() {
-            engine.attach_pr_persistence(&pe.lu.disk);
+            engine.attach_pr_persistence(&pe.lu.disk)?;
         }
         Ok(Array {
             targets,

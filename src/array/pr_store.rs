@@ -21,14 +21,10 @@ impl std::fmt::Debug for StorePrPersistence {
 }
 
 impl PrPersistence for StorePrPersistence {
-    fn load(&self) -> Option<Vec<u8>> {
-        match self.store.load_pr_state(&self.naa) {
-            Ok(state) => state,
-            Err(e) => {
-                tracing::error!(naa = %self.naa, "cannot load persistent reservations: {e}");
-                None
-            }
-        }
+    fn load(&self) -> Result<Option<Vec<u8>>, String> {
+        self.store
+            .load_pr_state(&self.naa)
+            .map_err(|e| format!("cannot load its persistent reservations: {e}"))
     }
 
     fn save(&self, state: &[u8]) -> bool {
@@ -50,18 +46,21 @@ impl PrPersistence for StorePrPersistence {
     }
 }
 
-/// Gives `disk` its APTPL store and restores what was saved for it.
-pub fn attach(store: &Arc<Store>, disk: &DiskLu) {
+/// Gives `disk` its APTPL store and restores what was saved for it; an error (naming the LU
+/// by its NAA) if that cannot be read back.
+pub fn attach(store: &Arc<Store>, disk: &DiskLu) -> Result<(), String> {
     let naa: String = disk
         .identity()
         .naa
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    disk.set_pr_persistence(Arc::new(StorePrPersistence {
+    let persistence = StorePrPersistence {
         store: store.clone(),
-        naa,
-    }));
+        naa: naa.clone(),
+    };
+    disk.set_pr_persistence(Arc::new(persistence))
+        .map_err(|e| format!("LU naa.{naa}: {e}"))
 }
 
 #[cfg(test)]
@@ -88,14 +87,14 @@ mod tests {
         {
             let store = Arc::new(Store::open(dir.path()).unwrap());
             let lu = DiskLu::new(identity());
-            attach(&store, &lu);
+            attach(&store, &lu).unwrap();
             lu.nexus_added(NexusId(1), &port(NexusId(1)), 1);
             prout(&lu, 0, 0, 0, 0x77, true);
             prout(&lu, 1, 3, 0x77, 0, false);
         }
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let lu = DiskLu::new(identity());
-        attach(&store, &lu);
+        attach(&store, &lu).unwrap();
         let other = NexusId(5);
         let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
         match lu.plan(other, &read) {

@@ -36,6 +36,7 @@ impl From<EngineError> for ApiError {
             EngineError::PeNotAllowed { .. } => ApiError::Conflict(msg),
             EngineError::Backend { .. } => ApiError::Internal(msg),
             EngineError::ShuttingDown => ApiError::Unavailable(msg),
+            EngineError::Reservations(_) => ApiError::Internal(msg),
         }
     }
 }

@@ -519,8 +519,8 @@ impl DiskLu {
     }
 
     /// Attaches the APTPL store and restores a persistent reservation saved in it.
-    pub fn set_pr_persistence(&self, store: Arc<dyn PrPersistence>) {
-        self.reservations.set_persistence(store);
+    pub fn set_pr_persistence(&self, store: Arc<dyn PrPersistence>) -> Result<(), String> {
+        self.reservations.set_persistence(store)
     }
 
     /// I_T nexuses a PREEMPT AND ABORT preempted since the last call: the transport must

@@ -36,8 +36,8 @@ pub use state::{InitiatorPort, Registrant};
 /// implementation (the array layer, on the catalog database) may block; PERSISTENT RESERVE
 /// OUT is rare enough for that.
 pub trait PrPersistence: Send + Sync + std::fmt::Debug {
-    /// The saved state, if any.
-    fn load(&self) -> Option<Vec<u8>>;
+    /// The saved state, if any; an error if it could not be read.
+    fn load(&self) -> Result<Option<Vec<u8>>, String>;
     /// Replaces the saved state; false if it could not be made durable.
     fn save(&self, state: &[u8]) -> bool;
     /// Forgets the saved state (APTPL cleared).
@@ -231,11 +231,18 @@ impl Reservations {
     }
 
     /// Attaches the store and restores what it holds (the daemon starting). Only the first
-    /// call counts.
-    pub(crate) fn set_persistence(&self, p: Arc<dyn PrPersistence>) {
-        let saved = p.load().and_then(|b| PrState::decode(&b));
+    /// call counts. Saved reservations that cannot be read back are an error, not "none":
+    /// running without them would silently drop a cluster's fencing.
+    pub(crate) fn set_persistence(&self, p: Arc<dyn PrPersistence>) -> Result<(), String> {
+        let saved =
+            match p.load()? {
+                Some(bytes) => Some(PrState::decode(&bytes).ok_or_else(|| {
+                    "the saved persistent reservations are not readable".to_string()
+                })?),
+                None => None,
+            };
         if self.persistence.set(p).is_err() {
-            return;
+            return Ok(());
         }
         if let Some(pr) = saved {
             let mut inner = self.lock();
@@ -243,6 +250,7 @@ impl Reservations {
             claim_legacy(&mut inner);
             self.refresh(&inner);
         }
+        Ok(())
     }
 
     /// Nexuses whose tasks a PREEMPT AND ABORT preempted since the last call.

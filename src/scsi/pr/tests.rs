@@ -222,8 +222,8 @@ fn capabilities_and_bad_parameter_lists() {
 struct Memory(Mutex<Option<Vec<u8>>>);
 
 impl PrPersistence for Memory {
-    fn load(&self) -> Option<Vec<u8>> {
-        self.0.lock().unwrap().clone()
+    fn load(&self) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.lock().unwrap().clone())
     }
     fn save(&self, state: &[u8]) -> bool {
         *self.0.lock().unwrap() = Some(state.to_vec());
@@ -239,13 +239,13 @@ impl PrPersistence for Memory {
 fn aptpl_survives_a_restart_and_clears() {
     let store = Arc::new(Memory::default());
     let lu1 = lu();
-    lu1.set_pr_persistence(store.clone());
+    lu1.set_pr_persistence(store.clone()).unwrap();
     prout(&lu1, A, 0, 0, 0, 0x42, true);
     prout(&lu1, A, 1, 1, 0x42, 0, false);
     assert!(store.0.lock().unwrap().is_some());
 
     let lu2 = lu();
-    lu2.set_pr_persistence(store.clone());
+    lu2.set_pr_persistence(store.clone()).unwrap();
     assert_eq!(prin(&lu2, B, 1)[15], 0x42);
     assert_eq!(prin(&lu2, B, 2)[3] & 1, 1, "PTPL_A");
     assert_eq!(status(&lu2, B, &WRITE10), Status::ReservationConflict);
@@ -253,6 +253,34 @@ fn aptpl_survives_a_restart_and_clears() {
     // Re-registering without APTPL forgets the saved state.
     prout(&lu2, A, 0, 0, 0x42, 0x43, false);
     assert!(store.0.lock().unwrap().is_none());
+}
+
+#[test]
+fn saved_reservations_that_cannot_be_read_are_an_error_not_none() {
+    // Garbage where a saved state should be, or a store that fails to read: the LU must not
+    // run as if nothing had been reserved.
+    let garbage = Arc::new(Memory(Mutex::new(Some(vec![9, 9, 9]))));
+    assert!(DiskLu::new(identity()).set_pr_persistence(garbage).is_err());
+    #[derive(Debug)]
+    struct Broken;
+    impl PrPersistence for Broken {
+        fn load(&self) -> Result<Option<Vec<u8>>, String> {
+            Err("disk I/O error".into())
+        }
+        fn save(&self, _: &[u8]) -> bool {
+            false
+        }
+        fn clear(&self) -> bool {
+            false
+        }
+    }
+    let e = DiskLu::new(identity())
+        .set_pr_persistence(Arc::new(Broken))
+        .unwrap_err();
+    assert!(e.contains("disk I/O error"), "{e}");
+    // Nothing saved is fine.
+    let empty = Arc::new(Memory(Mutex::new(None)));
+    DiskLu::new(identity()).set_pr_persistence(empty).unwrap();
 }
 
 #[test]
@@ -269,7 +297,7 @@ fn registrations_saved_before_target_ports_go_to_their_initiator_port() {
     v1.extend_from_slice(port(A).name.as_bytes());
     let store = Arc::new(Memory(Mutex::new(Some(v1))));
     let lu = DiskLu::new(identity());
-    lu.set_pr_persistence(store);
+    lu.set_pr_persistence(store).unwrap();
     // Port A comes back through portal group 2: its registration and reservation are its own.
     lu.nexus_added(A, &port(A), 2);
     lu.nexus_added(B, &port(B), 1);
