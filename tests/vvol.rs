@@ -524,7 +524,7 @@ async fn unbind_during_writes_loses_no_acknowledged_write() {
 }
 
 /// What `queue_throttled` queues.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Queued {
     /// One-block reads of LBA i: about 3 s of the cap.
     Reads,

@@ -22,9 +22,9 @@ pub struct ContainerUsage {
 }
 
 impl Store {
-    /// Inserts the container unless one of that name exists, and says whether it did. An
-    /// existing row wins over the argument: once created, a container is managed through the
-    /// store (the config only seeds the default container on first start).
+    /// Inserts the container unless one of that name exists, and says whether it did; an
+    /// existing row is left as it is. (The daemon manages containers from its configuration
+    /// with [`Store::configure_container`], which also applies changes.)
     pub fn ensure_container(&self, c: &Container) -> Result<bool, StoreError> {
         validate(c)?;
         insert_if_absent(&self.conn(), c)
