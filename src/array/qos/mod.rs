@@ -167,6 +167,8 @@ pub struct VolQos {
     pub pool: Arc<QosPool>,
     key: VolKey,
     cap: CapLimiter,
+    /// Wakes the I/Os held by the cap when it changes, to rescale their release times.
+    cap_changed: tokio::sync::Notify,
     limits: Mutex<IoLimits>,
     stats: VolStats,
     history: Mutex<History>,
@@ -195,10 +197,12 @@ impl VolQos {
         *lock(&self.limits)
     }
 
-    /// Change the limits live: the next I/O sees them.
+    /// Change the limits live: the next I/O sees them, and I/Os the old cap holds are
+    /// rescheduled at the new one.
     pub fn set_limits(&self, limits: IoLimits) {
         *lock(&self.limits) = limits;
-        self.cap.set_cap(limits.upper);
+        self.cap.set_cap(now_ns(), limits.upper);
+        self.cap_changed.notify_waiters();
         lock(&self.pool.arbiter).set_policy(
             now_ns(),
             self.key,
@@ -212,10 +216,10 @@ impl VolQos {
         let started = now_ns();
         // Routing warmed the counters' line; the histogram line is known only from it.
         super::warm::prefetch_for_write(self.stats.likely_latency_line());
-        let release = self.cap.admit(started, charge.units);
+        let (release, paced) = self.cap.admit_paced(started, charge.units);
         let capped = release > started;
         if capped {
-            tokio::time::sleep_until((epoch() + Duration::from_nanos(release)).into()).await;
+            self.hold(release, paced).await;
         }
         let (slot, waited) = self.pool.acquire(self.key, charge.units).await;
         Admission {
@@ -229,6 +233,22 @@ impl VolQos {
             capped,
             charge,
             _slot: slot,
+        }
+    }
+
+    /// Wait until `release` (paced at `paced` ns per unit), following cap changes meanwhile.
+    async fn hold(&self, mut release: u64, mut paced: u64) {
+        loop {
+            let changed = self.cap_changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking, so a change after the look wakes this wait; one
+            // before it is what the look sees.
+            changed.as_mut().enable();
+            (release, paced) = self.cap.rescale(now_ns(), release, paced);
+            tokio::select! {
+                () = tokio::time::sleep_until((epoch() + Duration::from_nanos(release)).into()) => return,
+                () = &mut changed => {}
+            }
         }
     }
 
@@ -387,6 +407,7 @@ impl Qos {
             pool: pool.clone(),
             key,
             cap: CapLimiter::new(limits.upper),
+            cap_changed: tokio::sync::Notify::new(),
             limits: Mutex::new(limits),
             stats: VolStats::default(),
             history: Mutex::new(History::default()),

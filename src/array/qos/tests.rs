@@ -151,3 +151,32 @@ fn prometheus_text_names_every_volume() {
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn a_raised_cap_releases_the_backlog_the_old_one_queued() {
+    let q = qos();
+    let p = q.pool("c", 64, 32 * 1024, || None);
+    let v = q
+        .volume("v".into(), None, &p, limits(Some(10), None))
+        .unwrap();
+    // 30 I/Os at once under 10 IOPS: all but the burst's are held, the last for ~2.8 s.
+    let t = Instant::now();
+    let held: Vec<_> = (0..30)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move {
+                let a = v.admit(read(4096)).await;
+                v.finish(a);
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(held.iter().filter(|h| !h.is_finished()).count() >= 25);
+    v.set_limits(limits(Some(100_000), None));
+    for h in held {
+        h.await.unwrap();
+    }
+    // Held to their old release times, the last would have gone after ~2.8 s.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_eq!(v.report().reads, 30);
+}

@@ -22,22 +22,36 @@ pub struct CapLimiter {
 impl CapLimiter {
     /// A limiter for `cap` normalized IOPS (None: unlimited).
     pub fn new(cap: Option<u32>) -> CapLimiter {
-        let l = CapLimiter {
+        CapLimiter {
             tat: AtomicU64::new(0),
-            ns_per_unit: AtomicU64::new(0),
+            ns_per_unit: AtomicU64::new(ns_per_unit(cap)),
             burst_ns: DEFAULT_BURST_NS,
-        };
-        l.set_cap(cap);
-        l
+        }
     }
 
-    /// Change the cap live; I/Os already admitted keep their release times.
-    pub fn set_cap(&self, cap: Option<u32>) {
-        let per = match cap {
-            Some(c) if c > 0 => 1_000_000_000 / c as u64,
-            _ => 0,
-        };
-        self.ns_per_unit.store(per, Ordering::Relaxed);
+    /// Change the cap live at `now_ns`. The backlog admitted under the old cap (the TAT's lead
+    /// over `now_ns`) is stretched or shrunk to the new one, so a raised cap is not held back
+    /// by the queue the old one built (at 10 IOPS, a few hundred queued commands take tens of
+    /// seconds). I/Os already holding a release time rescale theirs with
+    /// [`CapLimiter::rescale`]. An admission racing the change may be paced at either rate:
+    /// one I/O's worth of error.
+    pub fn set_cap(&self, now_ns: u64, cap: Option<u32>) {
+        let new = ns_per_unit(cap);
+        let old = self.ns_per_unit.swap(new, Ordering::AcqRel);
+        if old == new {
+            return;
+        }
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let next = rescaled(now_ns, tat, old, new);
+            match self
+                .tat
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => tat = seen,
+            }
+        }
     }
 
     pub fn cap(&self) -> Option<u32> {
@@ -47,12 +61,25 @@ impl CapLimiter {
         }
     }
 
+    /// A release time given under `paced` ns per unit, moved to the current cap at `now_ns`
+    /// as [`CapLimiter::set_cap`] moved the TAT: (release, the pace it is now under).
+    pub fn rescale(&self, now_ns: u64, release: u64, paced: u64) -> (u64, u64) {
+        let per = self.ns_per_unit.load(Ordering::Acquire);
+        (rescaled(now_ns, release, paced, per), per)
+    }
+
     /// Admit an I/O of `units` at `now_ns`; returns when it may be released (`now_ns` when
     /// it may go at once). The caller holds the I/O until then.
     pub fn admit(&self, now_ns: u64, units: u32) -> u64 {
-        let per = self.ns_per_unit.load(Ordering::Relaxed);
+        self.admit_paced(now_ns, units).0
+    }
+
+    /// [`CapLimiter::admit`], also returning the ns per unit the release time was paced at
+    /// (0: unlimited), for [`CapLimiter::rescale`] should the cap change while it waits.
+    pub fn admit_paced(&self, now_ns: u64, units: u32) -> (u64, u64) {
+        let per = self.ns_per_unit.load(Ordering::Acquire);
         if per == 0 {
-            return now_ns;
+            return (now_ns, 0);
         }
         // At least one I/O of burst, so a cap below 1/burst still lets single I/Os through.
         let tolerance = self.burst_ns.max(per);
@@ -65,11 +92,32 @@ impl CapLimiter {
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return release,
+                Ok(_) => return (release, per),
                 Err(seen) => tat = seen,
             }
         }
     }
+}
+
+fn ns_per_unit(cap: Option<u32>) -> u64 {
+    match cap {
+        Some(c) if c > 0 => 1_000_000_000 / c as u64,
+        _ => 0,
+    }
+}
+
+/// `at` (a TAT or a release time) moved from pace `old` to pace `new` (ns per unit, 0:
+/// unlimited): its lead over `now` scales by new/old. Times already reached stay; with no old
+/// pace there is no backlog to scale, and with no new one everything may go now.
+fn rescaled(now: u64, at: u64, old: u64, new: u64) -> u64 {
+    if at <= now || old == new || old == 0 {
+        return at;
+    }
+    if new == 0 {
+        return now;
+    }
+    let lead = (at - now) as u128 * new as u128 / old as u128;
+    now.saturating_add(lead.min(u64::MAX as u128) as u64)
 }
 
 #[cfg(test)]
@@ -148,12 +196,53 @@ mod tests {
     fn live_change_takes_effect() {
         let l = CapLimiter::new(Some(1000));
         closed_loop(&l, S, 2, 1);
-        l.set_cap(Some(5000));
+        l.set_cap(3 * S, Some(5000));
         assert_eq!(l.cap(), Some(5000));
         let w = closed_loop(&l, 3 * S, 3, 1);
         assert!((4990..=5010).contains(&w[2]), "{w:?}");
-        l.set_cap(None);
+        l.set_cap(6 * S, None);
         assert_eq!(l.admit(100 * S, 1), 100 * S);
+    }
+
+    #[test]
+    fn a_raised_cap_shrinks_the_queued_backlog() {
+        // 10 IOPS: 100 ms per unit. 50 I/Os at once queue about 5 s of backlog.
+        let l = CapLimiter::new(Some(10));
+        let t0 = 10 * S;
+        let held: Vec<(u64, u64)> = (0..50).map(|_| l.admit_paced(t0, 1)).collect();
+        let (last, paced) = held[49];
+        assert!(last >= t0 + 4 * S, "{}", last - t0);
+        // One second later the cap goes to 10,000: what is left of the backlog (about 4 s of
+        // it) becomes about 4 ms.
+        let t1 = t0 + S;
+        l.set_cap(t1, Some(10_000));
+        let (moved, now_paced) = l.rescale(t1, last, paced);
+        assert_eq!(now_paced, 100_000);
+        assert!(moved > t1 && moved - t1 <= 5 * MS, "{}", moved - t1);
+        // A new I/O queues behind the shrunk backlog, not the old one.
+        let next = l.admit(t1, 1);
+        assert!(next - t1 <= 5 * MS, "{}", next - t1);
+        // Releases already passed stay where they are.
+        assert_eq!(l.rescale(t1, t0, paced).0, t0);
+    }
+
+    #[test]
+    fn a_lowered_cap_stretches_it_and_unlimited_frees_it() {
+        let l = CapLimiter::new(Some(1000));
+        let (release, paced) = (0..20).map(|_| l.admit_paced(S, 1)).last().unwrap();
+        assert_eq!(release, S + 14 * MS);
+        l.set_cap(S, Some(100));
+        let (stretched, paced_now) = l.rescale(S, release, paced);
+        assert_eq!((stretched, paced_now), (S + 140 * MS, 10 * MS));
+        // The next I/O follows the stretched backlog (TAT S + 200 ms) less one I/O of burst.
+        assert_eq!(l.admit(S, 1), S + 190 * MS);
+        l.set_cap(S + MS, None);
+        assert_eq!(l.rescale(S + MS, stretched, paced_now), (S + MS, 0));
+        assert_eq!(l.admit(S + MS, 1), S + MS);
+        // The same cap again changes nothing.
+        l.set_cap(2 * S, Some(100));
+        l.set_cap(2 * S, Some(100));
+        assert_eq!(l.rescale(2 * S, 3 * S, 10 * MS), (3 * S, 10 * MS));
     }
 
     #[test]
