@@ -202,6 +202,27 @@ async fn same_isid_reinstates_the_session() {
 }
 
 #[tokio::test]
+async fn a_second_connection_to_a_live_session_is_too_many() {
+    let d = Daemon::start();
+    let o = opts(Some(T_MAIN));
+    let mut live = login_with(&d, &o).await;
+    assert_ne!(live.tsih, 0);
+    // RFC 7143 §11.13.5: one connection per session here, so joining it is refused with
+    // "too many connections", and the live session is left alone.
+    let mut join = o.clone();
+    join.tsih = live.tsih;
+    assert_eq!(login_status(try_login(&d, &join).await), (0x02, 0x06));
+    // A TSIH that names no session: "session does not exist".
+    join.tsih = live.tsih.wrapping_add(100).max(1);
+    assert_eq!(login_status(try_login(&d, &join).await), (0x02, 0x0a));
+    // The same TSIH with another ISID names no session either.
+    join.tsih = live.tsih;
+    join.isid = [0x80, 0, 0, 0, 0, 9];
+    assert_eq!(login_status(try_login(&d, &join).await), (0x02, 0x0a));
+    assert_eq!(within("nop", live.nop(b"y")).await.unwrap(), b"y");
+}
+
+#[tokio::test]
 async fn first_pdu_not_login_closes_connection() {
     let d = Daemon::start();
     let mut stream = raw_connect(&d).await;

@@ -39,6 +39,8 @@ pub struct LoginOptions {
     /// None: a discovery session.
     pub target_name: Option<String>,
     pub isid: [u8; 6],
+    /// 0 for a new session; a live session's TSIH asks to add a connection to it.
+    pub tsih: u16,
     /// (user, secret) for CHAP.
     pub chap: Option<(String, String)>,
     /// The CHAP_A list offered, most preferred first ("7,5": SHA-256, then MD5).
@@ -58,6 +60,7 @@ impl LoginOptions {
             initiator_name: initiator_name.into(),
             target_name: target_name.map(Into::into),
             isid: [0x80, 0x12, 0x34, 0x56, 0x00, 0x01],
+            tsih: 0,
             chap: None,
             chap_algorithms: "7,5".into(),
             mutual_chap: None,
@@ -138,6 +141,8 @@ pub struct Session {
     pub negotiated: Vec<KeyValue>,
     /// TargetPortalGroupTag the target declared during login (normal sessions).
     pub target_portal_group_tag: Option<u16>,
+    /// The session's TSIH, from the login's final response.
+    pub tsih: u16,
 }
 
 impl Session {
@@ -160,6 +165,7 @@ impl Session {
             initial_r2t: true,
             negotiated: Vec::new(),
             target_portal_group_tag: None,
+            tsih: 0,
         };
         s.do_login(opts).await?;
         Ok(s)
@@ -202,6 +208,7 @@ impl Session {
         let mut b = Bhs::new(op::LOGIN_REQUEST | 0x40);
         b.0[1] = (csg << 2) | if transit { 0x80 | nsg } else { 0 };
         b.0[8..14].copy_from_slice(&opts.isid);
+        b.0[14..16].copy_from_slice(&opts.tsih.to_be_bytes());
         b.set_u32(16, self.itt);
         b.set_u32(24, self.cmdsn);
         b.set_u32(28, self.expstatsn);
@@ -331,6 +338,7 @@ impl Session {
         self.initial_r2t = get(&kv, "InitialR2T").map_or(opts.initial_r2t, |v| v == "Yes");
         self.header_digest = get(&kv, "HeaderDigest") == Some("CRC32C");
         self.data_digest = get(&kv, "DataDigest") == Some("CRC32C");
+        self.tsih = u16::from_be_bytes([bhs.0[14], bhs.0[15]]);
         self.negotiated = kv;
         Ok(())
     }

@@ -113,6 +113,7 @@ async fn login(
     shared: &Shared,
 ) -> Result<LoginResult, ConnError> {
     let mut machine = LoginMachine::new(shared.policy.clone(), local, shared.sessions.alloc_tsih());
+    let mut first = true;
     loop {
         // RFC 7143 §6.1: anything but a Login Request before login completes ends the
         // connection. Vet the opcode before reading the AHS the header claims: garbage would
@@ -127,7 +128,15 @@ async fn login(
         let Ok(InitiatorPdu::Login(req)) = InitiatorPdu::decode(&h.bhs, &h.ahs) else {
             return Err(ConnError::Protocol("undecodable Login Request"));
         };
-        let step = machine.on_request(&req, &data);
+        // RFC 7143 §11.13.5: a login naming a live session asks to add a connection to it,
+        // and a session here has one connection (MaxConnections=1): "too many connections".
+        // A TSIH naming no live session is the machine's to refuse ("session does not exist").
+        let step = if first && req.tsih != 0 && shared.sessions.is_live(req.isid, req.tsih) {
+            machine.fail(&req, 0x02, 0x06)
+        } else {
+            machine.on_request(&req, &data)
+        };
+        first = false;
         let mut frame = step.bhs.0.to_vec();
         frame.extend_from_slice(&step.data);
         frame.resize(frame.len() + pdu::pad_len(step.data.len()), 0);

@@ -234,6 +234,14 @@ impl Sessions {
         }
     }
 
+    /// Whether a live session has this ISID and TSIH: a login naming it asks to add a
+    /// connection to that session.
+    pub fn is_live(&self, isid: [u8; 6], tsih: u16) -> bool {
+        lock(&self.map)
+            .values()
+            .any(|s| s.tsih == tsih && s.key.isid == isid)
+    }
+
     pub fn alloc_nexus(&self) -> NexusId {
         NexusId(self.next_nexus.fetch_add(1, Ordering::Relaxed) + 1)
     }
