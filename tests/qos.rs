@@ -218,3 +218,57 @@ async fn vvol_limits_default_per_container_change_live_and_show_in_telemetry() {
         "{top}"
     );
 }
+
+#[tokio::test]
+async fn a_copy_sent_to_another_lu_pays_the_capped_vvols_cap() {
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let host = "iqn.2026-11.io.vvold.test:host-x";
+    let v = api.create_vvol(C_RAM, 32 << 20);
+    let b = api.bind(v.id, host, None);
+    let mut s = login_host(&d, host).await;
+    let capped = binding_lun(&b);
+    clear_power_on_ua_at(&mut s, capped).await;
+    let (from, to) = (naa_at(&mut s, capped).await, naa_at(&mut s, lun(0)).await);
+    api.put(
+        &format!("/vvols/{}/limits", v.id),
+        serde_json::json!({"upper": 10}),
+    )
+    .expect::<serde_json::Value>(200);
+    // 16 MiB from the VVol capped at 10 IOPS to LUN 0, sent to LUN 0 (no limits). Copies cost
+    // one unit per MiB, so the VVol's cap holds it for about 1.5 s (16 units, 2 of them the
+    // burst); charged to LUN 0 alone, it would take milliseconds.
+    let (cdb, list) = xcopy(1, &[cscd(&from), cscd(&to)], &[b2b(0, 1, 32768, 0, 0)]);
+    let t = Instant::now();
+    let r = within("capped copy", cmd_lun(&mut s, lun(0), &cdb, Some(&list), 0)).await;
+    assert_good(&r);
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    // Raising the cap frees what is left at once.
+    let (cdb, list) = xcopy(2, &[cscd(&from), cscd(&to)], &[b2b(0, 1, 32768, 0, 0)]);
+    let copy = cmd_lun(&mut s, lun(0), &cdb, Some(&list), 0);
+    let raise = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let api = Api::of(&d);
+        tokio::task::spawn_blocking(move || {
+            api.put(
+                &format!("/vvols/{}/limits", v.id),
+                serde_json::json!({"upper": 1000000}),
+            )
+            .expect::<serde_json::Value>(200)
+        })
+        .await
+        .unwrap();
+    };
+    let t = Instant::now();
+    let (r, _) = within("raised copy", async { tokio::join!(copy, raise) }).await;
+    assert_good(&r);
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+}

@@ -420,7 +420,7 @@ impl ConnCtx {
                 Err(e) => read_err(e),
             },
             Plan::Copy { list_id, segments } => {
-                let r = self.copy(&segments, task).await;
+                let r = self.copy(lu, &segments, task).await;
                 lu.disk.copy_finished(nexus, list_id, r)
             }
             Plan::Respond(r) => r,
@@ -447,7 +447,12 @@ impl ConnCtx {
 
     /// EXTENDED COPY: block-to-block segments copied by the backends, never through the
     /// network path. Returns the bytes copied, or the sense that ends the copy.
-    async fn copy(&self, segments: &[scsi::CopySegment], task: &Task) -> Result<u64, Sense> {
+    async fn copy(
+        &self,
+        lu: &LogicalUnit,
+        segments: &[scsi::CopySegment],
+        task: &Task,
+    ) -> Result<u64, Sense> {
         let mut copied = 0;
         for seg in segments {
             let (Some((src, src_held)), Some((dst, dst_held))) = (
@@ -470,6 +475,7 @@ impl ConnCtx {
             while done < seg.len {
                 let n = (seg.len - done).min(CHUNK);
                 let at = if backwards { seg.len - done - n } else { done };
+                pace_copy_targets(lu, [&src, &dst], n, task).await?;
                 let buf = src
                     .device
                     .read(seg.source_offset + at, buffer::take(n as usize))
@@ -505,6 +511,32 @@ impl ConnCtx {
         }
         Ok(copied)
     }
+}
+
+/// Hold a copy's next `bytes` until the caps of its source and destination allow them. The
+/// LU the EXTENDED COPY was sent to paid for the whole copy at admission; the others pay per
+/// chunk, or a capped VVol could be read or written at any rate through a copy sent to an
+/// uncapped LU. An abort ends the wait.
+async fn pace_copy_targets(
+    sent_to: &LogicalUnit,
+    [src, dst]: [&Arc<LogicalUnit>; 2],
+    bytes: u64,
+    task: &Task,
+) -> Result<(), Sense> {
+    let same = Arc::ptr_eq(src, dst);
+    for t in std::iter::once(src).chain((!same).then_some(dst)) {
+        let Some(q) = t.qos.get().filter(|_| !std::ptr::eq(&**t, sent_to)) else {
+            continue;
+        };
+        tokio::select! {
+            biased;
+            () = q.pace(qos::offload_units(bytes)) => {}
+            _ = task.aborted() => {
+                return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x00, 0x00));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Write a pooled buffer and give it back to its pool afterwards: the backend gets a second

@@ -119,7 +119,7 @@ pub struct Charge {
 /// capped VVol for minutes on one command (design study §8 suggests the same rate for UNMAP).
 const OFFLOAD_UNIT: u64 = 1 << 20;
 
-fn offload_units(len: u64) -> u32 {
+pub fn offload_units(len: u64) -> u32 {
     len.div_ceil(OFFLOAD_UNIT).clamp(1, u32::MAX as u64) as u32
 }
 
@@ -233,6 +233,18 @@ impl VolQos {
             capped,
             charge,
             _slot: slot,
+        }
+    }
+
+    /// Wait out the cap for `units`, without a slot of the pool: what an EXTENDED COPY sent
+    /// to another LU costs this volume as its source or destination (the copy holds the slot
+    /// of the LU it was sent to, and waiting for a second pool's slot while holding one could
+    /// deadlock two copies going opposite ways). Not counted in the volume's telemetry.
+    pub async fn pace(&self, units: u32) {
+        let started = now_ns();
+        let (release, paced) = self.cap.admit_paced(started, units);
+        if release > started {
+            self.hold(release, paced).await;
         }
     }
 
