@@ -84,6 +84,10 @@ struct Task {
     issued: Option<Instant>,
     /// Index of its LUN in the plan.
     lun: u32,
+    /// Data-In bytes received so far, in order (ERL 0: a target sends them in order).
+    received: u32,
+    /// A Data-In arrived out of order or past the transfer: the command fails.
+    misplaced: bool,
 }
 
 /// One outgoing PDU: header (and header digest) inline, data taken from the pattern (or, for
@@ -324,6 +328,8 @@ impl Engine {
             busy: true,
             issued: Some(now),
             lun: li as u32,
+            received: 0,
+            misplaced: false,
         };
         self.outstanding += 1;
     }
@@ -510,10 +516,13 @@ impl Engine {
             self.p.maxcmdsn = maxcmdsn;
         }
         match opcode {
-            // Data-In with the status collapsed into it (S bit).
-            op::DATA_IN if h[1] & 0x01 != 0 => {
-                self.note_statsn(h);
-                self.complete(itt, h[3], &[], now);
+            op::DATA_IN => {
+                self.on_data_in(itt, h);
+                // The status collapsed into the last Data-In (S bit).
+                if h[1] & 0x01 != 0 {
+                    self.note_statsn(h);
+                    self.complete(itt, h, &[], now);
+                }
             }
             op::SCSI_RESPONSE => {
                 self.note_statsn(h);
@@ -528,7 +537,7 @@ impl Engine {
                     } else {
                         &[]
                     };
-                    self.complete(itt, h[3], sense, now);
+                    self.complete(itt, h, sense, now);
                 }
             }
             op::R2T => self.on_r2t(h),
@@ -554,6 +563,21 @@ impl Engine {
         }
     }
 
+    /// Count a Data-In's bytes into its task, checking that it lands where the previous one
+    /// ended and within the transfer.
+    fn on_data_in(&mut self, itt: u32, h: &[u8; BHS_LEN]) {
+        let len = be32(h, 4) & 0x00FF_FFFF;
+        let offset = be32(h, 40);
+        let bs = self.plan.bs;
+        let Some(t) = self.tasks.get_mut(itt as usize).filter(|t| t.busy) else {
+            return;
+        };
+        if offset != t.received || t.received.saturating_add(len) > bs {
+            t.misplaced = true;
+        }
+        t.received = t.received.saturating_add(len);
+    }
+
     fn note_statsn(&mut self, h: &[u8; BHS_LEN]) {
         let next = be32(h, 24).wrapping_add(1);
         if (next.wrapping_sub(self.p.expstatsn) as i32) > 0 {
@@ -574,10 +598,13 @@ impl Engine {
         Some(task)
     }
 
-    fn complete(&mut self, itt: u32, status: u8, sense: &[u8], now: Instant) {
+    /// A command's status arrived (`h`: the SCSI Response, or the Data-In carrying it).
+    fn complete(&mut self, itt: u32, h: &[u8; BHS_LEN], sense: &[u8], now: Instant) {
         let Some(Task {
             issued: Some(issued),
             lun,
+            received,
+            misplaced,
             ..
         }) = self.release(itt)
         else {
@@ -585,6 +612,23 @@ impl Engine {
                 .error(|| format!("status for unknown ITT {itt:#x}"));
             return;
         };
+        let status = h[3];
+        // GOOD counts only with every byte moved: a read got all its Data-In, in order, and
+        // no residual (U or O bit) is reported either way.
+        let write = matches!(self.plan.rw, Rw::RandWrite | Rw::Write);
+        let expected = if write { 0 } else { self.plan.bs };
+        let residual = h[1] & 0x06 != 0;
+        if status == STATUS_GOOD && (misplaced || received != expected || residual) {
+            let count = be32(h, 44);
+            self.stats.error(|| {
+                format!(
+                    "GOOD with {received} of {expected} Data-In bytes (out of order: {misplaced}, \
+                     residual flags {:#04x}, count {count})",
+                    h[1] & 0x06
+                )
+            });
+            return;
+        }
         match status {
             STATUS_GOOD => {
                 if now >= self.plan.measure_from && now < self.plan.measure_to {
@@ -720,6 +764,92 @@ mod tests {
         assert!(serial_le(5, 6));
         assert!(!serial_le(6, 5));
         assert!(serial_le(0xFFFF_FFFF, 1));
+    }
+
+    /// A Data-In (`status`: with the S bit and GOOD) or, with `len` None, a SCSI Response.
+    fn answer(itt: u32, offset: u32, len: Option<u32>, status: bool, flags: u8) -> [u8; BHS_LEN] {
+        let mut h = [0u8; BHS_LEN];
+        match len {
+            Some(len) => {
+                h[0] = op::DATA_IN;
+                h[1] = 0x80 | flags | u8::from(status);
+                h[5..8].copy_from_slice(&len.to_be_bytes()[1..]);
+                h[40..44].copy_from_slice(&offset.to_be_bytes());
+            }
+            None => {
+                h[0] = op::SCSI_RESPONSE;
+                h[1] = 0x80 | flags;
+            }
+        }
+        h[16..20].copy_from_slice(&itt.to_be_bytes());
+        h
+    }
+
+    #[tokio::test]
+    async fn good_counts_only_with_all_its_data_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let now = Instant::now();
+        let plan = Plan {
+            luns: vec![LunPlan {
+                lun: [0; 8],
+                positions: 16,
+                blocks_per_io: 8,
+            }],
+            rw: Rw::RandRead,
+            bs: 4096,
+            session: 0,
+            sessions: 1,
+            qd: 6,
+            seed: 1,
+            measure_from: now,
+            measure_to: now + Duration::from_secs(60),
+            drain_deadline: now + Duration::from_secs(60),
+            seconds: 60,
+        };
+        let params = SessionParams {
+            cmdsn: 1,
+            expstatsn: 1,
+            maxcmdsn: 64,
+            target_max_recv: 8192,
+            first_burst: 65536,
+            max_burst: 262_144,
+            immediate_data: true,
+            initial_r2t: false,
+            header_digest: false,
+            data_digest: false,
+        };
+        let mut e = Engine::new(stream, params, plan);
+        for slot in 0..6 {
+            e.issue(slot, now);
+        }
+        let later = now + Duration::from_millis(1);
+        // All 4 KiB with the status: counted.
+        e.on_pdu(&answer(0, 0, Some(4096), true, 0), &[], later);
+        // All of it in two PDUs, then a SCSI Response: counted.
+        e.on_pdu(&answer(1, 0, Some(2048), false, 0), &[], later);
+        e.on_pdu(&answer(1, 2048, Some(2048), false, 0), &[], later);
+        e.on_pdu(&answer(1, 0, None, false, 0), &[], later);
+        assert_eq!((e.stats.ios, e.stats.errors, e.stats.bytes), (2, 0, 8192));
+        // Half the data, GOOD, no residual flag: an error, not an I/O.
+        e.on_pdu(&answer(2, 0, Some(2048), true, 0), &[], later);
+        // Underflow reported (U bit) with all the bytes claimed: an error.
+        e.on_pdu(&answer(3, 0, Some(4096), true, 0x02), &[], later);
+        // The same half twice: out of order.
+        e.on_pdu(&answer(4, 0, Some(2048), false, 0), &[], later);
+        e.on_pdu(&answer(4, 0, Some(2048), true, 0), &[], later);
+        // More than asked for.
+        e.on_pdu(&answer(5, 0, Some(8192), true, 0), &[], later);
+        assert_eq!((e.stats.ios, e.stats.errors, e.stats.bytes), (2, 4, 8192));
+        assert!(e
+            .stats
+            .first_error
+            .as_deref()
+            .unwrap()
+            .contains("2048 of 4096"));
+        assert_eq!(e.outstanding, 0);
     }
 
     #[test]
