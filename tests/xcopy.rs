@@ -114,3 +114,29 @@ async fn a_copy_cannot_write_through_another_nexus_reservation() {
     let (cdb, list) = xcopy(4, &[cscd(&ram), cscd(&file)], &[b2b(0, 1, 8, 500, 900)]);
     assert_good(&cmd(&mut fenced, LUN_FILE, &cdb, Some(&list), 0).await);
 }
+
+#[tokio::test]
+async fn every_segment_is_checked_before_any_is_copied() {
+    let d = Daemon::start();
+    let mut s = login_main(&d).await;
+    let (file, ram) = (naa(&mut s, LUN_FILE).await, naa(&mut s, LUN_RAM).await);
+    write_blocks(&mut s, LUN_FILE, 0, 512, &pattern(8 * 512, 5)).await;
+    // The RAM LU's CSCD claims 4096-byte blocks; its blocks are 512 bytes, so destination
+    // LBA 10 would land at LBA 80. The good first segment must not be copied either.
+    let mut lying = cscd(&ram);
+    lying[29..32].copy_from_slice(&[0, 0x10, 0]);
+    let (cdb, list) = xcopy(
+        5,
+        &[cscd(&file), cscd(&ram), lying],
+        &[b2b(0, 1, 8, 0, 300), b2b(0, 2, 8, 0, 10)],
+    );
+    let r = cmd(&mut s, LUN_RAM, &cdb, Some(&list), 0).await;
+    assert_sense(&r, 0x05, 0x26, 0x00);
+    for lba in [300, 80, 10] {
+        assert_eq!(
+            read_blocks(&mut s, LUN_RAM, lba, 512, 8).await,
+            vec![0; 8 * 512],
+            "nothing written at LBA {lba}"
+        );
+    }
+}

@@ -453,7 +453,9 @@ impl ConnCtx {
         segments: &[scsi::CopySegment],
         task: &Task,
     ) -> Result<u64, Sense> {
-        let mut copied = 0;
+        // Every segment is resolved and checked before any is copied, so a bad one later in
+        // the list does not leave the earlier ones half done.
+        let mut resolved = Vec::with_capacity(segments.len());
         for seg in segments {
             let (Some((src, src_held)), Some((dst, dst_held))) = (
                 self.lu_by_naa(&seg.source),
@@ -465,6 +467,19 @@ impl ConnCtx {
             scsi::xcopy::check_segment(seg, src.disk.identity(), dst.disk.identity())?;
             src.disk.copy_access(self.session.nexus, false)?;
             dst.disk.copy_access(self.session.nexus, true)?;
+            resolved.push((seg, src, src_held, dst, dst_held));
+        }
+        // A VVol the copy reads or writes (in any segment) is being unbound: its drain must
+        // not wait for the rest of a long copy, nor may the copy outlast it.
+        let unbinding = || {
+            resolved
+                .iter()
+                .flat_map(|(_, _, src_held, _, dst_held)| [src_held, dst_held])
+                .flatten()
+                .any(InflightGuard::closing)
+        };
+        let mut copied = 0;
+        for (seg, src, _, dst, _) in &resolved {
             let _w = dst.write_lock.read().await;
             // Within one LU with the destination overlapping the source from above, copy from
             // the end so no chunk is overwritten before it has been read.
@@ -475,7 +490,10 @@ impl ConnCtx {
             while done < seg.len {
                 let n = (seg.len - done).min(CHUNK);
                 let at = if backwards { seg.len - done - n } else { done };
-                pace_copy_targets(lu, [&src, &dst], n, task).await?;
+                if unbinding() {
+                    return Err(scsi::xcopy::COPY_TARGET_NOT_REACHABLE);
+                }
+                pace_copy_targets(lu, [src, dst], n, task).await?;
                 let buf = src
                     .device
                     .read(seg.source_offset + at, buffer::take(n as usize))
@@ -496,15 +514,6 @@ impl ConnCtx {
                 tokio::task::yield_now().await;
                 if task.is_aborted() {
                     return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x00, 0x00));
-                }
-                // A VVol the copy reads or writes is being unbound: its drain must not wait
-                // for the rest of a long copy, nor may the copy outlast it.
-                if [&src_held, &dst_held]
-                    .into_iter()
-                    .flatten()
-                    .any(InflightGuard::closing)
-                {
-                    return Err(scsi::xcopy::COPY_TARGET_NOT_REACHABLE);
                 }
             }
             copied += seg.len;

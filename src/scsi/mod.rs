@@ -155,6 +155,9 @@ pub struct CopySegment {
     pub destination: [u8; 16],
     pub destination_offset: u64,
     pub len: u64,
+    /// The block lengths the CSCDs claimed for source and destination, which the offsets
+    /// and length were counted in: checked against the LUs once they are resolved.
+    pub block_lens: (u64, u64),
 }
 
 impl Plan {

@@ -37,6 +37,9 @@ const UNSUPPORTED_SEGMENT_TYPE: Sense = Sense::new(SenseKey::IllegalRequest, 0x2
 /// COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE. Also used for segments outside a device:
 /// it is what LIO (the target ESXi's XCOPY path is most exercised against) reports for any
 /// failed copy, and libiscsi accepts only it, 08h/04h or 00h/00h there.
+/// INVALID FIELD IN PARAMETER LIST, without a pointer: the CSCD's DISK BLOCK LENGTH is not
+/// its LU's (the plan no longer knows where in the list that CSCD was).
+const BLOCK_LENGTH_NOT_THE_LUS: Sense = Sense::new(SenseKey::IllegalRequest, 0x26, 0x00);
 pub(crate) const COPY_TARGET_NOT_REACHABLE: Sense = Sense::new(SenseKey::CopyAborted, 0x0D, 0x02);
 
 /// A parsed EXTENDED COPY parameter list.
@@ -148,27 +151,39 @@ fn parse_segments(list: &[u8], base: usize, cscds: &[Cscd]) -> Result<Vec<CopySe
             src.block_len
         };
         let bytes = |lba: u64, bs: u64| lba.checked_mul(bs).ok_or(COPY_TARGET_NOT_REACHABLE);
+        let len = blocks * unit;
+        // The limit Operating Parameters advertises (MAXIMUM SEGMENT LENGTH).
+        if len > u64::from(MAX_SEGMENT_BYTES) {
+            return Err(Sense::invalid_param_field((base + pos + 10) as u16, None));
+        }
         out.push(CopySegment {
             source: src.naa,
             source_offset: bytes(be(&d[12..20]), src.block_len)?,
             destination: dst.naa,
             destination_offset: bytes(be(&d[20..28]), dst.block_len)?,
-            len: blocks * unit,
+            len,
+            block_lens: (src.block_len, dst.block_len),
         });
         pos += d.len();
     }
     Ok(out)
 }
 
-/// Checks one segment against the LUs its designators resolved to, just before it is copied:
-/// whole blocks on both sides, inside both devices, and a writable, non-administrative
-/// destination. Block lengths from the CSCDs are not carried in the plan, so alignment to
-/// each LU's own block size is what catches a CSCD that lied about it.
+/// Checks one segment against the LUs its designators resolved to, before anything is
+/// copied: the block lengths its CSCDs claimed, whole blocks on both sides, inside both
+/// devices, and a writable, non-administrative destination.
 pub fn check_segment(
     seg: &CopySegment,
     src: &DiskIdentity,
     dst: &DiskIdentity,
 ) -> Result<(), Sense> {
+    // A CSCD whose DISK BLOCK LENGTH is not its LU's would place the copy at other LBAs than
+    // the host meant (a multiple of the real size passes every alignment check). An error in
+    // the parameter list, found only once the LUs are known (LIO answers the same).
+    let (src_bs, dst_bs) = seg.block_lens;
+    if src_bs != u64::from(src.block_size) || dst_bs != u64::from(dst.block_size) {
+        return Err(BLOCK_LENGTH_NOT_THE_LUS);
+    }
     let fits = |id: &DiskIdentity, offset: u64| {
         let bs = u64::from(id.block_size.max(1));
         !id.administrative
@@ -281,6 +296,7 @@ pub(crate) mod tests {
                 destination: N2,
                 destination_offset: 12288,
                 len: 4096,
+                block_lens: (512, 4096),
             }]
         );
         // DC=1 counts destination blocks.
@@ -323,6 +339,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_segment_longer_than_advertised_is_refused() {
+        // 65535 blocks of a claimed 16 MiB: far past MAXIMUM SEGMENT LENGTH.
+        let e = parse(&list(
+            1,
+            0,
+            &[cscd(&N1, 1 << 24)],
+            &[b2b(0, 0, 0xFFFF, 0, 1)],
+        ))
+        .unwrap_err();
+        assert_eq!(asc(e), (SenseKey::IllegalRequest, 0x26, 0x00));
+        assert!(parse(&list(1, 0, &[cscd(&N1, 4096)], &[b2b(0, 0, 0xFFFF, 0, 1)])).is_ok());
+    }
+
+    #[test]
     fn reserved_lu_id_type_is_ignored_but_bad_index_aborts() {
         let mut c = cscd(&N1, 512);
         c[1] = 0xC0;
@@ -340,8 +370,16 @@ pub(crate) mod tests {
             destination: id.naa,
             destination_offset: dst,
             len,
+            block_lens: (512, 512),
         };
         assert!(check_segment(&seg(0, 1024 * 512, 1024 * 512), &id, &id).is_ok());
+        // A CSCD claiming 4096-byte blocks of a 512-byte LU: its LBAs would land 8x too far.
+        let lied = CopySegment {
+            block_lens: (512, 4096),
+            ..seg(0, 100 * 4096, 8 * 4096)
+        };
+        let e = check_segment(&lied, &id, &id).unwrap_err();
+        assert_eq!(asc(e), (SenseKey::IllegalRequest, 0x26, 0x00));
         let beyond = seg(0, 2047 * 512, 1024 * 512);
         assert_eq!(
             check_segment(&beyond, &id, &id),
