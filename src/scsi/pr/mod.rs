@@ -191,7 +191,7 @@ impl Reservations {
         data: &[u8],
         unit_attentions: &UnitAttentions,
     ) -> Result<(), Refusal> {
-        let params = prout::Params::parse(data)?;
+        let params = prout::Params::parse(data, cdb.u8(1) & 0x1F)?;
         let mut inner = self.lock();
         let me = Self::port_of(&inner, nexus);
         let was_aptpl = inner.pr.aptpl;

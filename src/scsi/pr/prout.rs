@@ -30,7 +30,8 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    pub(crate) fn parse(data: &[u8]) -> Result<Params, Sense> {
+    /// The parameter list of service action `action`.
+    pub(crate) fn parse(data: &[u8], action: u8) -> Result<Params, Sense> {
         if data.len() != PARAM_LEN as usize {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
         }
@@ -41,10 +42,12 @@ impl Params {
         };
         let flags = data[20];
         // SIP_C = 0 and ATP_C = 0 in REPORT CAPABILITIES: both bits are unsupported fields.
+        // SPEC_I_PT is an error on every service action; ALL_TG_PT means something only to
+        // the two REGISTER actions and is ignored by the others (SPC-4 §6.16.3).
         if flags & 0x08 != 0 {
             return Err(Sense::invalid_param_field(20, Some(3)));
         }
-        if flags & 0x04 != 0 {
+        if flags & 0x04 != 0 && matches!(action, REGISTER | REGISTER_AND_IGNORE) {
             return Err(Sense::invalid_param_field(20, Some(2)));
         }
         Ok(Params {

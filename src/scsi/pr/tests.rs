@@ -209,7 +209,27 @@ fn capabilities_and_bad_parameter_lists() {
         sense_of(&respond(lu.apply_parameters(A, &cdb, &data))),
         (5, 0x26, 0)
     );
+    // ALL_TG_PT is refused on REGISTER (ATP_C=0) ...
+    data[20] = 0x04;
+    assert_eq!(
+        sense_of(&respond(lu.apply_parameters(A, &cdb, &data))),
+        (5, 0x26, 0)
+    );
     prout(&lu, A, 0, 0, 0, 1, false);
+    // ... and ignored by the other service actions (SPC-4 §6.16.3).
+    let reserve = [0x5F, 1, 1, 0, 0, 0, 0, 0, 24, 0];
+    let mut data = [0u8; 24];
+    data[7] = 1;
+    data[20] = 0x04;
+    assert_eq!(
+        respond(lu.apply_parameters(A, &reserve, &data)).status,
+        Status::Good
+    );
+    let release = [0x5F, 2, 1, 0, 0, 0, 0, 0, 24, 0];
+    assert_eq!(
+        respond(lu.apply_parameters(A, &release, &data)).status,
+        Status::Good
+    );
     // Scope other than LU_SCOPE is an invalid CDB field.
     assert_eq!(sense_of(&prout(&lu, A, 1, 0x13, 1, 0, false)), (5, 0x24, 0));
     assert_eq!(sense_of(&prout(&lu, A, 1, 2, 1, 0, false)), (5, 0x24, 0));
