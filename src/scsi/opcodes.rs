@@ -289,11 +289,16 @@ pub static OPCODES: &[OpInfo] = &[
     op(0xAF, Command::Verify12, VFY12, 30),
 ];
 
-/// Usage data for reporting: byte 0 of every mask above is a placeholder for the opcode.
+/// Usage data for reporting: byte 0 of every mask above is a placeholder for the opcode, and
+/// a command with service actions carries its own in the SERVICE ACTION field (byte 1, bits
+/// 0-4, in every CDB here) rather than the mask of that field (SPC-4 §6.35.3).
 pub fn usage_data(info: &OpInfo) -> Vec<u8> {
     let mut u = info.usage.to_vec();
     if let Some(first) = u.first_mut() {
         *first = info.opcode;
+    }
+    if let (Some(sa), Some(second)) = (info.service_action, u.get_mut(1)) {
+        *second = (*second & 0xE0) | sa;
     }
     u
 }

@@ -163,6 +163,11 @@ mod tests {
         );
         let d = run(cdb(false, 2, 0x9E, 0x10)).unwrap();
         assert_eq!(&d[..6], &[0, SUPPORTED, 0, 16, 0x9E, 0x10]);
+        // Byte 1 of the usage data is the service action itself (SPC-4 §6.35.3).
+        let d = run(cdb(false, 2, 0x5E, 0x01)).unwrap();
+        assert_eq!(&d[4..6], &[0x5E, 0x01]);
+        let d = run(cdb(false, 2, 0x84, 0x03)).unwrap();
+        assert_eq!(&d[4..6], &[0x84, 0x03]);
         assert_eq!(
             run(cdb(false, 1, 0xC0, 0)).unwrap().as_ref(),
             &[0, NOT_SUPPORTED, 0, 0]
