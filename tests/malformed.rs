@@ -184,3 +184,71 @@ async fn scsi_command_on_discovery_session_is_rejected() {
         .any(|k| k.key == "TargetName" && k.value == T_MAIN));
     bystander_ok(&mut d, &mut by, 13).await;
 }
+
+#[tokio::test]
+async fn a_command_reusing_the_itt_of_a_write_awaiting_data_is_rejected() {
+    let (mut d, mut by) = setup().await;
+    let mut o = opts(Some(T_MAIN));
+    o.initial_r2t = true;
+    o.immediate_data = false;
+    let mut s = login_main_with(&d, &o).await;
+    // WRITE(10) of 8 blocks: the target asks for its data with an R2T.
+    let w = scsi_command_bhs(&s, LUN_RAM, 0x51, &write10(40, 8), 4096, 0);
+    within("send", s.send_pdu(w, &[])).await.unwrap();
+    s.cmdsn = s.cmdsn.wrapping_add(1);
+    let r2t = within("r2t", s.recv_pdu()).await.unwrap();
+    assert_eq!(r2t.bhs.opcode(), op::R2T);
+    // Another command under the same ITT: Task in progress, and its CmdSN does not count.
+    let dup = scsi_command_bhs(&s, LUN_RAM, 0x51, &test_unit_ready(), 0, 0);
+    within("send", s.send_pdu(dup, &[])).await.unwrap();
+    assert_reject(&within("reject", s.recv_pdu()).await.unwrap(), 0x07, &dup);
+    // The waiting write completes with its data, and the unused CmdSN is the next one.
+    let data = pattern(4096, 0x51);
+    let mut out = Bhs::new(op::DATA_OUT);
+    out.0[1] = 0x80;
+    out.set_lun(lun(LUN_RAM));
+    out.set_u32(16, 0x51);
+    out.set_u32(20, r2t.bhs.u32_at(20));
+    out.set_u32(28, s.expstatsn);
+    within("data", s.send_pdu(out, &data)).await.unwrap();
+    let status = within("status", s.recv_pdu()).await.unwrap();
+    assert_eq!(
+        (status.bhs.opcode(), status.bhs.0[3]),
+        (op::SCSI_RESPONSE, 0)
+    );
+    s.expstatsn = status.bhs.u32_at(24).wrapping_add(1);
+    assert_good(&cmd(&mut s, LUN_RAM, &test_unit_ready(), None, 0).await);
+    assert_eq!(read_blocks(&mut s, LUN_RAM, 40, 512, 8).await, data);
+    bystander_ok(&mut d, &mut by, 12).await;
+}
+
+#[tokio::test]
+async fn a_ping_is_echoed_within_what_the_initiator_accepts() {
+    let (mut d, mut by) = setup().await;
+    let mut o = opts(Some(T_MAIN));
+    o.max_recv_data_segment_length = 8192;
+    let mut s = login_main_with(&d, &o).await;
+    let ping = pattern(16384, 3);
+    let echo = within("nop", s.nop(&ping)).await.unwrap();
+    assert_eq!(echo, ping[..8192]);
+    bystander_ok(&mut d, &mut by, 13).await;
+}
+
+#[tokio::test]
+async fn closing_another_connection_id_is_cid_not_found() {
+    let (mut d, mut by) = setup().await;
+    let mut s = login_main(&d).await;
+    let mut b = Bhs::new(op::LOGOUT_REQUEST | 0x40);
+    b.0[1] = 0x80 | 1;
+    b.set_u32(16, 0x77);
+    b.0[20..22].copy_from_slice(&0x0505u16.to_be_bytes());
+    b.set_u32(24, s.cmdsn);
+    b.set_u32(28, s.expstatsn);
+    within("send", s.send_pdu(b, &[])).await.unwrap();
+    let r = within("logout response", s.recv_pdu()).await.unwrap();
+    assert_eq!((r.bhs.opcode(), r.bhs.0[2]), (op::LOGOUT_RESPONSE, 1));
+    s.expstatsn = r.bhs.u32_at(24).wrapping_add(1);
+    // The connection carries on.
+    assert_session_works(&mut s, 14).await;
+    bystander_ok(&mut d, &mut by, 15).await;
+}

@@ -293,6 +293,8 @@ struct FullFeature<'a> {
     runners: Option<Runners>,
     limits: TransferLimits,
     max_xmit: usize,
+    /// This connection's CID, which a Logout closing "the connection" must name.
+    cid: u16,
     /// FxHash, as the session's tasks (bounded by the CmdSN window).
     pending: FxHashMap<Itt, PendingWrite>,
     next_ttt: u32,
@@ -333,6 +335,7 @@ impl<'a> FullFeature<'a> {
                 immediate_data: p.immediate_data,
             },
             max_xmit: p.max_xmit_data_segment_length as usize,
+            cid: login.cid,
             pending: FxHashMap::default(),
             next_ttt: 1,
             text: crate::iscsi::discovery::TextResponder::new(
@@ -548,6 +551,10 @@ impl<'a> FullFeature<'a> {
                 if lock(&self.window).admit_transient(n.cmdsn, n.immediate) == Admission::Ignore {
                     return Ok(Flow::Continue);
                 }
+                // The echo is cut to what the initiator accepts in one PDU (RFC 7143, NOP-Out
+                // Ping Data), which may be less than the ping it sent.
+                let mut data = data;
+                data.truncate(self.text.max_xmit_data_segment_length() as usize);
                 let bhs = pdu::nop_in(n.lun, n.itt, 0xFFFF_FFFF, self.seq(), data.len());
                 self.send(bhs, Bytes::from(data), Numbering::Status).await;
             }
@@ -578,11 +585,20 @@ impl<'a> FullFeature<'a> {
                 self.discard(reader, &h).await?;
                 lock(&self.window).admit_transient(l.cmdsn, l.immediate);
                 // 0: close session, 1: close connection (the same for us: one connection per
-                // session); 2: remove for recovery, which ERL 0 does not support.
-                let response = if l.reason == 2 { 2 } else { 0 };
+                // session); 2: remove for recovery, which ERL 0 does not support. Closing a
+                // connection names it by CID: another CID is "CID not found" (response 1),
+                // and this connection carries on (RFC 7143 §11.15.1).
+                let response = match l.reason {
+                    2 => 2,
+                    1 if l.cid != self.cid => 1,
+                    _ => 0,
+                };
                 let bhs = pdu::logout_response(l.itt, response, self.seq());
                 self.send(bhs, Bytes::new(), Numbering::Status).await;
-                info!(reason = l.reason, "logout");
+                info!(reason = l.reason, cid = l.cid, response, "logout");
+                if response == 1 {
+                    return Ok(Flow::Continue);
+                }
                 return Ok(Flow::Close);
             }
             InitiatorPdu::Snack(_) => {
@@ -618,6 +634,15 @@ impl<'a> FullFeature<'a> {
         let (Some(session), Some(ctx)) = (self.session.clone(), self.ctx.clone()) else {
             return Ok(());
         };
+        // A write still waiting for its Data-Out cannot have been answered, so its ITT is
+        // not free: a command reusing it is rejected before its CmdSN counts (RFC 7143
+        // §11.17.1), rather than dropping the waiting write and its CmdSN window slot.
+        if self.pending.contains_key(&c.itt) {
+            warn!(itt = c.itt.0, "ITT of a write awaiting Data-Out reused");
+            self.discard(reader, h).await?;
+            self.reject(RejectReason::TaskInProgress, &h.bhs).await;
+            return Ok(());
+        }
         if lock(&self.window).admit(c.cmdsn, c.immediate) == Admission::Ignore {
             debug!(cmdsn = c.cmdsn.0, "CmdSN outside the window: ignored");
             self.discard(reader, h).await?;
