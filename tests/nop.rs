@@ -63,3 +63,24 @@ async fn pings_disabled_keep_idle_connections() {
     assert_session_works(&mut s, 1).await;
     assert!(!d.log_text().contains("NOP-In ping unanswered"));
 }
+
+#[tokio::test]
+async fn a_peer_silent_in_the_middle_of_a_pdu_is_dropped_too() {
+    let d = Daemon::start_with(PINGS);
+    let mut s = login_main(&d).await;
+    // A WRITE header announcing 4 KiB of immediate data, 100 bytes of it, then nothing: the
+    // target is left reading the rest of the segment.
+    let b = scsi_command_bhs(&s, LUN_RAM, 0x99, &write10(0, 8), 4096, 0);
+    let mut b = b;
+    b.set_data_segment_len(4096);
+    let mut bytes = b.0.to_vec();
+    bytes.extend_from_slice(&[0xAB; 100]);
+    within("send", s.send_bytes(&bytes)).await.unwrap();
+    within_for(
+        Duration::from_secs(20),
+        "the connection silent mid-PDU to be dropped",
+        expect_closed(&mut s),
+    )
+    .await;
+    wait_for_log(&d, "NOP-In ping unanswered");
+}

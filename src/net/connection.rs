@@ -279,6 +279,25 @@ struct PendingWrite {
     buf: BytesMut,
 }
 
+/// Resolves once the session is told to close (reinstatement, cold reset); never for a
+/// discovery session, which has nothing to close it from outside.
+async fn session_closing(closing: &mut Option<watch::Receiver<bool>>) {
+    match closing.as_mut() {
+        Some(rx) => {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the pinger finds a ping unanswered. The pinger drops its sender when it has
+/// nothing to do (pings disabled): that is not a dead connection.
+async fn ping_unanswered(dead: &mut watch::Receiver<bool>) {
+    if dead.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Runners beyond the CmdSN window, for immediate commands (which the window does not count);
 /// past that they simply queue for a runner.
 const IMMEDIATE_ALLOWANCE: usize = 8;
@@ -410,21 +429,8 @@ impl<'a> FullFeature<'a> {
         let r = loop {
             let h = tokio::select! {
                 h = reader.read_header() => h,
-                _ = async {
-                    match closing.as_mut() {
-                        Some(rx) => {
-                            let _ = rx.wait_for(|c| *c).await;
-                        }
-                        None => std::future::pending().await,
-                    }
-                } => break Ok(()),
-                _ = async {
-                    // The pinger drops its sender when it has nothing to do (pings disabled):
-                    // that is not a dead connection.
-                    if dead_rx.wait_for(|d| *d).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                } => {
+                () = session_closing(&mut closing) => break Ok(()),
+                () = ping_unanswered(&mut dead_rx) => {
                     break Err(ConnError::Protocol("NOP-In ping unanswered"));
                 }
             };
@@ -444,7 +450,19 @@ impl<'a> FullFeature<'a> {
             let n = self.received.load(Ordering::Relaxed);
             self.received.store(n.wrapping_add(1), Ordering::Relaxed);
             super::workers::spin::activity();
-            match self.on_pdu(reader, h).await {
+            // A peer that stops in the middle of a PDU (its host lost power after a header)
+            // leaves this waiting for the rest: pings and the session's closing must still
+            // end the connection then, not TCP's retransmission timeout minutes later.
+            // Biased: a PDU handled at once never polls (or registers) the other two.
+            let flow = tokio::select! {
+                biased;
+                f = self.on_pdu(reader, h) => f,
+                () = session_closing(&mut closing) => break Ok(()),
+                () = ping_unanswered(&mut dead_rx) => {
+                    break Err(ConnError::Protocol("NOP-In ping unanswered"));
+                }
+            };
+            match flow {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) => break Ok(()),
                 Err(e) => break Err(e),
