@@ -99,8 +99,49 @@ async fn run(state: Arc<Mutex<State>>, ctx: Arc<ConnCtx>, keep: usize) {
     let mut finished = None;
     while let Some((job, data)) = next(&state, finished.take(), keep).await {
         let task = job.task.clone();
+        let unanswered = Unanswered {
+            ctx: &ctx,
+            cmd: job.cmd.clone(),
+            task: &task,
+        };
         exec::run(&ctx, job, data).await;
+        // Answered: nothing for the guard to do (it owns no heap, so forgetting it is free,
+        // and the common path pays no drop check).
+        std::mem::forget(unanswered);
         finished = Some(task);
+    }
+}
+
+/// A command whose run panicked: without this it would stay "running" in the session's task
+/// table forever, so task management aimed at it would wait for it without end (and keep the
+/// connection's writer, hence the connection, alive), and the initiator would get no answer.
+/// It is marked finished and answered with INTERNAL TARGET FAILURE, unless its answer was
+/// already under way, which is then only closed.
+struct Unanswered<'a> {
+    ctx: &'a Arc<ConnCtx>,
+    cmd: exec::CommandInfo,
+    task: &'a Arc<Task>,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        self.task.finish();
+        if self.task.is_answering() {
+            self.ctx.session.forget_task(self.cmd.itt, self.task);
+            self.task.answered();
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (ctx, cmd, task) = (self.ctx.clone(), self.cmd.clone(), self.task.clone());
+        rt.spawn(async move {
+            let failed = crate::scsi::Response::check(crate::scsi::Sense::INTERNAL_TARGET_FAILURE);
+            ctx.respond(&cmd, &task, failed, None).await;
+        });
     }
 }
 

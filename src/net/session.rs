@@ -86,6 +86,11 @@ impl Task {
         self.answering.store(true, Ordering::SeqCst);
     }
 
+    /// Whether its answer is being queued.
+    pub fn is_answering(&self) -> bool {
+        self.answering.load(Ordering::SeqCst)
+    }
+
     /// Every PDU of its answer is queued. Only task management waits for that, and it flags
     /// the task aborted before it waits, while the task is still in the table (which the
     /// task leaves before this): so an unflagged task has no one to wake, and the common case
