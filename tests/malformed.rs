@@ -252,3 +252,28 @@ async fn closing_another_connection_id_is_cid_not_found() {
     assert_session_works(&mut s, 14).await;
     bystander_ok(&mut d, &mut by, 15).await;
 }
+
+#[tokio::test]
+async fn immediate_commands_past_the_allowance_are_rejected() {
+    let (mut d, mut by) = setup().await;
+    let mut o = opts(Some(T_MAIN));
+    o.initial_r2t = true;
+    o.immediate_data = false;
+    let mut s = login_main_with(&d, &o).await;
+    // Immediate WRITEs waiting for their data hold a place each; the window's 128 plus the
+    // allowance of 8 are taken, the next is "too many immediate commands" (0x06).
+    for itt in 0..136u32 {
+        let mut w = scsi_command_bhs(&s, LUN_RAM, 0x1000 + itt, &write10(itt, 1), 512, 0);
+        w.0[0] |= 0x40;
+        within("send", s.send_pdu(w, &[])).await.unwrap();
+        let r2t = within("r2t", s.recv_pdu()).await.unwrap();
+        assert_eq!(r2t.bhs.opcode(), op::R2T, "immediate write {itt}");
+    }
+    let mut w = scsi_command_bhs(&s, LUN_RAM, 0x2000, &write10(200, 1), 512, 0);
+    w.0[0] |= 0x40;
+    within("send", s.send_pdu(w, &[])).await.unwrap();
+    assert_reject(&within("reject", s.recv_pdu()).await.unwrap(), 0x06, &w);
+    // An immediate ping still goes through.
+    assert_eq!(within("nop", s.nop(b"imm")).await.unwrap(), b"imm");
+    bystander_ok(&mut d, &mut by, 16).await;
+}

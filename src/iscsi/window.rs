@@ -25,7 +25,15 @@ pub enum Admission {
     Accept,
     /// Outside the window: silently ignore it (RFC 7143 §4.2.2.1).
     Ignore,
+    /// An immediate command beyond [`IMMEDIATE_ALLOWANCE`]: reject it ("too many immediate
+    /// commands"); its CmdSN is not counted.
+    TooManyImmediate,
 }
+
+/// Immediate commands the window does not count, held beyond its depth. Without a bound a
+/// peer sending only immediate commands (each with its immediate data) could make us hold as
+/// many as it likes.
+pub const IMMEDIATE_ALLOWANCE: u32 = 8;
 
 impl CmdWindow {
     /// `depth` is the queue depth offered to the initiator (at least 1, at most 128).
@@ -61,6 +69,13 @@ impl CmdWindow {
     /// Either kind of command can take a slot without advancing ExpCmdSN (an immediate one, or
     /// one ahead of a gap), which would lower MaxCmdSN: what was open stays open.
     pub fn admit(&mut self, cmdsn: SerialNumber, immediate: bool) -> Admission {
+        if immediate && self.in_flight >= self.depth + IMMEDIATE_ALLOWANCE {
+            return Admission::TooManyImmediate;
+        }
+        self.enter(cmdsn, immediate)
+    }
+
+    fn enter(&mut self, cmdsn: SerialNumber, immediate: bool) -> Admission {
         self.floor = self.maxcmdsn();
         if immediate {
             self.in_flight += 1;
@@ -113,7 +128,8 @@ impl CmdWindow {
     /// Commands that only take a CmdSN (NOP-Out with a reply, Text, Logout, TMF when not
     /// immediate) pass through the same ordering but hold no slot afterwards.
     pub fn admit_transient(&mut self, cmdsn: SerialNumber, immediate: bool) -> Admission {
-        let a = self.admit(cmdsn, immediate);
+        // Never "too many": they hold nothing.
+        let a = self.enter(cmdsn, immediate);
         if a == Admission::Accept {
             self.complete();
         }
@@ -135,6 +151,20 @@ mod tests {
         assert_eq!(w.maxcmdsn(), SerialNumber(13));
         w.complete();
         assert_eq!(w.maxcmdsn(), SerialNumber(14));
+    }
+
+    #[test]
+    fn immediate_commands_are_bounded_but_transient_ones_are_not() {
+        let mut w = CmdWindow::new(SerialNumber(0), 4);
+        for _ in 0..4 + IMMEDIATE_ALLOWANCE {
+            assert_eq!(w.admit(SerialNumber(0), true), Admission::Accept);
+        }
+        assert_eq!(w.admit(SerialNumber(0), true), Admission::TooManyImmediate);
+        // An immediate NOP-Out or task management request holds nothing: still accepted.
+        assert_eq!(w.admit_transient(SerialNumber(0), true), Admission::Accept);
+        w.complete();
+        assert_eq!(w.admit(SerialNumber(0), true), Admission::Accept);
+        assert_eq!(w.expcmdsn(), SerialNumber(0));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::iscsi::pdu::{
     TmfResponse,
 };
 use crate::iscsi::transfer::{TransferLimits, WriteTransfer};
-use crate::iscsi::window::{Admission, CmdWindow};
+use crate::iscsi::window::{Admission, CmdWindow, IMMEDIATE_ALLOWANCE};
 use crate::scsi::disk::ResetKind;
 use crate::scsi::{Plan, Sense};
 use bytes::{Bytes, BytesMut};
@@ -298,10 +298,6 @@ async fn ping_unanswered(dead: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Runners beyond the CmdSN window, for immediate commands (which the window does not count);
-/// past that they simply queue for a runner.
-const IMMEDIATE_ALLOWANCE: usize = 8;
-
 struct FullFeature<'a> {
     shared: &'a Arc<Shared>,
     out: mpsc::Sender<OutPdu>,
@@ -389,7 +385,7 @@ impl<'a> FullFeature<'a> {
             shared: shared.clone(),
         });
         // One runner per command the initiator may have outstanding, plus immediate ones.
-        let most = shared.iscsi.queue_depth as usize + IMMEDIATE_ALLOWANCE;
+        let most = shared.iscsi.queue_depth as usize + IMMEDIATE_ALLOWANCE as usize;
         s.runners = Some(Runners::new(ctx.clone(), most));
         s.ctx = Some(ctx);
         s.session = Some(session);
@@ -661,10 +657,20 @@ impl<'a> FullFeature<'a> {
             self.reject(RejectReason::TaskInProgress, &h.bhs).await;
             return Ok(());
         }
-        if lock(&self.window).admit(c.cmdsn, c.immediate) == Admission::Ignore {
-            debug!(cmdsn = c.cmdsn.0, "CmdSN outside the window: ignored");
-            self.discard(reader, h).await?;
-            return Ok(());
+        let admission = lock(&self.window).admit(c.cmdsn, c.immediate);
+        match admission {
+            Admission::Accept => {}
+            Admission::Ignore => {
+                debug!(cmdsn = c.cmdsn.0, "CmdSN outside the window: ignored");
+                self.discard(reader, h).await?;
+                return Ok(());
+            }
+            Admission::TooManyImmediate => {
+                self.discard(reader, h).await?;
+                self.reject(RejectReason::ImmediateCommandReject, &h.bhs)
+                    .await;
+                return Ok(());
+            }
         }
         let cmd = CommandInfo {
             itt: c.itt,
