@@ -202,9 +202,9 @@ pub fn check_segment(
     Ok(())
 }
 
-/// Body of the Third-party Copy VPD page (8Fh, SPC-4 §7.8.17): the commands and descriptor
-/// types of the LID1 copy manager, and its general limits. Descriptors are padded to a
-/// multiple of four bytes as the page requires.
+/// Body of the Third-party Copy VPD page (8Fh, SPC-4 §7.8.17): the five descriptors a LID1
+/// copy manager must report (its commands, parameter-list limits, descriptor types, CSCD IDs
+/// and general limits), each padded to a multiple of four bytes as the page requires.
 pub(crate) fn third_party_copy_page() -> Vec<u8> {
     let mut d = Vec::new();
     // Supported Commands (0001h): EXTENDED COPY 00h; RECEIVE COPY RESULTS 00h and 03h.
@@ -214,11 +214,20 @@ pub(crate) fn third_party_copy_page() -> Vec<u8> {
         0x0001,
         &[&[commands.len() as u8][..], &commands].concat(),
     );
-    // Supported Descriptors (0004h).
+    // Parameter Data (0004h): the limits of a parameter list, as Operating Parameters.
+    let mut p = vec![0u8; 28];
+    p[4..6].copy_from_slice(&MAX_CSCD_DESCRIPTORS.to_be_bytes());
+    p[6..8].copy_from_slice(&MAX_SEGMENT_DESCRIPTORS.to_be_bytes());
+    p[8..12].copy_from_slice(&MAX_DESCRIPTOR_LIST_LENGTH.to_be_bytes());
+    // MAXIMUM INLINE DATA LENGTH (12..16): 0.
+    push_descriptor(&mut d, 0x0004, &p);
+    // Supported Descriptors (0008h).
     let list = IMPLEMENTED_DESCRIPTORS;
-    push_descriptor(&mut d, 0x0004, &[&[list.len() as u8][..], &list].concat());
+    push_descriptor(&mut d, 0x0008, &[&[list.len() as u8][..], &list].concat());
+    // Supported CSCD Descriptor IDs (000Ch): an empty list (IDs above 07FFh name no one).
+    push_descriptor(&mut d, 0x000C, &[0, 0]);
     // General Copy Operations (8001h): one concurrent copy per list identifier we track.
-    let mut g = vec![0u8; 28];
+    let mut g = vec![0u8; 32];
     g[0..4].copy_from_slice(&1u32.to_be_bytes()); // TOTAL CONCURRENT COPIES
     g[4..8].copy_from_slice(&1u32.to_be_bytes()); // MAXIMUM IDENTIFIED CONCURRENT COPIES
     g[8..12].copy_from_slice(&MAX_SEGMENT_BYTES.to_be_bytes());
@@ -398,8 +407,22 @@ pub(crate) mod tests {
     fn third_party_copy_vpd_bytes() {
         let p = third_party_copy_page();
         assert_eq!(&p[..12], &[0, 1, 0, 8, 7, 0x83, 1, 0, 0x84, 2, 0, 3]);
-        assert_eq!(&p[12..20], &[0, 4, 0, 4, 2, 0x02, 0xE4, 0]);
-        assert_eq!(&p[20..24], &[0x80, 0x01, 0, 28]);
-        assert_eq!(p.len(), 52);
+        // Parameter Data: type, length 28, then the limits at descriptor bytes 8..20.
+        assert_eq!(&p[12..16], &[0, 4, 0, 28]);
+        assert_eq!(&p[20..32], &[0, 8, 0, 64, 0, 0, 0x10, 0, 0, 0, 0, 0]);
+        assert_eq!(&p[44..52], &[0, 8, 0, 4, 2, 0x02, 0xE4, 0]);
+        assert_eq!(&p[52..60], &[0, 0x0C, 0, 4, 0, 0, 0, 0]);
+        assert_eq!(&p[60..64], &[0x80, 0x01, 0, 32]);
+        assert_eq!(&p[64..68], &1u32.to_be_bytes());
+        assert_eq!(p[76], 9);
+        assert_eq!(p.len(), 96);
+        // Every descriptor's length covers it exactly, so a reader walks them all.
+        let mut at = 0;
+        let mut kinds = Vec::new();
+        while at < p.len() {
+            kinds.push(u16::from_be_bytes([p[at], p[at + 1]]));
+            at += 4 + usize::from(u16::from_be_bytes([p[at + 2], p[at + 3]]));
+        }
+        assert_eq!((at, kinds), (p.len(), vec![1, 4, 8, 0x0C, 0x8001]));
     }
 }
