@@ -67,7 +67,6 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib/durations.sh
 source "$(dirname "$0")/lib/durations.sh"
-case "$DURATION" in '' | *[!0-9]*) echo "SECONDS must be a whole number" >&2; exit 2 ;; esac
 CLIENTS=${CLIENTS:-"iscsi-perf vvold-load"}
 ONLY=${ONLY:-}
 PIN=${PIN:-none}
@@ -168,14 +167,26 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The PID of a child of $1 (the real daemon when it was started through sudo).
-child_of() {
-  local parent=$1 f
+# The PID of the process named $2 among the descendants of $1: the real daemon when it was
+# started through sudo, which may run it under a monitor process of its own (use_pty).
+descendant_named() {
+  local root=$1 name=$2 f
   for _ in $(seq 50); do
+    local -A parent_of=()
+    local pids=()
     for f in /proc/[0-9]*/stat; do
       local st
-      read -r -a st < "$f" 2>/dev/null || continue
-      if [ "${st[3]}" = "$parent" ]; then echo "${st[0]}"; return 0; fi
+      { read -r -a st < "$f"; } 2>/dev/null || continue
+      parent_of[${st[0]}]=${st[3]}
+      pids+=("${st[0]}")
+    done
+    local pid up comm
+    for pid in "${pids[@]}"; do
+      { read -r comm < "/proc/$pid/comm"; } 2>/dev/null || continue
+      [ "$comm" = "$name" ] || continue
+      up=$pid
+      while [ -n "$up" ] && [ "$up" != 0 ] && [ "$up" != "$root" ]; do up=${parent_of[$up]:-}; done
+      if [ "$up" = "$root" ]; then echo "$pid"; return 0; fi
     done
     sleep 0.1
   done
@@ -236,7 +247,7 @@ echo "== tgtd on 127.0.0.1:$TGT_PORT (control port $TGT_CTL)"
 $SUDO "${TARGET_PIN[@]}" tgtd -f -C "$TGT_CTL" --iscsi "portal=127.0.0.1:$TGT_PORT" > "$TMP/tgtd.log" 2>&1 &
 TGT_PID=$!
 if [ -n "$SUDO" ]; then
-  TGT_PID=$(child_of "$TGT_PID")
+  TGT_PID=$(descendant_named "$TGT_PID" tgtd)
   SUDO_PIDS+=("$TGT_PID")
 else
   PIDS+=("$TGT_PID")
@@ -245,7 +256,8 @@ wait_port "$TGT_PORT" "$TGT_PID" tgtd "$TMP/tgtd.log"
 tgtadm() { $SUDO "$TGTADM" -C "$TGT_CTL" --lld iscsi "$@"; }
 tgtadm --mode target --op new --tid 1 --targetname "$IQN_TGT"
 # LUN 0 of a tgt target is its own controller LU; the disk is LUN 1. The null store ignores
-# the path and always reports 1 TiB (tgt usr/bs_null.c); reads return no data, writes vanish.
+# the path and always reports 1 TiB (tgt usr/bs_null.c); reads send full-length Data-In of
+# whatever its buffer holds (vvold's null backend zero-fills), writes vanish.
 tgtadm --mode logicalunit --op new --tid 1 --lun 1 --bstype null --backing-store /dev/null
 tgtadm --mode target --op bind --tid 1 --initiator-address ALL
 if [ "${TGT_DEFAULTS:-0}" != 1 ]; then
@@ -313,9 +325,33 @@ TARGETS=(
 )
 
 # Fill the RAM LUN once, so reads copy real memory rather than take the unwritten-zero path.
+# One session writes sequentially from block 0, so a run that wrote at least the LUN's size has
+# covered all of it; a run that did not (first touches of RAM are slow, the machine may be busy)
+# is repeated with twice the time. Checked, not assumed: a partly written LUN makes the ram rows
+# look cheaper than they are.
 echo "== filling the ram LUN (1 GiB, sequential 1 MiB writes)"
-"$LOAD" --portal "127.0.0.1:$PORT_ram" --target "$IQN_RAM" --initiator "$INITIATOR" \
-  --volume 0 --rw write --bs 1m --qd 4 --seconds 3 --warmup 0 > "$TMP/fill.txt"
+fill_secs=4
+while :; do
+  "$LOAD" --portal "127.0.0.1:$PORT_ram" --target "$IQN_RAM" --initiator "$INITIATOR" \
+    --volume 0 --rw write --bs 1m --qd 4 --seconds "$fill_secs" --warmup 0 --json > "$TMP/fill.json"
+  if python3 - "$TMP/fill.json" "$fill_secs" <<'EOF'
+import json, sys
+t = json.load(open(sys.argv[1]))["total"]
+if t["errors"]:
+    sys.exit(f"the ram LUN fill had {t['errors']} errors")
+print(f"   {t['bytes'] / (1 << 20):.0f} MiB written in {sys.argv[2]} s")
+sys.exit(0 if t["bytes"] >= 1 << 30 else 3)
+EOF
+  then break
+  else
+    rc=$?
+    if [ "$rc" != 3 ] || [ "$fill_secs" -ge 32 ]; then
+      echo "the ram LUN could not be filled" >&2
+      exit 1
+    fi
+    fill_secs=$((fill_secs * 2))
+  fi
+done
 
 # ---- workloads ----
 # name | vvold-load arguments (fio's too, see fio_args) | iscsi-perf arguments ("-": it cannot) |

@@ -6,6 +6,11 @@ SCALE_WARMUP. Starts one vvold on free 127.0.0.1 ports, creates 1,000 VVols and 
 4 hosts over 2 PEs through the HTTP API, drives them with vvold-load over real iSCSI sessions
 and prints every measured figure next to its target. Exits 1 if a target is missed. Stops what
 it started by PID (also on SIGTERM, which scale.sh sends on Ctrl-C).
+
+Nothing is written before the reads, on LUN 1 or the VVols (1,000 x 64 MiB would not fit in
+this machine's memory): a RAM disk answers a never-written chunk by zero-filling the buffer, so
+both modes compare routing, per-volume state and the network path, not reading RAM-disk data
+(which costs the same page walk in both; see README, "ram backend within 10 % of null").
 """
 
 import http.client

@@ -29,7 +29,6 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib/durations.sh
 source "$(dirname "$0")/lib/durations.sh"
-case "$DURATION" in '' | *[!0-9]* | 0) echo "SECONDS must be a whole number > 0" >&2; exit 2 ;; esac
 case "$WARMUP" in '' | *[!0-9]*) echo "WARMUP must be a whole number" >&2; exit 2 ;; esac
 
 cd "$(dirname "$0")/.."

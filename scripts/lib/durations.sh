@@ -13,3 +13,6 @@ fi
 if [ -z "${WARMUP:-}" ]; then
   if [ "$QUICK" = 1 ]; then WARMUP=1; else WARMUP=2; fi
 fi
+# Checked here for both scripts: a 0 s run would make iscsi-perf run forever (its -t 0).
+case "$DURATION" in '' | *[!0-9]* | 0) echo "SECONDS must be a whole number > 0" >&2; exit 2 ;; esac
+case "$WARMUP" in '' | *[!0-9]*) echo "WARMUP must be a whole number" >&2; exit 2 ;; esac
