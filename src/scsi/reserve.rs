@@ -5,22 +5,30 @@
 use super::pr::Refusal;
 use super::NexusId;
 
-/// Runs RESERVE (`reserve`) or RELEASE for `nexus`. `registered` is None when no persistent
-/// reservation registration exists, else whether this nexus' port is registered: with CRH = 1
-/// (SPC-4 §5.6.3) RESERVE then conflicts, and RELEASE is GOOD without effect for a registered
-/// port and a conflict for anyone else.
+/// Where an I_T nexus stands among persistent reservations, while any registration exists:
+/// then SPC-2 RESERVE and RELEASE follow SPC-4 §5.6.3 (CRH = 1, as REPORT CAPABILITIES says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PrStanding {
+    /// Its initiator port is registered.
+    pub registered: bool,
+    /// It holds the persistent reservation, or is a registrant under a registrants-only or
+    /// all-registrants one.
+    pub covered: bool,
+}
+
+/// Runs RESERVE (`reserve`) or RELEASE for `nexus`. `pr` is None when no persistent
+/// reservation registration exists. Otherwise (CRH = 1) neither changes anything: RESERVE is
+/// GOOD for a nexus the persistent reservation covers and a conflict for any other, RELEASE
+/// GOOD for a registered one (a holder is registered) and a conflict for any other.
 pub(crate) fn apply(
     holder: &mut Option<NexusId>,
-    registered: Option<bool>,
+    pr: Option<PrStanding>,
     nexus: NexusId,
     reserve: bool,
 ) -> Result<(), Refusal> {
-    if let Some(registered) = registered {
-        return if !reserve && registered {
-            Ok(())
-        } else {
-            Err(Refusal::Conflict)
-        };
+    if let Some(st) = pr {
+        let good = if reserve { st.covered } else { st.registered };
+        return if good { Ok(()) } else { Err(Refusal::Conflict) };
     }
     match (reserve, *holder) {
         (true, Some(h)) if h != nexus => Err(Refusal::Conflict),
@@ -58,11 +66,37 @@ mod tests {
     }
 
     #[test]
-    fn registrations_refuse_spc2() {
+    fn next_to_registrations_spc2_changes_nothing() {
         let mut h = None;
-        assert_eq!(apply(&mut h, Some(true), A, true), Err(Refusal::Conflict));
-        assert_eq!(apply(&mut h, Some(true), A, false), Ok(()));
-        assert_eq!(apply(&mut h, Some(false), B, false), Err(Refusal::Conflict));
+        let (covered, registered, stranger) = (
+            PrStanding {
+                registered: true,
+                covered: true,
+            },
+            PrStanding {
+                registered: true,
+                covered: false,
+            },
+            PrStanding {
+                registered: false,
+                covered: false,
+            },
+        );
+        assert_eq!(apply(&mut h, Some(covered), A, true), Ok(()));
+        assert_eq!(
+            apply(&mut h, Some(registered), A, true),
+            Err(Refusal::Conflict)
+        );
+        assert_eq!(
+            apply(&mut h, Some(stranger), A, true),
+            Err(Refusal::Conflict)
+        );
+        assert_eq!(apply(&mut h, Some(covered), A, false), Ok(()));
+        assert_eq!(apply(&mut h, Some(registered), A, false), Ok(()));
+        assert_eq!(
+            apply(&mut h, Some(stranger), B, false),
+            Err(Refusal::Conflict)
+        );
         assert_eq!(h, None);
     }
 }

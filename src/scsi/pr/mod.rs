@@ -166,11 +166,19 @@ impl Reservations {
     /// SPC-2 RESERVE(6)/(10) and RELEASE(6)/(10), with SPC-4 §5.6.3 next to registrations.
     pub(crate) fn reserve_release(&self, nexus: NexusId, reserve: bool) -> Result<(), Refusal> {
         let mut inner = self.lock();
-        let registered = (!inner.pr.registrations.is_empty()).then(|| {
+        let standing = (!inner.pr.registrations.is_empty()).then(|| {
             let port = Self::port_of(&inner, nexus);
-            inner.pr.registration(&port).is_some()
+            let registered = inner.pr.registration(&port).is_some();
+            let shared = inner
+                .pr
+                .reservation
+                .is_some_and(|r| r.kind.registrants_have_access());
+            super::reserve::PrStanding {
+                registered,
+                covered: inner.pr.is_holder(&port) || (registered && shared),
+            }
         });
-        let r = super::reserve::apply(&mut inner.spc2, registered, nexus, reserve);
+        let r = super::reserve::apply(&mut inner.spc2, standing, nexus, reserve);
         self.refresh(&inner);
         r
     }

@@ -185,9 +185,25 @@ fn registrations_survive_reconnect_but_spc2_does_not() {
     lu.nexus_added(again, &port(B), 1);
     lu.plan(again, &TUR);
     assert!(matches!(lu.plan(again, &WRITE10), Plan::Write { .. }));
-    // With registrations present, SPC-2 RESERVE conflicts.
+    // With registrations present (CRH = 1), SPC-2 RESERVE and RELEASE from the persistent
+    // reservation's holder are GOOD and change nothing; RESERVE from anyone else conflicts.
+    assert_eq!(status(&lu, again, &[0x16, 0, 0, 0, 0, 0]), Status::Good);
+    assert_eq!(status(&lu, again, &[0x17, 0, 0, 0, 0, 0]), Status::Good);
+    let res = prin(&lu, again, 1);
     assert_eq!(
-        status(&lu, again, &[0x16, 0, 0, 0, 0, 0]),
+        (res[7], res[21]),
+        (16, 0x01),
+        "the persistent reservation stays"
+    );
+    let other = NexusId(10);
+    lu.nexus_added(other, &port(A), 1);
+    lu.plan(other, &TUR);
+    assert_eq!(
+        status(&lu, other, &[0x16, 0, 0, 0, 0, 0]),
+        Status::ReservationConflict
+    );
+    assert_eq!(
+        status(&lu, other, &[0x17, 0, 0, 0, 0, 0]),
         Status::ReservationConflict
     );
 }
