@@ -207,6 +207,9 @@ async fn a_second_connection_to_a_live_session_is_too_many() {
     let o = opts(Some(T_MAIN));
     let mut live = login_with(&d, &o).await;
     assert_ne!(live.tsih, 0);
+    // The session is registered once its connection serves full feature PDUs: a ping answered
+    // says it is (the final login response can reach us a moment before).
+    assert_eq!(within("nop", live.nop(b"x")).await.unwrap(), b"x");
     // RFC 7143 §11.13.5: one connection per session here, so joining it is refused with
     // "too many connections", and the live session is left alone.
     let mut join = o.clone();
