@@ -178,8 +178,10 @@ pub fn check_segment(
     dst: &DiskIdentity,
 ) -> Result<(), Sense> {
     // A CSCD whose DISK BLOCK LENGTH is not its LU's would place the copy at other LBAs than
-    // the host meant (a multiple of the real size passes every alignment check). An error in
-    // the parameter list, found only once the LUs are known (LIO answers the same).
+    // the host meant (a multiple of the real size passes every alignment check). Answered as
+    // an error in the parameter list, found only once the LUs are known: our choice, as what
+    // we could check of SPC-4 names no code for it (LIO and FreeBSD copy with the LU's real
+    // block size instead).
     let (src_bs, dst_bs) = seg.block_lens;
     if src_bs != u64::from(src.block_size) || dst_bs != u64::from(dst.block_size) {
         return Err(BLOCK_LENGTH_NOT_THE_LUS);

@@ -216,11 +216,7 @@ impl VolQos {
         let started = now_ns();
         // Routing warmed the counters' line; the histogram line is known only from it.
         super::warm::prefetch_for_write(self.stats.likely_latency_line());
-        let (release, paced) = self.cap.admit_paced(started, charge.units);
-        let capped = release > started;
-        if capped {
-            self.hold(release, paced).await;
-        }
+        let capped = self.wait_cap(started, charge.units).await;
         let (slot, waited) = self.pool.acquire(self.key, charge.units).await;
         Admission {
             started,
@@ -241,11 +237,18 @@ impl VolQos {
     /// of the LU it was sent to, and waiting for a second pool's slot while holding one could
     /// deadlock two copies going opposite ways). Not counted in the volume's telemetry.
     pub async fn pace(&self, units: u32) {
-        let started = now_ns();
-        let (release, paced) = self.cap.admit_paced(started, units);
-        if release > started {
-            self.hold(release, paced).await;
+        self.wait_cap(now_ns(), units).await;
+    }
+
+    /// Admit `units` arriving at `now` to the cap and wait until it lets them go, following
+    /// cap changes meanwhile; whether the cap held them at all.
+    async fn wait_cap(&self, now: u64, units: u32) -> bool {
+        let (release, paced) = self.cap.admit_paced(now, units);
+        if release <= now {
+            return false;
         }
+        self.hold(release, paced).await;
+        true
     }
 
     /// Wait until `release` (paced at `paced` ns per unit), following cap changes meanwhile.
