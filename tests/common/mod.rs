@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -114,6 +114,18 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
         .port()
+}
+
+/// Whether a daemon's log says it listens on `addr` ("listening on 127.0.0.1:3260", not
+/// followed by another digit of a longer port).
+fn announced_listening(log: &str, addr: &SocketAddr) -> bool {
+    let needle = format!("listening on {addr}");
+    log.match_indices(&needle).any(|(at, _)| {
+        !log[at + needle.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// A running daemon. Dropping it stops it (SIGTERM, then SIGKILL if it does not exit).
@@ -269,8 +281,10 @@ impl Daemon {
                 self.child = None;
                 return Err(status);
             }
-            let up =
-                |a: &SocketAddr| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok();
+            // The log, not a connection, says the port is ours: a port from `free_port` can
+            // be taken by another test's daemon, which would answer the probe meanwhile.
+            let log = self.log_text();
+            let up = |a: &SocketAddr| announced_listening(&log, a);
             if up(&self.addr)
                 && self.addr2.as_ref().is_none_or(up)
                 && self.control.as_ref().is_none_or(up)
@@ -1076,7 +1090,8 @@ impl ControlService {
                     }
                     panic!("vvold control exited ({status}):\n{text}");
                 }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if announced_listening(&text, &addr) {
                     return ControlService {
                         child: Some(child),
                         addr,
