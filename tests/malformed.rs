@@ -79,10 +79,10 @@ async fn data_segment_beyond_max_recv_closes_connection() {
     let b = nop_out(&bad, 9, 262_144 + 4);
     within("send", bad.send_bytes(&b.0)).await.unwrap();
     let seen = expect_closed(&mut bad).await;
-    assert!(
-        seen.iter().all(|p| p.bhs.opcode() == op::REJECT),
-        "only a Reject may precede the close: {seen:?}"
-    );
+    // RFC 7143 §13.12 forbids it: a protocol error (Reject 04h), then the close, since the
+    // stream cannot be reframed past a segment we refuse to read.
+    assert_eq!(seen.len(), 1, "one Reject, then the close: {seen:?}");
+    assert_reject(&seen[0], 0x04, &b);
     bystander_ok(&mut d, &mut by, 4).await;
 }
 

@@ -433,9 +433,11 @@ impl<'a> FullFeature<'a> {
             let h = match h {
                 Ok(h) => h,
                 Err(FrameError::Closed) => break Ok(()),
-                Err(FrameError::TooLong { len, limit }) => {
+                Err(FrameError::TooLong { len, limit, bhs }) => {
                     // We cannot resynchronise on a segment we refuse to read: reject, close.
+                    // The writer flushes the Reject before the connection goes.
                     warn!(len, limit, "data segment exceeds MaxRecvDataSegmentLength");
+                    self.reject(RejectReason::ProtocolError, &bhs).await;
                     break Err(ConnError::Protocol(
                         "data segment exceeds MaxRecvDataSegmentLength",
                     ));

@@ -19,7 +19,12 @@ pub enum FrameError {
     #[error("header digest mismatch")]
     HeaderDigest,
     #[error("data segment of {len} bytes exceeds the limit of {limit}")]
-    TooLong { len: usize, limit: usize },
+    TooLong {
+        len: usize,
+        limit: usize,
+        /// The offending header, for the Reject that answers it.
+        bhs: Box<Bhs>,
+    },
     #[error("AHS of {0} bytes is not allowed")]
     Ahs(usize),
 }
@@ -145,6 +150,7 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
             return Err(FrameError::TooLong {
                 len,
                 limit: self.max_data,
+                bhs: Box::new(bhs),
             });
         }
         Ok(Header { bhs, ahs })
