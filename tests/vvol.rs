@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use vvold::control::model::{BindingInfo, PeInfo, VvolInfo};
+use vvold::iscsi::pdu::op;
 use vvold::scsi::Lun;
 use vvold::vvol::address::pe_lun;
 use vvold::vvol::binding::BindingState;
@@ -726,12 +727,14 @@ async fn task_management_reaches_a_vvol_being_unbound() {
 async fn no_write_lands_after_an_unbind_whose_drain_timed_out() {
     // A VVol capped at 10 IOPS with 30 writes queued: the drain (1 s here) times out, the
     // unbind aborts what has not started, and nothing more is written once it has returned.
+    // Every write is answered: GOOD if it landed, LOGICAL UNIT NOT SUPPORTED if the unbind
+    // aborted it (the host asked no abort, so silence would leave it to time out and reset).
     let opts = VvolOpts {
         extra: "drain_timeout_secs = 1".into(),
         ..VvolOpts::default()
     };
     let SlowUnbind {
-        d, api, v, a: _a, ..
+        d, api, v, mut a, ..
     } = slow_unbind(opts, 0x400, Queued::Writes).await;
     let api2 = api.clone();
     let removed = tokio::task::spawn_blocking(move || api2.unbind(v.id, HOST_A))
@@ -757,6 +760,25 @@ async fn no_write_lands_after_an_unbind_whose_drain_timed_out() {
         "every queued write landed: none was aborted"
     );
     assert_eq!(later, at_unbind, "writes landed after the unbind returned");
+    let mut answered = std::collections::BTreeMap::new();
+    while answered.len() < 30 {
+        let p = recv(&mut a).await;
+        assert_eq!(p.bhs.opcode(), op::SCSI_RESPONSE, "{:?}", p.bhs);
+        let sense = p.data.get(2..).map(|s| (s[2] & 0x0F, s[12], s[13]));
+        let status = (p.bhs.0[3], sense);
+        assert!(
+            answered.insert(p.bhs.u32_at(16), status).is_none(),
+            "answered twice"
+        );
+    }
+    let good = answered.values().filter(|s| s.0 == GOOD).count();
+    assert_eq!(good, at_unbind, "GOOD for exactly the writes that landed");
+    for (itt, st) in &answered {
+        assert!(
+            st.0 == GOOD || *st == (CHECK_CONDITION, Some((0x05, 0x25, 0x00))),
+            "ITT {itt:#x}: {st:?}"
+        );
+    }
 }
 
 // ---- 8. API errors -------------------------------------------------------------------------

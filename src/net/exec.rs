@@ -63,7 +63,7 @@ impl ConnCtx {
     }
 
     /// Send the final answer to a command: Data-In (if any) and status. Drops it silently if
-    /// the task was aborted. Frees the command's slot in the CmdSN window first, so the
+    /// task management or a reset aborted the task. Frees the command's slot in the CmdSN window first, so the
     /// response already advertises the larger MaxCmdSN.
     pub async fn respond(
         &self,
@@ -76,11 +76,12 @@ impl ConnCtx {
         // this connection that flags it after that finds it answering and waits
         // (`Task::answer_queued`). The task stays in the table until its last PDU is queued, so
         // an ABORT TASK or LUN RESET arriving meanwhile finds it, and the TMF answer cannot
-        // overtake this one's Data-In or status. An aborted task answers nothing.
+        // overtake this one's Data-In or status. An aborted task answers nothing, unless the
+        // array aborted it (`Task::abort_answering`).
         task.start_answer();
-        let aborted = task.is_aborted();
+        let silenced = task.is_silenced();
         lock(&self.session.window).complete();
-        if aborted {
+        if silenced {
             debug!(itt = cmd.itt.0, "aborted task: no response");
         } else {
             self.answer(cmd, resp, residual).await;
@@ -245,7 +246,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     // reservation or a mode change count like backend I/O (`Task::start`).
     if let Completion::Inband { pe, service } = completion {
         if !task.start() {
-            return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
+            return ctx.respond(&cmd, &task, never_ran(), None).await;
         }
         let resp = match inband::parse_params(service, &data) {
             Ok(req) => match ctx.inband(pe, req).await {
@@ -263,7 +264,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         // The parameter list decides what happens next (MODE SELECT answers, UNMAP and
         // EXTENDED COPY go on to the backend).
         if !task.start() {
-            return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
+            return ctx.respond(&cmd, &task, never_ran(), None).await;
         }
         plan = lu.disk.apply_parameters(nexus, cdb.as_slice(), &data);
         // Finished before waiting for preempted tasks, which may include this nexus' own.
@@ -292,7 +293,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
                         biased;
                         a = q.admit(c) => Some((q, a)),
                         _ = task.aborted() => {
-                            return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
+                            return ctx.respond(&cmd, &task, never_ran(), None).await;
                         }
                     },
                     None => None,
@@ -301,7 +302,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
             };
             // An aborted task never reaches the backend; one that started is let finish.
             if !task.start() {
-                return ctx.respond(&cmd, &task, Response::good_empty(), None).await;
+                return ctx.respond(&cmd, &task, never_ran(), None).await;
             }
             let r = ctx.media(&lu, nexus, media, data, &task).await;
             task.finish();
@@ -313,6 +314,13 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     };
     ctx.respond(&cmd, &task, resp, residual).await;
     drop(guard);
+}
+
+/// The answer of a task aborted before it took any effect. Only a task the array aborted
+/// sends it (an unbind whose drain timed out; task management's aborts stay silent): the LU
+/// is gone for this host, as a new command to that LUN would find.
+fn never_ran() -> Response {
+    Response::check(Sense::LUN_NOT_SUPPORTED)
 }
 
 /// Bytes copied per backend request by WRITE SAME and EXTENDED COPY.

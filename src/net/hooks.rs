@@ -70,7 +70,7 @@ impl EngineHooks for NetHooks {
             .all()
             .into_iter()
             .filter(|s| s.initiator.eq_ignore_ascii_case(host))
-            .flat_map(|s| s.abort_tasks_on(Some(lun)))
+            .flat_map(|s| s.abort_tasks_answering(lun))
             .collect();
         Box::pin(async move {
             for task in tasks {

@@ -21,15 +21,22 @@ const PENDING: u8 = 0;
 const RUNNING: u8 = 1;
 const DONE: u8 = 2;
 
+/// Abort states: not aborted; aborted by the initiator's own request or a reset (no answer,
+/// SAM-5 with TAS=0); aborted by the array when an unbind's drain timed out (answered).
+const NOT_ABORTED: u8 = 0;
+const ABORTED_SILENTLY: u8 = 1;
+const ABORTED_ANSWERING: u8 = 2;
+
 /// One SCSI task. Task management aborts it; an aborted task never starts backend I/O and
-/// never sends a response. Once its backend I/O has started it is allowed to finish, and
+/// never sends a response (unless the array, not the initiator, aborted it: see
+/// [`Task::abort_answering`]). Once its backend I/O has started it is allowed to finish, and
 /// task management waits for that before answering, so no write lands after an abort is
 /// confirmed. Once it has begun to answer it is allowed to finish answering too, and task
 /// management on the same connection waits for that as well, so its answer follows the
 /// task's last PDU.
 pub struct Task {
     pub lun: Lun,
-    aborted: std::sync::atomic::AtomicBool,
+    aborted: AtomicU8,
     state: AtomicU8,
     /// Its Data-In and status are being queued (`ConnCtx::respond`).
     answering: std::sync::atomic::AtomicBool,
@@ -40,16 +47,32 @@ impl Task {
     pub fn new(lun: Lun) -> Task {
         Task {
             lun,
-            aborted: false.into(),
+            aborted: AtomicU8::new(NOT_ABORTED),
             state: AtomicU8::new(PENDING),
             answering: false.into(),
             done: Notify::new(),
         }
     }
 
+    /// Abort for task management or a reset: the task answers nothing. Overrides an earlier
+    /// [`Task::abort_answering`], since task management promises no answer follows its own.
     pub fn abort(&self) {
-        self.aborted.store(true, Ordering::SeqCst);
+        self.aborted.store(ABORTED_SILENTLY, Ordering::SeqCst);
         // A command waiting for QoS admission (`aborted`) stops waiting.
+        self.done.notify_waiters();
+    }
+
+    /// Abort because the array took the LU away (an unbind's drain timed out): nobody asked
+    /// the initiator's leave, so it gets an answer now instead of waiting out its command
+    /// timeout and escalating to resets that would hit every VVol on the session. A task
+    /// already aborted by task management stays silent.
+    pub fn abort_answering(&self) {
+        let _ = self.aborted.compare_exchange(
+            NOT_ABORTED,
+            ABORTED_ANSWERING,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         self.done.notify_waiters();
     }
 
@@ -59,7 +82,12 @@ impl Task {
     }
 
     pub fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::SeqCst)
+        self.aborted.load(Ordering::SeqCst) != NOT_ABORTED
+    }
+
+    /// Whether it must stay silent: aborted by task management or a reset.
+    pub fn is_silenced(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst) == ABORTED_SILENTLY
     }
 
     /// Called before backend I/O: false if the task was aborted (then do nothing more).
@@ -191,10 +219,20 @@ impl Session {
 
     /// Abort this session's tasks on `lun` (or all with None) and return them.
     pub fn abort_tasks_on(&self, lun: Option<Lun>) -> Vec<Arc<Task>> {
+        self.abort_each(lun, Task::abort)
+    }
+
+    /// Abort the tasks on `lun` for the array's own reasons: each still answers
+    /// ([`Task::abort_answering`]).
+    pub fn abort_tasks_answering(&self, lun: Lun) -> Vec<Arc<Task>> {
+        self.abort_each(Some(lun), Task::abort_answering)
+    }
+
+    fn abort_each(&self, lun: Option<Lun>, abort: fn(&Task)) -> Vec<Arc<Task>> {
         lock(&self.tasks)
             .values()
             .filter(|t| lun.is_none_or(|l| t.lun == l))
-            .inspect(|t| t.abort())
+            .inspect(|t| abort(t))
             .cloned()
             .collect()
     }
@@ -305,6 +343,20 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn task_management_silences_an_abort_the_array_wanted_answered() {
+        let t = Task::new(Lun::single(0));
+        t.abort_answering();
+        assert!(t.is_aborted() && !t.is_silenced());
+        assert!(!t.start(), "no backend I/O after either abort");
+        t.abort();
+        assert!(t.is_silenced(), "ABORT TASK's answer promises no other");
+        let u = Task::new(Lun::single(0));
+        u.abort();
+        u.abort_answering();
+        assert!(u.is_silenced(), "an unbind does not revive an answer");
+    }
 
     #[tokio::test]
     async fn abort_before_start_prevents_io() {
