@@ -568,7 +568,16 @@ fn target_pdu(opcode: u8, flags: u8, itt: Itt, seq: Seq, data_len: usize) -> Bhs
     b
 }
 
-pub fn scsi_response(itt: Itt, status: u8, residual: Residual, seq: Seq, data_len: usize) -> Bhs {
+/// SCSI Response header. `data_ins` is how many Data-In PDUs went before it for the command,
+/// its ExpDataSN (RFC 7143 §11.4.8: 0 for writes and commands without data).
+pub fn scsi_response(
+    itt: Itt,
+    status: u8,
+    residual: Residual,
+    seq: Seq,
+    data_len: usize,
+    data_ins: u32,
+) -> Bhs {
     let mut b = target_pdu(
         op::SCSI_RESPONSE,
         0x80 | residual.flags(),
@@ -578,6 +587,7 @@ pub fn scsi_response(itt: Itt, status: u8, residual: Residual, seq: Seq, data_le
     );
     b.0[2] = 0; // response: command completed at target
     b.0[3] = status;
+    b.set_u32(36, data_ins);
     b.set_u32(44, residual.count());
     b
 }
@@ -713,6 +723,19 @@ pub fn async_message(lun: Lun, event: u8, param: [u16; 3], seq: Seq, data_len: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scsi_response_counts_the_data_ins_before_it() {
+        let seq = Seq {
+            statsn: 7,
+            expcmdsn: 8,
+            maxcmdsn: 9,
+        };
+        let b = scsi_response(Itt(3), 2, Residual::of(4096, 1024), seq, 20, 2);
+        assert_eq!(b.u32_at(36), 2, "ExpDataSN");
+        assert_eq!((b.0[3], b.u32_at(44)), (2, 3072), "status, residual");
+        assert_eq!(b.data_segment_len(), 20);
+    }
 
     #[test]
     fn serial_number_arithmetic_wraps() {

@@ -111,7 +111,7 @@ impl ConnCtx {
             self.send_data_in(cmd, owner, data_len, &resp, residual)
                 .await;
         } else {
-            self.send_scsi_response(cmd, &resp, residual).await;
+            self.send_scsi_response(cmd, &resp, residual, 0).await;
         }
     }
 
@@ -125,6 +125,7 @@ impl ConnCtx {
         residual: Residual,
     ) {
         let collapse = resp.status == Status::Good;
+        let mut sent = 0;
         for (datasn, piece) in (0u32..).zip(data_in::pieces(
             len,
             self.max_xmit.load(Ordering::Relaxed),
@@ -157,13 +158,20 @@ impl ConnCtx {
             if self.out.send(pdu).await.is_err() {
                 return;
             }
+            sent = datasn + 1;
         }
         if !collapse {
-            self.send_scsi_response(cmd, resp, residual).await;
+            self.send_scsi_response(cmd, resp, residual, sent).await;
         }
     }
 
-    async fn send_scsi_response(&self, cmd: &CommandInfo, resp: &Response, residual: Residual) {
+    async fn send_scsi_response(
+        &self,
+        cmd: &CommandInfo,
+        resp: &Response,
+        residual: Residual,
+        data_ins: u32,
+    ) {
         let sense = if resp.sense.is_empty() {
             Bytes::new()
         } else {
@@ -179,6 +187,7 @@ impl ConnCtx {
             residual,
             Seq::default(),
             sense.len(),
+            data_ins,
         );
         let _ = self
             .out
