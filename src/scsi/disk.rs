@@ -101,6 +101,13 @@ impl std::fmt::Debug for BlockCount {
 }
 
 impl DiskIdentity {
+    /// Whether this LU has `command` at all. A fully provisioned LU (LBPU = 0) has no UNMAP
+    /// (SBC-4: LBPU = 0 means UNMAP is not supported): it answers INVALID COMMAND OPERATION
+    /// CODE and REPORT SUPPORTED OPERATION CODES leaves it out, as LIO does.
+    pub fn offers(&self, command: Command) -> bool {
+        self.thin || command != Command::Unmap
+    }
+
     /// The port groups, never empty.
     pub fn groups(&self) -> Vec<super::alua::PortGroup> {
         if self.port_groups.is_empty() {
@@ -235,6 +242,9 @@ impl DiskLu {
             Ok(decoded) => decoded,
             Err(sense) => return Plan::Respond(self.sense_response(sense)),
         };
+        if !self.identity.offers(info.command) {
+            return Plan::Respond(self.sense_response(Sense::INVALID_OPCODE));
+        }
         if self.reservations.conflicts(nexus, info.command, cdb) {
             return Plan::Respond(Response::conflict());
         }
@@ -253,7 +263,7 @@ impl DiskLu {
             Inquiry => self.respond(inquiry::inquiry(id, self.target_port(nexus), cdb)),
             ReadCapacity10 => self.respond(capacity::read_capacity_10(id, cdb)),
             ReadCapacity16 => self.respond(capacity::read_capacity_16(id, cdb)),
-            ReportSupportedOperationCodes => self.respond(rsoc::report(cdb)),
+            ReportSupportedOperationCodes => self.respond(rsoc::report(cdb, |c| id.offers(c))),
             ModeSense6 | ModeSense10 => {
                 let wp = self.write_protect().is_some();
                 let state = self.state();
@@ -672,6 +682,25 @@ pub(crate) mod tests {
         lu.nexus_added(A, &port(A), 1);
         assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (6, 0x29, 0));
         assert_eq!(sense_of(&respond(lu.plan(A, &[0xC0; 16]))), (5, 0x20, 0));
+    }
+
+    #[test]
+    fn a_fully_provisioned_lu_has_no_unmap() {
+        const UNMAP: [u8; 10] = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        const RSOC_ALL: [u8; 12] = [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 0];
+        let lists_unmap = |lu: &DiskLu| {
+            let all = respond(lu.plan(A, &RSOC_ALL)).data;
+            all[4..].chunks(8).any(|c| c[0] == 0x42)
+        };
+        let thick = DiskLu::new(DiskIdentity {
+            thin: false,
+            ..identity()
+        });
+        assert_eq!(sense_of(&respond(thick.plan(A, &UNMAP))), (5, 0x20, 0));
+        assert!(!lists_unmap(&thick));
+        let thin = DiskLu::new(identity());
+        assert_eq!(thin.plan(A, &UNMAP), Plan::Parameters { len: 24 });
+        assert!(lists_unmap(&thin));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::cdb::{trim, Cdb};
-use super::opcodes::{self, OpInfo, OPCODES};
+use super::opcodes::{self, Command, OpInfo, OPCODES};
 use super::sense::Sense;
 
 /// SUPPORT field values of the one-command format.
@@ -19,45 +19,51 @@ fn timeouts_descriptor(info: &OpInfo) -> [u8; 12] {
     t
 }
 
-pub(crate) fn report(cdb: Cdb<'_>) -> Result<Bytes, Sense> {
+/// `offered` says which commands this LU has (a fully provisioned LU has no UNMAP).
+pub(crate) fn report(cdb: Cdb<'_>, offered: impl Fn(Command) -> bool) -> Result<Bytes, Sense> {
+    let find = |opcode, action| opcodes::find(opcode, action).filter(|i| offered(i.command));
     let rctd = cdb.bit(2, 7);
     let options = cdb.u8(2) & 0x07;
     let opcode = cdb.u8(3);
     let action = cdb.be16(4);
     let alloc = cdb.be32(6) as usize;
     let data = match options {
-        0 => all_commands(rctd),
+        0 => all_commands(rctd, &offered),
         1 => {
             // The opcode alone cannot name a command that has service actions.
             if opcodes::opcode_has_service_actions(opcode) == Some(true) {
                 return Err(Sense::invalid_cdb_field(3, Some(7)));
             }
-            one_command(opcodes::find(opcode, None), rctd)
+            one_command(find(opcode, None), rctd)
         }
         2 => match opcodes::opcode_has_service_actions(opcode) {
             Some(false) => return Err(Sense::invalid_cdb_field(3, Some(7))),
-            _ => one_command(find_sa(opcode, action), rctd),
+            _ => one_command(find_sa(find, opcode, action), rctd),
         },
         3 => match opcodes::opcode_has_service_actions(opcode) {
-            Some(true) => one_command(find_sa(opcode, action), rctd),
-            _ => one_command(opcodes::find(opcode, None), rctd),
+            Some(true) => one_command(find_sa(find, opcode, action), rctd),
+            _ => one_command(find(opcode, None), rctd),
         },
         _ => return Err(Sense::invalid_cdb_field(2, Some(2))),
     };
     Ok(trim(data, alloc))
 }
 
-fn find_sa(opcode: u8, action: u16) -> Option<&'static OpInfo> {
+fn find_sa(
+    find: impl Fn(u8, Option<u8>) -> Option<&'static OpInfo>,
+    opcode: u8,
+    action: u16,
+) -> Option<&'static OpInfo> {
     u8::try_from(action)
         .ok()
-        .and_then(|a| opcodes::find(opcode, Some(a)))
+        .and_then(|a| find(opcode, Some(a)))
 }
 
-fn all_commands(rctd: bool) -> Vec<u8> {
+fn all_commands(rctd: bool, offered: impl Fn(Command) -> bool) -> Vec<u8> {
     let per = if rctd { 20 } else { 8 };
     let mut d = vec![0u8; 4];
     d.reserve(OPCODES.len() * per);
-    for info in OPCODES {
+    for info in OPCODES.iter().filter(|i| offered(i.command)) {
         d.push(info.opcode);
         d.push(0);
         d.extend_from_slice(&u16::from(info.service_action.unwrap_or(0)).to_be_bytes());
@@ -109,7 +115,19 @@ mod tests {
     }
 
     fn run(c: [u8; 12]) -> Result<Bytes, Sense> {
-        report(Cdb::new(&c))
+        report(Cdb::new(&c), |_| true)
+    }
+
+    #[test]
+    fn a_command_the_lu_lacks_is_left_out() {
+        let thick = |c| c != Command::Unmap;
+        let all = report(Cdb::new(&cdb(false, 0, 0, 0)), thick).unwrap();
+        assert_eq!(all.len(), 4 + 8 * (OPCODES.len() - 1));
+        assert!(all[4..].chunks(8).all(|c| c[0] != 0x42));
+        let one = report(Cdb::new(&cdb(false, 1, 0x42, 0)), thick).unwrap();
+        assert_eq!(one[1] & 0x07, NOT_SUPPORTED);
+        let one = report(Cdb::new(&cdb(false, 1, 0x42, 0)), |_| true).unwrap();
+        assert_eq!(one[1] & 0x07, SUPPORTED);
     }
 
     #[test]

@@ -16,10 +16,8 @@ pub(crate) fn plan(
     cdb: Cdb<'_>,
     write_protect: Option<Sense>,
 ) -> Result<Plan, Sense> {
-    if !id.thin {
-        // A fully provisioned LU advertises LBPU = 0: the command exists but cannot apply.
-        return Err(Sense::invalid_cdb_field(0, None));
-    }
+    // A fully provisioned LU never gets here (`DiskIdentity::offers`).
+    debug_assert!(id.thin, "UNMAP planned on a fully provisioned LU");
     if let Some(sense) = write_protect {
         return Err(sense);
     }
@@ -113,11 +111,6 @@ mod tests {
             plan(&id, Cdb::new(&c(24)), wp).unwrap_err(),
             Sense::WRITE_PROTECTED
         );
-        let thick = DiskIdentity {
-            thin: false,
-            ..identity()
-        };
-        assert_eq!(plan(&thick, Cdb::new(&c(24)), None).unwrap_err().asc, 0x24);
     }
 
     #[test]
