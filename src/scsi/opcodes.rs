@@ -344,6 +344,8 @@ pub(crate) fn decode(cdb: &[u8]) -> Result<(&'static OpInfo, Cdb<'_>), Sense> {
             // The CONTROL byte is made of one-bit fields (NACA, LINK): no widening there.
             let bit = if i == len - 1 {
                 7 - bad.leading_zeros() as u8
+            } else if let Some(starts) = (i == 1).then(|| byte1_fields(opcode)).flatten() {
+                field_start(bad, starts)
             } else {
                 field_msb(bad, allowed)
             };
@@ -351,6 +353,25 @@ pub(crate) fn decode(cdb: &[u8]) -> Result<(&'static OpInfo, Cdb<'_>), Sense> {
         }
     }
     Ok((info, Cdb::new(bytes)))
+}
+
+/// Where the fields of byte 1 begin (a mask of their most significant bits), for commands
+/// whose unsupported one-bit fields sit next to each other, which `field_msb` would take for
+/// one field: WRITE SAME's WRPROTECT (7:5), ANCHOR, UNMAP, PBDATA, LBDATA and NDOB (SBC-4
+/// §5.48, §5.49); UNMAP's reserved bits 7:1 and ANCHOR.
+fn byte1_fields(opcode: u8) -> Option<u8> {
+    match opcode {
+        0x41 | 0x93 => Some(0b1001_1111),
+        0x42 => Some(0b1000_0001),
+        _ => None,
+    }
+}
+
+/// The most significant bit of the field holding `bad`'s highest bit, `starts` marking
+/// where fields begin.
+fn field_start(bad: u8, starts: u8) -> u8 {
+    let bit = 7 - bad.leading_zeros() as u8;
+    (bit..8).find(|b| starts & (1 << b) != 0).unwrap_or(7)
 }
 
 /// The bit pointer for a bad multi-bit field names its most significant bit (SPC-4
@@ -412,6 +433,29 @@ mod tests {
         let e = decode(&[0x28, 0x20, 0, 0, 0, 0, 0, 0, 1, 0]).unwrap_err();
         let f = e.field.unwrap();
         assert_eq!((f.byte, f.bit), (1, Some(7)));
+    }
+
+    #[test]
+    fn neighbouring_one_bit_fields_are_told_apart() {
+        let pointer = |cdb: &[u8]| {
+            let f = decode(cdb).unwrap_err().field.unwrap();
+            (f.byte, f.bit)
+        };
+        let ws10 = |b1| [0x41, b1, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(pointer(&ws10(0x10)), (1, Some(4)), "ANCHOR");
+        assert_eq!(pointer(&ws10(0x04)), (1, Some(2)), "PBDATA");
+        assert_eq!(pointer(&ws10(0x02)), (1, Some(1)), "LBDATA");
+        assert_eq!(pointer(&ws10(0x01)), (1, Some(0)), "reserved");
+        assert_eq!(pointer(&ws10(0x40)), (1, Some(7)), "WRPROTECT");
+        let mut ws16 = [0u8; 16];
+        ws16[0] = 0x93;
+        ws16[1] = 0x12;
+        assert_eq!(pointer(&ws16), (1, Some(4)), "ANCHOR above LBDATA");
+        assert_eq!(
+            pointer(&[0x42, 0x01, 0, 0, 0, 0, 0, 0, 24, 0]),
+            (1, Some(0)),
+            "UNMAP's ANCHOR"
+        );
     }
 
     #[test]
