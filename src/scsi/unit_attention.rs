@@ -9,7 +9,8 @@ use super::sense::Sense;
 use super::NexusId;
 
 /// More than this many distinct conditions for one nexus means the initiator is not
-/// listening; the oldest lower-priority ones are dropped (SAM-5 allows coalescing).
+/// listening: the oldest is dropped to make room, never a reset report, which outranks the
+/// rest (the public record names no rule for a full queue; this is our choice).
 const MAX_QUEUED: usize = 8;
 
 #[derive(Debug, Default)]
@@ -105,7 +106,9 @@ fn push(queue: &mut VecDeque<Sense>, sense: Sense) {
         return;
     }
     if queue.len() >= MAX_QUEUED {
-        queue.pop_back();
+        // A reset report can only be first: its arrival clears the queue.
+        let oldest = usize::from(queue.front().is_some_and(|s| s.asc == 0x29));
+        queue.remove(oldest);
     }
     queue.push_back(sense);
 }
@@ -137,6 +140,22 @@ mod tests {
         ua.establish(None, Sense::MODE_PARAMETERS_CHANGED);
         ua.establish(None, Sense::BUS_DEVICE_RESET);
         assert_eq!(ua.take(A), Some(Sense::BUS_DEVICE_RESET));
+        assert_eq!(ua.take(A), None);
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_condition_but_keeps_a_reset() {
+        let ua = UnitAttentions::default();
+        ua.add_nexus(A, Sense::POWER_ON_OCCURRED);
+        let distinct = |n: u8| Sense::new(crate::scsi::SenseKey::UnitAttention, 0x2A, n);
+        for n in 1..=MAX_QUEUED as u8 {
+            ua.establish(Some(A), distinct(n));
+        }
+        assert_eq!(ua.take(A), Some(Sense::POWER_ON_OCCURRED));
+        // 2A/01 (the oldest after the reset) made room for the last; the newest all stayed.
+        for n in 2..=MAX_QUEUED as u8 {
+            assert_eq!(ua.take(A), Some(distinct(n)));
+        }
         assert_eq!(ua.take(A), None);
     }
 
