@@ -219,8 +219,17 @@ async fn vvol_limits_default_per_container_change_live_and_show_in_telemetry() {
     );
 }
 
-#[tokio::test]
-async fn a_copy_sent_to_another_lu_pays_the_capped_vvols_cap() {
+/// A RAM VVol bound for a host and capped at 10 IOPS, the NAAs of it and of LUN 0, and the
+/// host's session: copies out of it take about 1.5 s per 16 MiB.
+struct CappedCopy {
+    d: Daemon,
+    v: VvolInfo,
+    s: vvold::initiator::Session,
+    from: [u8; 16],
+    to: [u8; 16],
+}
+
+async fn capped_copy() -> CappedCopy {
     let d = Daemon::start_vvol(VvolOpts::default());
     let api = Api::of(&d);
     let host = "iqn.2026-11.io.vvold.test:host-x";
@@ -235,6 +244,45 @@ async fn a_copy_sent_to_another_lu_pays_the_capped_vvols_cap() {
         serde_json::json!({"upper": 10}),
     )
     .expect::<serde_json::Value>(200);
+    CappedCopy { d, v, s, from, to }
+}
+
+#[tokio::test]
+async fn a_list_identifier_in_use_is_refused_while_its_copy_runs() {
+    let CappedCopy {
+        d, mut s, from, to, ..
+    } = capped_copy().await;
+    let (cdb, list) = xcopy(7, &[cscd(&from), cscd(&to)], &[b2b(0, 1, 32768, 0, 0)]);
+    for itt in [0x700, 0x701] {
+        let bhs = scsi_command_bhs(&s, 0, itt, &cdb, list.len() as u32, 0);
+        if let Err(e) = s.send_pdu(bhs, &list).await {
+            panic!("send: {e}; log:\n{}", d.log_text());
+        }
+        s.cmdsn = s.cmdsn.wrapping_add(1);
+    }
+    // The second is refused at once (SPC-4: OPERATION IN PROGRESS); the first runs on.
+    let p = recv(&mut s).await;
+    assert_eq!((p.bhs.u32_at(16), p.bhs.0[3]), (0x701, CHECK_CONDITION));
+    assert_eq!(
+        (p.data[2 + 2] & 0x0F, p.data[2 + 12], p.data[2 + 13]),
+        (5, 0, 0x16)
+    );
+    let p = recv(&mut s).await;
+    assert_eq!((p.bhs.u32_at(16), p.bhs.0[3]), (0x700, GOOD));
+    // Once it has ended, the identifier is free again.
+    let r = within("copy again", cmd_lun(&mut s, lun(0), &cdb, Some(&list), 0)).await;
+    assert_good(&r);
+}
+
+#[tokio::test]
+async fn a_copy_sent_to_another_lu_pays_the_capped_vvols_cap() {
+    let CappedCopy {
+        d,
+        v,
+        mut s,
+        from,
+        to,
+    } = capped_copy().await;
     // 16 MiB from the VVol capped at 10 IOPS to LUN 0, sent to LUN 0 (no limits). Copies cost
     // one unit per MiB, so the VVol's cap holds it for about 1.5 s (16 units, 2 of them the
     // burst); charged to LUN 0 alone, it would take milliseconds.

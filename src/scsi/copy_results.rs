@@ -24,19 +24,16 @@ enum Outcome {
     Failed,
 }
 
-/// What we remember about one list: its outcome, whether to keep it once finished (LIST ID
-/// USAGE), and how many segments it had.
+/// What we remember about one list: its outcome and how many segments it had.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     outcome: Outcome,
-    retain: bool,
     segments: u16,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct CopyResults {
-    /// Bounded by 256 list ids per nexus; entries for lists sent with LIST ID USAGE 11b are
-    /// dropped as soon as the copy ends.
+    /// Bounded by 256 list ids per nexus; lists sent with LIST ID USAGE 11b have no entry.
     lists: Mutex<HashMap<(NexusId, u8), Entry>>,
 }
 
@@ -46,46 +43,50 @@ impl CopyResults {
         self.lists.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A copy was accepted and handed to the transport.
-    pub(crate) fn started(&self, nexus: NexusId, list_id: u8, retain: bool, segments: usize) {
+    /// A copy is about to be handed to the transport. Refused while a copy with the same
+    /// list identifier is still running for `nexus` (SPC-4: OPERATION IN PROGRESS); a
+    /// finished one's results are replaced.
+    pub(crate) fn start(
+        &self,
+        nexus: NexusId,
+        list_id: Option<u8>,
+        segments: usize,
+    ) -> Result<(), Sense> {
+        let Some(list_id) = list_id else {
+            return Ok(());
+        };
+        let mut lists = self.lock();
+        let key = (nexus, list_id);
+        if lists
+            .get(&key)
+            .is_some_and(|e| e.outcome == Outcome::InProgress)
+        {
+            return Err(xcopy::OPERATION_IN_PROGRESS);
+        }
         let entry = Entry {
             outcome: Outcome::InProgress,
-            retain,
             segments: u16::try_from(segments).unwrap_or(u16::MAX),
         };
-        self.lock().insert((nexus, list_id), entry);
+        lists.insert(key, entry);
+        Ok(())
     }
 
     /// The transport finished the copy: keep the outcome if the list asked us to.
     /// Segments are copied in order and the first failure ends the copy, so success means
     /// every segment was processed.
-    pub(crate) fn finished(&self, nexus: NexusId, list_id: u8, result: Result<u64, ()>) {
+    pub(crate) fn finished(&self, nexus: NexusId, list_id: Option<u8>, result: Result<u64, ()>) {
+        let Some(list_id) = list_id else {
+            return;
+        };
         let mut lists = self.lock();
         // A copy we never saw start (the plan was built elsewhere) is recorded with no
         // segment count rather than dropped.
-        let Entry {
-            retain, segments, ..
-        } = lists.get(&(nexus, list_id)).copied().unwrap_or(Entry {
-            outcome: Outcome::InProgress,
-            retain: true,
-            segments: 0,
-        });
-        if !retain {
-            lists.remove(&(nexus, list_id));
-            return;
-        }
+        let segments = lists.get(&(nexus, list_id)).map_or(0, |e| e.segments);
         let outcome = match result {
             Ok(bytes) => Outcome::Good { bytes, segments },
             Err(()) => Outcome::Failed,
         };
-        lists.insert(
-            (nexus, list_id),
-            Entry {
-                outcome,
-                retain,
-                segments,
-            },
-        );
+        lists.insert((nexus, list_id), Entry { outcome, segments });
     }
 
     pub(crate) fn nexus_removed(&self, nexus: NexusId) {
@@ -172,25 +173,38 @@ mod tests {
         let r = CopyResults::default();
         let e = r.receive(A, Cdb::new(&rcr(0, 1, 64))).unwrap_err();
         assert_eq!((e.asc, e.field.unwrap().byte), (0x24, 2));
-        r.started(A, 1, true, 1);
+        r.start(A, Some(1), 1).unwrap();
         let d = r.receive(A, Cdb::new(&rcr(0, 1, 64))).unwrap();
         assert_eq!(d.as_ref(), &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0]);
-        r.finished(A, 1, Ok(1 << 20));
+        r.finished(A, Some(1), Ok(1 << 20));
         let d = r.receive(A, Cdb::new(&rcr(0, 1, 64))).unwrap();
         assert_eq!(d.as_ref(), &[0, 0, 0, 8, 1, 0, 1, 0, 0, 0x10, 0, 0]);
         assert!(r.receive(B, Cdb::new(&rcr(0, 1, 64))).is_err());
-        r.finished(A, 2, Err(()));
+        r.finished(A, Some(2), Err(()));
         assert_eq!(r.receive(A, Cdb::new(&rcr(0, 2, 64))).unwrap()[4], 0x02);
         r.nexus_removed(A);
         assert!(r.receive(A, Cdb::new(&rcr(0, 1, 64))).is_err());
     }
 
     #[test]
-    fn discarded_lists_are_forgotten() {
+    fn unheld_lists_are_not_recorded() {
         let r = CopyResults::default();
-        r.started(A, 9, false, 1);
-        r.finished(A, 9, Ok(512));
-        assert!(r.receive(A, Cdb::new(&rcr(0, 9, 64))).is_err());
+        r.start(A, None, 1).unwrap();
+        r.finished(A, None, Ok(512));
+        assert!(r.lock().is_empty());
+    }
+
+    #[test]
+    fn a_list_identifier_in_use_is_refused_until_its_copy_ends() {
+        let r = CopyResults::default();
+        r.start(A, Some(4), 1).unwrap();
+        assert_eq!(r.start(A, Some(4), 1), Err(xcopy::OPERATION_IN_PROGRESS));
+        r.start(B, Some(4), 1).unwrap();
+        r.start(A, Some(5), 1).unwrap();
+        r.start(A, None, 1).unwrap();
+        r.finished(A, Some(4), Ok(512));
+        r.start(A, Some(4), 2).unwrap();
+        assert_eq!(r.receive(A, Cdb::new(&rcr(0, 4, 64))).unwrap()[4], 0x00);
     }
 
     #[test]

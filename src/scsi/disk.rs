@@ -392,17 +392,15 @@ impl DiskLu {
         if let Err(sense) = opcodes::decode(cdb) {
             return Plan::Respond(self.sense_response(sense));
         }
-        match super::xcopy::parse(data) {
-            Ok(req) => {
-                self.copy_results
-                    .started(nexus, req.list_id, req.retain, req.segments.len());
-                Plan::Copy {
-                    list_id: req.list_id,
-                    segments: req.segments,
-                }
-            }
-            Err(sense) => Plan::Respond(self.sense_response(sense)),
-        }
+        let started = super::xcopy::parse(data).and_then(|req| {
+            self.copy_results
+                .start(nexus, req.list_id, req.segments.len())?;
+            Ok(Plan::Copy {
+                list_id: req.list_id,
+                segments: req.segments,
+            })
+        });
+        started.unwrap_or_else(|sense| Plan::Respond(self.sense_response(sense)))
     }
 
     #[cfg(test)]
@@ -449,7 +447,7 @@ impl DiskLu {
     pub fn copy_finished(
         &self,
         nexus: NexusId,
-        list_id: u8,
+        list_id: Option<u8>,
         result: Result<u64, Sense>,
     ) -> Response {
         let record = result.as_ref().map(|&bytes| bytes).map_err(|_| ());
@@ -902,7 +900,12 @@ pub(crate) mod tests {
         let Plan::Copy { list_id, segments } = lu.apply_parameters(A, &xcopy, &data) else {
             panic!("expected a copy plan");
         };
-        assert_eq!((list_id, segments[0].destination_offset), (5, 4096));
+        assert_eq!((list_id, segments[0].destination_offset), (Some(5), 4096));
+        // The same list identifier again while that copy runs.
+        assert_eq!(
+            sense_of(&respond(lu.apply_parameters(A, &xcopy, &data))),
+            (5, 0x00, 0x16)
+        );
         let status = |n| {
             let mut c = [0u8; 16];
             c[0] = 0x84;
@@ -911,10 +914,14 @@ pub(crate) mod tests {
             respond(lu.plan(n, &c))
         };
         assert_eq!(status(A).data[4], 0x00, "in progress");
-        assert_eq!(lu.copy_finished(A, 5, Ok(2048)).status, Status::Good);
+        assert_eq!(lu.copy_finished(A, Some(5), Ok(2048)).status, Status::Good);
         assert_eq!(&status(A).data[4..12], &[1, 0, 1, 0, 0, 0, 8, 0]);
         assert_eq!(sense_of(&status(B)), (5, 0x24, 0));
-        let r = lu.copy_finished(A, 5, Err(crate::scsi::xcopy::COPY_TARGET_NOT_REACHABLE));
+        let r = lu.copy_finished(
+            A,
+            Some(5),
+            Err(crate::scsi::xcopy::COPY_TARGET_NOT_REACHABLE),
+        );
         assert_eq!(sense_of(&r), (0x0A, 0x0D, 0x02));
         assert_eq!(status(A).data[4], 0x02);
     }

@@ -142,7 +142,8 @@ pub enum Plan {
     /// EXTENDED COPY (LID1): copy each segment between logical units named by their NAA
     /// designators, in the backend, then record the result with the LU's `copy_finished`.
     Copy {
-        list_id: u8,
+        /// None: LIST ID USAGE 11b, nothing recorded.
+        list_id: Option<u8>,
         segments: Vec<CopySegment>,
     },
 }

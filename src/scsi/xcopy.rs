@@ -40,14 +40,16 @@ const UNSUPPORTED_SEGMENT_TYPE: Sense = Sense::new(SenseKey::IllegalRequest, 0x2
 /// INVALID FIELD IN PARAMETER LIST, without a pointer: the CSCD's DISK BLOCK LENGTH is not
 /// its LU's (the plan no longer knows where in the list that CSCD was).
 const BLOCK_LENGTH_NOT_THE_LUS: Sense = Sense::new(SenseKey::IllegalRequest, 0x26, 0x00);
+/// 5h/00h/16h: a copy with the same LIST IDENTIFIER is still running for this nexus (SPC-4).
+pub(crate) const OPERATION_IN_PROGRESS: Sense = Sense::new(SenseKey::IllegalRequest, 0x00, 0x16);
 pub(crate) const COPY_TARGET_NOT_REACHABLE: Sense = Sense::new(SenseKey::CopyAborted, 0x0D, 0x02);
 
 /// A parsed EXTENDED COPY parameter list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CopyRequest {
-    pub list_id: u8,
-    /// LIST ID USAGE 11b asks us not to keep the list identifier for RECEIVE COPY RESULTS.
-    pub retain: bool,
+    /// The LIST IDENTIFIER, None when LIST ID USAGE is 11b: then the field means nothing, no
+    /// copy manager holds it and RECEIVE COPY RESULTS cannot ask about the list.
+    pub list_id: Option<u8>,
     pub segments: Vec<CopySegment>,
 }
 
@@ -87,8 +89,7 @@ pub(crate) fn parse(data: &[u8]) -> Result<CopyRequest, Sense> {
     let seg_start = HEADER_LEN + cscd_len;
     let segments = parse_segments(&data[seg_start..seg_start + seg_len], seg_start, &cscds)?;
     Ok(CopyRequest {
-        list_id: header[0],
-        retain: (header[1] >> 3) & 0b11 != 0b11,
+        list_id: ((header[1] >> 3) & 0b11 != 0b11).then_some(header[0]),
         segments,
     })
 }
@@ -298,7 +299,7 @@ pub(crate) mod tests {
             &[b2b(0, 1, 8, 10, 3)],
         );
         let r = parse(&data).unwrap();
-        assert_eq!((r.list_id, r.retain), (7, true));
+        assert_eq!(r.list_id, Some(7));
         assert_eq!(
             r.segments,
             vec![CopySegment {
@@ -314,7 +315,7 @@ pub(crate) mod tests {
         let mut seg = b2b(0, 1, 2, 0, 0);
         seg[1] = 0x02;
         let r = parse(&list(1, 3, &[cscd(&N1, 512), cscd(&N2, 4096)], &[seg])).unwrap();
-        assert_eq!((r.retain, r.segments[0].len), (false, 8192));
+        assert_eq!((r.list_id, r.segments[0].len), (None, 8192));
     }
 
     #[test]
