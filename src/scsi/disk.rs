@@ -502,6 +502,7 @@ impl DiskLu {
     /// it learns the nexus's initiator and target ports, but no power-on condition applies,
     /// since nothing was reset (the bind itself is announced on the PE).
     pub fn nexus_attached(&self, nexus: NexusId, port: &InitiatorPort, target_port: u16) {
+        self.unit_attentions.attach_nexus(nexus);
         self.state().target_ports.insert(nexus, target_port);
         self.reservations.nexus_added(nexus, port, target_port);
     }

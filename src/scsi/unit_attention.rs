@@ -37,6 +37,12 @@ impl UnitAttentions {
         self.maybe_pending.store(true, Ordering::Release);
     }
 
+    /// A nexus that starts reaching the LU with nothing to report: known from now on, so the
+    /// conditions established for every nexus (resets, mode changes) reach it too.
+    pub(crate) fn attach_nexus(&self, nexus: NexusId) {
+        self.lock().entry(nexus).or_default();
+    }
+
     pub(crate) fn remove_nexus(&self, nexus: NexusId) {
         let mut q = self.lock();
         q.remove(&nexus);
@@ -157,6 +163,18 @@ mod tests {
             assert_eq!(ua.take(A), Some(distinct(n)));
         }
         assert_eq!(ua.take(A), None);
+    }
+
+    #[test]
+    fn an_attached_nexus_hears_what_every_nexus_hears() {
+        let ua = UnitAttentions::default();
+        ua.attach_nexus(A);
+        assert_eq!(ua.take(A), None, "nothing to report on attaching");
+        ua.establish(None, Sense::BUS_DEVICE_RESET);
+        assert_eq!(ua.take(A), Some(Sense::BUS_DEVICE_RESET));
+        ua.add_nexus(B, Sense::POWER_ON_OCCURRED);
+        ua.attach_nexus(B);
+        assert_eq!(ua.take(B), Some(Sense::POWER_ON_OCCURRED), "kept");
     }
 
     #[test]
