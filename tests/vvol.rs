@@ -781,6 +781,82 @@ async fn no_write_lands_after_an_unbind_whose_drain_timed_out() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_full_of_commands_another_nexus_aborted_is_reopened() {
+    // Host A fills its whole CmdSN window with 4 MiB reads held by a 10 IOPS cap (128 units of
+    // 32 KiB each: one every 12.8 s); a LUN RESET from A's second session aborts them silently
+    // (TAS=0). No answer then carries the freed slots: a NOP-In must, or A could send nothing
+    // until it pinged.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    let _: VvolInfo = api
+        .put(
+            &format!("/vvols/{}/limits", v.id),
+            serde_json::json!({ "upper": 10 }),
+        )
+        .expect(200);
+    let mut other = host_opts(HOST_A);
+    other.isid[5] ^= 0x3C;
+    let mut b = login_host_with(&d, &other).await;
+    let open = |s: &vvold::initiator::Session| s.maxcmdsn.wrapping_sub(s.cmdsn) as i32 >= 0;
+    let status = |p: &vvold::initiator::RxPdu| {
+        p.bhs.opcode() == op::SCSI_RESPONSE
+            || (p.bhs.opcode() == op::DATA_IN && p.bhs.flags() & 0x01 != 0)
+    };
+    let mut itt = 0x900;
+    loop {
+        while open(&a) {
+            let mut bhs = scsi_command_bhs(&a, 0, itt, &read10(0, 8192), 0, 4 << 20);
+            bhs.set_lun(l);
+            a.send_pdu(bhs, &[]).await.expect("send READ");
+            a.cmdsn = a.cmdsn.wrapping_add(1);
+            itt += 1;
+        }
+        // The ping's answer follows the routing of every read sent before it. A read the
+        // cap's burst let through opened the window again: fill it and ask again.
+        a.send_pdu(a.ping_bhs(0x9FF0), &[]).await.expect("ping");
+        let mut released = 0;
+        loop {
+            let p = recv(&mut a).await;
+            if p.bhs.opcode() == op::NOP_IN && p.bhs.u32_at(16) == 0x9FF0 {
+                break;
+            }
+            released += usize::from(status(&p));
+        }
+        if released == 0 && !open(&a) {
+            break;
+        }
+    }
+    let answer = within("LUN RESET", b.task_mgmt(5, l, 0xFFFF_FFFF))
+        .await
+        .expect("TMF answer");
+    assert_eq!(answer, 0);
+    let mut announced = false;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !open(&a) {
+            let p = a.recv_pdu().await.expect("receive");
+            assert!(!status(&p), "an aborted read answered: {:?}", p.bhs);
+            if p.bhs.opcode() == op::NOP_IN {
+                assert_eq!(
+                    (p.bhs.u32_at(16), p.bhs.u32_at(20)),
+                    (!0, !0),
+                    "asks no reply"
+                );
+                announced = true;
+            }
+        }
+    })
+    .await
+    .expect("the window stayed shut");
+    assert!(announced);
+    // The reads were routed before the reset, so its unit attention is still there.
+    let r = cmd_lun(&mut a, l, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x29, 0x03);
+}
+
 // ---- 8. API errors -------------------------------------------------------------------------
 
 #[test]

@@ -120,6 +120,12 @@ impl CmdWindow {
         true
     }
 
+    /// Whether the initiator may send no command now: every slot is taken and no more was
+    /// ever advertised (MaxCmdSN = ExpCmdSN − 1).
+    pub fn is_shut(&self) -> bool {
+        self.maxcmdsn().lt(self.expcmdsn)
+    }
+
     /// A previously accepted command finished (response sent or aborted).
     pub fn complete(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
@@ -165,6 +171,21 @@ mod tests {
         w.complete();
         assert_eq!(w.admit(SerialNumber(0), true), Admission::Accept);
         assert_eq!(w.expcmdsn(), SerialNumber(0));
+    }
+
+    #[test]
+    fn shut_once_every_slot_is_taken_and_nothing_more_was_offered() {
+        let mut w = CmdWindow::new(SerialNumber(0), 2);
+        assert!(!w.is_shut());
+        assert_eq!(w.admit(SerialNumber(0), false), Admission::Accept);
+        assert!(!w.is_shut(), "one slot left");
+        assert_eq!(w.admit(SerialNumber(1), false), Admission::Accept);
+        assert!(w.is_shut());
+        w.complete();
+        assert!(!w.is_shut());
+        // An immediate command takes the slot, but MaxCmdSN 2 was already offered.
+        assert_eq!(w.admit(SerialNumber(2), true), Admission::Accept);
+        assert!(!w.is_shut());
     }
 
     #[test]

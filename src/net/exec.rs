@@ -80,14 +80,40 @@ impl ConnCtx {
         // array aborted it (`Task::abort_answering`).
         task.start_answer();
         let silenced = task.is_silenced();
-        lock(&self.session.window).complete();
+        let was_shut = {
+            let mut window = lock(&self.session.window);
+            let shut = window.is_shut();
+            window.complete();
+            shut
+        };
         if silenced {
             debug!(itt = cmd.itt.0, "aborted task: no response");
+            if was_shut {
+                self.announce_window().await;
+            }
         } else {
             self.answer(cmd, resp, residual).await;
         }
         self.session.forget_task(cmd.itt, task);
         task.answered();
+    }
+
+    /// Tell the initiator the window has opened, by a NOP-In that asks no reply (ITT and TTT
+    /// 0xffffffff, RFC 7143 §11.19.1). Only after a silent abort freed a slot of a shut
+    /// window: no answer would carry the new MaxCmdSN then, and an initiator with its window
+    /// full of aborted commands (another nexus reset the LU) would wait for its own ping.
+    async fn announce_window(&self) {
+        let bhs = pdu::nop_in(
+            Lun::default(),
+            Itt::RESERVED,
+            0xFFFF_FFFF,
+            Seq::default(),
+            0,
+        );
+        let _ = self
+            .out
+            .send(OutPdu::new(bhs, Bytes::new(), Numbering::Current))
+            .await;
     }
 
     /// Queue the Data-In (if any) and status of a command that was not aborted.
