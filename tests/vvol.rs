@@ -857,6 +857,24 @@ async fn a_window_full_of_commands_another_nexus_aborted_is_reopened() {
     assert_sense(&r, 0x06, 0x29, 0x03);
 }
 
+#[tokio::test]
+async fn an_unbind_forgets_the_hosts_state_on_a_vvol_another_host_keeps() {
+    // Host A holds an SPC-2 reservation on a VVol that host B has bound too. Once A's
+    // binding goes, A can neither use nor release it: it must not fence B off.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let mut b = login_host(&d, HOST_B).await;
+    let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_1)));
+    assert_good(&cmd_lun(&mut a, la, &[0x16, 0, 0, 0, 0, 0], None, 0).await);
+    let r = cmd_lun(&mut b, lb, &read10(0, 1), None, 512).await;
+    assert_eq!(r.status, 0x18, "RESERVATION CONFLICT while A holds it");
+    api.unbind(v.id, HOST_A);
+    assert_good(&cmd_lun(&mut b, lb, &read10(0, 1), None, 512).await);
+}
+
 // ---- 8. API errors -------------------------------------------------------------------------
 
 #[test]

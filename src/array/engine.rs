@@ -136,6 +136,10 @@ pub trait EngineHooks: Send + Sync {
     fn bindings_changed(&self, host: &str, pe: u16);
     /// `host` gained a binding of `lu`: its existing sessions start reaching that LU.
     fn lu_bound(&self, host: &str, lu: &Arc<LogicalUnit>);
+    /// `host` lost its binding of `lu`, which stays open for other hosts: its sessions no
+    /// longer reach it, so their per-nexus state there (unit attentions, an SPC-2
+    /// reservation) must go now; a later logout no longer finds the LU among theirs.
+    fn lu_unbound(&self, host: &str, lu: &Arc<LogicalUnit>);
     /// A bound VVol grew: tell its hosts the capacity changed.
     fn capacity_changed(&self, hosts: &[String], lu: &Arc<LogicalUnit>);
     /// Abort `host`'s commands on `lun` (an unbind whose drain timed out), and wait until none
@@ -963,6 +967,7 @@ impl Engine {
     /// meanwhile (after a concurrent unbind of the same binding finished), and that one is
     /// not ours to remove.
     fn finish_unbind(&self, b: &Binding) -> Result<Option<Binding>, EngineError> {
+        let lu = lock(&self.open).get(&b.vvol).cloned();
         let removed = {
             let mut table = lock(&self.table);
             let still_ours = table
@@ -976,6 +981,8 @@ impl Engine {
         self.store.remove_binding(b.vvol, &b.host, b.pe)?;
         if !lock(&self.table).is_bound(b.vvol) {
             lock(&self.open).remove(&b.vvol);
+        } else if let (Some(h), Some(lu)) = (self.hooks.get(), lu) {
+            h.lu_unbound(&b.host, &lu);
         }
         info!(vvol = %b.vvol, host = %b.host, pe = b.pe, "unbound");
         Ok(Some(removed))

@@ -79,6 +79,17 @@ impl EngineHooks for NetHooks {
         })
     }
 
+    fn lu_unbound(&self, host: &str, lu: &Arc<LogicalUnit>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for s in shared.sessions.all() {
+            if s.initiator.eq_ignore_ascii_case(host) {
+                lu.disk.nexus_removed(s.nexus);
+            }
+        }
+    }
+
     fn lu_bound(&self, host: &str, lu: &Arc<LogicalUnit>) {
         let Some(shared) = self.shared.upgrade() else {
             return;
