@@ -875,6 +875,53 @@ async fn an_unbind_forgets_the_hosts_state_on_a_vvol_another_host_keeps() {
     assert_good(&cmd_lun(&mut b, lb, &read10(0, 1), None, 512).await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
+    // One VVol, bound for host A on PE 1 and for host B on PE 2: two LUNs for one logical
+    // unit. B's reads wait on a 10 IOPS cap (4 MiB each: 12.8 s apiece); A resets the LU.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let mut b = login_host(&d, HOST_B).await;
+    let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_2)));
+    assert_ne!(la, lb);
+    let limits = format!("/vvols/{}/limits", v.id);
+    let _: VvolInfo = api
+        .put(&limits, serde_json::json!({ "upper": 10 }))
+        .expect(200);
+    for itt in 0xA00..0xA03 {
+        let mut bhs = scsi_command_bhs(&b, 0, itt, &read10(0, 8192), 0, 4 << 20);
+        bhs.set_lun(lb);
+        b.send_pdu(bhs, &[]).await.expect("send READ");
+        b.cmdsn = b.cmdsn.wrapping_add(1);
+    }
+    // What the cap's burst lets through answers now; the rest is held.
+    while tokio::time::timeout(Duration::from_millis(300), b.recv_pdu())
+        .await
+        .is_ok()
+    {}
+    let answer = within("LUN RESET", a.task_mgmt(5, la, 0xFFFF_FFFF))
+        .await
+        .expect("TMF answer");
+    assert_eq!(answer, 0);
+    // Aborted, B's reads answer nothing, even once the cap no longer holds them.
+    let api2 = api.clone();
+    tokio::task::spawn_blocking(move || {
+        let _: VvolInfo = api2
+            .put(&limits, serde_json::json!({ "upper": 1_000_000 }))
+            .expect(200);
+    })
+    .await
+    .unwrap();
+    if let Ok(p) = tokio::time::timeout(Duration::from_secs(1), b.recv_pdu()).await {
+        panic!("an aborted read answered: {:?}", p.map(|p| p.bhs));
+    }
+    let r = cmd_lun(&mut b, lb, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x29, 0x03);
+}
+
 // ---- 8. API errors -------------------------------------------------------------------------
 
 #[test]

@@ -394,6 +394,18 @@ impl Engine {
     }
 
     /// Logical units of VVols bound for `host` (a new session registers with them).
+    /// The LUN (PE ‖ secondary id) `host` addresses `lu` by, if the VVol is bound for it
+    /// (draining or not).
+    pub fn bound_lun(&self, host: &str, lu: &Arc<LogicalUnit>) -> Option<Lun> {
+        let routes = self.routes.load();
+        let lun = routes
+            .get(&host.to_ascii_lowercase())?
+            .iter()
+            .find(|(_, b)| Arc::ptr_eq(&b.lu, lu))
+            .map(|(&(pe, id), _)| secondary_lun(pe, id));
+        lun
+    }
+
     pub fn bound_lus(&self, host: &str) -> Vec<Arc<LogicalUnit>> {
         let routes = self.routes.load();
         routes

@@ -903,9 +903,14 @@ impl<'a> FullFeature<'a> {
                 TmfResponse::FunctionComplete
             }
             TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
-                for s in self.shared.sessions.of_target(&target.name) {
+                // The LU's tasks from every nexus, each by the LUN its host reaches it by.
+                let reaching = lu
+                    .as_ref()
+                    .map(|lu| route::sessions_reaching(self.shared, lu))
+                    .unwrap_or_default();
+                for (s, lun) in &reaching {
                     victims.extend(mark_own(
-                        s.abort_tasks_on(Some(t.lun)),
+                        s.abort_tasks_on(Some(*lun)),
                         s.nexus == session.nexus,
                     ));
                 }
@@ -914,7 +919,7 @@ impl<'a> FullFeature<'a> {
                     if t.function == TmfFunction::LogicalUnitReset {
                         lu.disk.reset(ResetKind::LogicalUnit);
                     } else {
-                        for s in self.shared.sessions.of_target(&target.name) {
+                        for (s, _) in &reaching {
                             if s.nexus != session.nexus {
                                 lu.disk.establish_unit_attention(
                                     Some(s.nexus),

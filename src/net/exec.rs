@@ -224,19 +224,17 @@ impl ConnCtx {
 
 /// PREEMPT AND ABORT (SPC-4 §5.9.11.5): the preempted nexuses' tasks on the LU are aborted
 /// (as by ABORT TASK SET, no responses) and the PERSISTENT RESERVE OUT completes only once
-/// none of them can still touch the medium. The LU is addressed by the same LUN on every
-/// session of a target; a VVol reached through another PE is not covered (documented).
-async fn abort_preempted(ctx: &ConnCtx, preempted: &[crate::scsi::NexusId], lun: Lun) {
+/// none of them can still touch the medium. Each preempted host may reach the LU by its own
+/// LUN (a VVol bound for it on another PE), and its tasks there are aborted too: a fence
+/// that let them write after the PERSISTENT RESERVE OUT completed would be no fence.
+async fn abort_preempted(ctx: &ConnCtx, preempted: &[crate::scsi::NexusId], lu: &Arc<LogicalUnit>) {
     if preempted.is_empty() {
         return;
     }
-    let victims: Vec<_> = ctx
-        .shared
-        .sessions
-        .all()
+    let victims: Vec<_> = super::route::sessions_reaching(&ctx.shared, lu)
         .into_iter()
-        .filter(|s| preempted.contains(&s.nexus))
-        .flat_map(|s| s.abort_tasks_on(Some(lun)))
+        .filter(|(s, _)| preempted.contains(&s.nexus))
+        .flat_map(|(s, lun)| s.abort_tasks_on(Some(lun)))
         .collect();
     for v in victims {
         v.quiesced().await;
@@ -305,7 +303,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         // Finished before waiting for preempted tasks, which may include this nexus' own.
         task.finish();
         data = Bytes::new();
-        abort_preempted(ctx, &lu.disk.take_preempted_nexuses(), cmd.lun).await;
+        abort_preempted(ctx, &lu.disk.take_preempted_nexuses(), &lu).await;
     }
     // A Respond here came from a parameter list (PERSISTENT RESERVE OUT, MODE SELECT): its
     // Data-Out arrived, so it has the write's residual, not "nothing moved".

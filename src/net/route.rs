@@ -96,6 +96,34 @@ pub fn task_lu(shared: &Shared, session: &Session, lun: Lun) -> Option<Arc<Logic
     }
 }
 
+/// Every session that reaches `lu`, with the LUN it addresses it by. A reset or PREEMPT AND
+/// ABORT acts on the logical unit, whatever target, PE or LUN each host reaches it through: a
+/// VVol bound for two hosts on two PEs has a different LUN for each (SAM-5 §7.10: a LOGICAL
+/// UNIT RESET aborts the tasks of every I_T nexus).
+pub fn sessions_reaching(shared: &Shared, lu: &Arc<LogicalUnit>) -> Vec<(Arc<Session>, Lun)> {
+    shared
+        .sessions
+        .all()
+        .into_iter()
+        .filter_map(|s| lun_of(shared, &s, lu).map(|lun| (s, lun)))
+        .collect()
+}
+
+fn lun_of(shared: &Shared, session: &Session, lu: &Arc<LogicalUnit>) -> Option<Lun> {
+    if let Some((&n, _)) = session.target.luns.iter().find(|(_, l)| Arc::ptr_eq(l, lu)) {
+        return Some(Lun::single(n));
+    }
+    let engine = &shared.array.engine;
+    if let Some(pe) = engine.pes().iter().find(|p| Arc::ptr_eq(&p.lu, lu)) {
+        return visible_pe(shared, session, pe.lun).map(|_| Lun::single(pe.lun));
+    }
+    let lun = engine.bound_lun(&session.key.initiator, lu)?;
+    match LunAddress::decode(lun) {
+        LunAddress::Secondary { pe, .. } => visible_pe(shared, session, pe).map(|_| lun),
+        _ => None,
+    }
+}
+
 /// Route one command: decide the logical unit and the plan.
 pub fn route(shared: &Shared, session: &Session, lun: Lun, cdb: &[u8]) -> Routed {
     let scsi = |lu: Option<Arc<LogicalUnit>>, plan, guard| Routed {
