@@ -535,6 +535,36 @@ enum Queued {
     Writes,
 }
 
+/// Set a VVol's IOPS cap (its upper limit) through the API.
+fn cap_iops(api: &Api, vvol: Uuid, upper: u32) {
+    let _: VvolInfo = api
+        .put(
+            &format!("/vvols/{vvol}/limits"),
+            serde_json::json!({ "upper": upper }),
+        )
+        .expect(200);
+}
+
+/// Send a command on `l` (with its Data-Out, if any, as immediate data) without waiting for
+/// the answer.
+async fn send_command(
+    s: &mut vvold::initiator::Session,
+    l: Lun,
+    itt: u32,
+    cdb: &[u8],
+    data_out: &[u8],
+    read_len: u32,
+) {
+    let mut bhs = scsi_command_bhs(s, 0, itt, cdb, data_out.len() as u32, read_len);
+    bhs.set_lun(l);
+    s.send_pdu(bhs, data_out).await.expect("send command");
+    s.cmdsn = s.cmdsn.wrapping_add(1);
+}
+
+/// A 4 MiB READ(10) at LBA 0: 128 QoS units, which a 10 IOPS cap lets through every 12.8 s.
+const HELD_READ: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0x20, 0, 0];
+const HELD_READ_LEN: u32 = 4 << 20;
+
 /// Make an unbind of `vvol` (bound at `l` for host A, session `a`) slow: cap the VVol at 10
 /// IOPS and queue 30 commands on it, so the commands its drain waits for take seconds.
 async fn queue_throttled(
@@ -545,31 +575,16 @@ async fn queue_throttled(
     itt_base: u32,
     kind: Queued,
 ) {
-    let _: VvolInfo = api
-        .put(
-            &format!("/vvols/{vvol}/limits"),
-            serde_json::json!({ "upper": 10 }),
-        )
-        .expect(200);
+    cap_iops(api, vvol, 10);
     for i in 0..30u32 {
         let itt = itt_base + i;
-        let (mut bhs, data) = match kind {
+        match kind {
             Queued::Writes => {
-                let bhs = scsi_command_bhs(a, 0, itt, &write10(i, 1), 512, 0);
-                (bhs, pattern(512, i + 1))
+                send_command(a, l, itt, &write10(i, 1), &pattern(512, i + 1), 0).await;
             }
-            Queued::Reads => (
-                scsi_command_bhs(a, 0, itt, &read10(i, 1), 0, 512),
-                Vec::new(),
-            ),
-            Queued::LongReads => {
-                let bhs = scsi_command_bhs(a, 0, itt, &read10(0, 2048), 0, 1 << 20);
-                (bhs, Vec::new())
-            }
-        };
-        bhs.set_lun(l);
-        a.send_pdu(bhs, &data).await.expect("send command");
-        a.cmdsn = a.cmdsn.wrapping_add(1);
+            Queued::Reads => send_command(a, l, itt, &read10(i, 1), &[], 512).await,
+            Queued::LongReads => send_command(a, l, itt, &read10(0, 2048), &[], 1 << 20).await,
+        }
     }
 }
 
@@ -792,12 +807,7 @@ async fn a_window_full_of_commands_another_nexus_aborted_is_reopened() {
     let v = api.create_vvol(C_RAM, 16 * MIB);
     let mut a = login_host(&d, HOST_A).await;
     let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    let _: VvolInfo = api
-        .put(
-            &format!("/vvols/{}/limits", v.id),
-            serde_json::json!({ "upper": 10 }),
-        )
-        .expect(200);
+    cap_iops(&api, v.id, 10);
     let mut other = host_opts(HOST_A);
     other.isid[5] ^= 0x3C;
     let mut b = login_host_with(&d, &other).await;
@@ -809,10 +819,7 @@ async fn a_window_full_of_commands_another_nexus_aborted_is_reopened() {
     let mut itt = 0x900;
     loop {
         while open(&a) {
-            let mut bhs = scsi_command_bhs(&a, 0, itt, &read10(0, 8192), 0, 4 << 20);
-            bhs.set_lun(l);
-            a.send_pdu(bhs, &[]).await.expect("send READ");
-            a.cmdsn = a.cmdsn.wrapping_add(1);
+            send_command(&mut a, l, itt, &HELD_READ, &[], HELD_READ_LEN).await;
             itt += 1;
         }
         // The ping's answer follows the routing of every read sent before it. A read the
@@ -887,15 +894,9 @@ async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
     let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
     let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_2)));
     assert_ne!(la, lb);
-    let limits = format!("/vvols/{}/limits", v.id);
-    let _: VvolInfo = api
-        .put(&limits, serde_json::json!({ "upper": 10 }))
-        .expect(200);
+    cap_iops(&api, v.id, 10);
     for itt in 0xA00..0xA03 {
-        let mut bhs = scsi_command_bhs(&b, 0, itt, &read10(0, 8192), 0, 4 << 20);
-        bhs.set_lun(lb);
-        b.send_pdu(bhs, &[]).await.expect("send READ");
-        b.cmdsn = b.cmdsn.wrapping_add(1);
+        send_command(&mut b, lb, itt, &HELD_READ, &[], HELD_READ_LEN).await;
     }
     // What the cap's burst lets through answers now; the rest is held.
     while tokio::time::timeout(Duration::from_millis(300), b.recv_pdu())
@@ -908,13 +909,9 @@ async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
     assert_eq!(answer, 0);
     // Aborted, B's reads answer nothing, even once the cap no longer holds them.
     let api2 = api.clone();
-    tokio::task::spawn_blocking(move || {
-        let _: VvolInfo = api2
-            .put(&limits, serde_json::json!({ "upper": 1_000_000 }))
-            .expect(200);
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || cap_iops(&api2, v.id, 1_000_000))
+        .await
+        .unwrap();
     if let Ok(p) = tokio::time::timeout(Duration::from_secs(1), b.recv_pdu()).await {
         panic!("an aborted read answered: {:?}", p.map(|p| p.bhs));
     }
