@@ -63,8 +63,8 @@ impl ConnCtx {
     }
 
     /// Send the final answer to a command: Data-In (if any) and status. Drops it silently if
-    /// task management or a reset aborted the task. Frees the command's slot in the CmdSN window first, so the
-    /// response already advertises the larger MaxCmdSN.
+    /// task management or a reset aborted the task. Frees the command's slot in the CmdSN
+    /// window first, so the response already advertises the larger MaxCmdSN.
     pub async fn respond(
         &self,
         cmd: &CommandInfo,
