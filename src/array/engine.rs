@@ -393,19 +393,19 @@ impl Engine {
         Some((b.lu.clone(), guard))
     }
 
-    /// Logical units of VVols bound for `host` (a new session registers with them).
-    /// The LUN (PE ‖ secondary id) `host` addresses `lu` by, if the VVol is bound for it
+    /// Where `host` addresses `lu` (PE, secondary id), if the VVol is bound for it
     /// (draining or not).
-    pub fn bound_lun(&self, host: &str, lu: &Arc<LogicalUnit>) -> Option<Lun> {
+    pub fn bound_at(&self, host: &str, lu: &Arc<LogicalUnit>) -> Option<(u16, SecondaryId)> {
         let routes = self.routes.load();
-        let lun = routes
+        let at = routes
             .get(&host.to_ascii_lowercase())?
             .iter()
             .find(|(_, b)| Arc::ptr_eq(&b.lu, lu))
-            .map(|(&(pe, id), _)| secondary_lun(pe, id));
-        lun
+            .map(|(&key, _)| key);
+        at
     }
 
+    /// Logical units of VVols bound for `host` (a new session registers with them).
     pub fn bound_lus(&self, host: &str) -> Vec<Arc<LogicalUnit>> {
         let routes = self.routes.load();
         routes

@@ -80,13 +80,8 @@ impl EngineHooks for NetHooks {
     }
 
     fn lu_unbound(&self, host: &str, lu: &Arc<LogicalUnit>) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        for s in shared.sessions.all() {
-            if s.initiator.eq_ignore_ascii_case(host) {
-                lu.disk.nexus_removed(s.nexus);
-            }
+        for nexus in self.sessions_of(&[host]) {
+            lu.disk.nexus_removed(nexus);
         }
     }
 

@@ -8,7 +8,7 @@ use super::Shared;
 use crate::array::engine::{InflightGuard, Pe};
 use crate::array::LogicalUnit;
 use crate::scsi::{self, Lun, Plan, Response, Sense, SenseKey};
-use crate::vvol::address::LunAddress;
+use crate::vvol::address::{secondary_lun, LunAddress};
 use crate::vvol::inband::{self, ServiceAction};
 use crate::vvol::report::{self, Addressed, Inventory};
 use std::sync::Arc;
@@ -117,11 +117,8 @@ fn lun_of(shared: &Shared, session: &Session, lu: &Arc<LogicalUnit>) -> Option<L
     if let Some(pe) = engine.pes().iter().find(|p| Arc::ptr_eq(&p.lu, lu)) {
         return visible_pe(shared, session, pe.lun).map(|_| Lun::single(pe.lun));
     }
-    let lun = engine.bound_lun(&session.key.initiator, lu)?;
-    match LunAddress::decode(lun) {
-        LunAddress::Secondary { pe, .. } => visible_pe(shared, session, pe).map(|_| lun),
-        _ => None,
-    }
+    let (pe, id) = engine.bound_at(&session.key.initiator, lu)?;
+    visible_pe(shared, session, pe).map(|_| secondary_lun(pe, id))
 }
 
 /// Route one command: decide the logical unit and the plan.
