@@ -225,6 +225,8 @@ struct CappedCopy {
     d: Daemon,
     v: VvolInfo,
     s: vvold::initiator::Session,
+    /// The capped VVol's LUN.
+    capped: vvold::scsi::Lun,
     from: [u8; 16],
     to: [u8; 16],
 }
@@ -244,7 +246,65 @@ async fn capped_copy() -> CappedCopy {
         serde_json::json!({"upper": 10}),
     )
     .expect::<serde_json::Value>(200);
-    CappedCopy { d, v, s, from, to }
+    CappedCopy {
+        d,
+        v,
+        s,
+        capped,
+        from,
+        to,
+    }
+}
+
+#[tokio::test]
+async fn an_aborted_copy_frees_its_list_identifier() {
+    let CappedCopy {
+        d,
+        v,
+        mut s,
+        capped,
+        from,
+        to,
+    } = capped_copy().await;
+    // A 4 MiB read (128 units of 32 KiB) puts the cap 12.8 s in debt, so a copy sent to the
+    // capped VVol after it waits at admission; it is aborted while it waits.
+    let read = [0x28, 0, 0, 0, 0, 0, 0, 0x20, 0, 0];
+    let mut bhs = scsi_command_bhs(&s, 0, 0x7FF, &read, 0, 4 << 20);
+    bhs.set_lun(capped);
+    s.send_pdu(bhs, &[]).await.expect("send READ");
+    s.cmdsn = s.cmdsn.wrapping_add(1);
+    let list = || xcopy(9, &[cscd(&from), cscd(&to)], &[b2b(0, 1, 8, 0, 0)]);
+    let (cdb, params) = list();
+    let mut bhs = scsi_command_bhs(&s, 0, 0x801, &cdb, params.len() as u32, 0);
+    bhs.set_lun(capped);
+    s.send_pdu(bhs, &params).await.expect("send EXTENDED COPY");
+    s.cmdsn = s.cmdsn.wrapping_add(1);
+    // The cap lets the read through at once and then owes 12.8 s.
+    loop {
+        let p = recv(&mut s).await;
+        assert_eq!(p.bhs.u32_at(16), 0x7FF, "only the read answers");
+        if p.bhs.opcode() == vvold::iscsi::pdu::op::SCSI_RESPONSE || p.bhs.flags() & 0x01 != 0 {
+            assert_eq!(p.bhs.0[3], GOOD);
+            break;
+        }
+    }
+    let answer = within("ABORT TASK", s.task_mgmt(1, capped, 0x801)).await;
+    assert_eq!(answer.expect("TMF answer"), 0);
+    Api::of(&d)
+        .put(
+            &format!("/vvols/{}/limits", v.id),
+            serde_json::json!({"upper": 1000000}),
+        )
+        .expect::<serde_json::Value>(200);
+    // List 9 never ran: its identifier is free, not "in progress" for good.
+    let (cdb, params) = list();
+    assert_good(
+        &within(
+            "copy 9 again",
+            cmd_lun(&mut s, capped, &cdb, Some(&params), 0),
+        )
+        .await,
+    );
 }
 
 #[tokio::test]
@@ -282,6 +342,7 @@ async fn a_copy_sent_to_another_lu_pays_the_capped_vvols_cap() {
         mut s,
         from,
         to,
+        ..
     } = capped_copy().await;
     // 16 MiB from the VVol capped at 10 IOPS to LUN 0, sent to LUN 0 (no limits). Copies cost
     // one unit per MiB, so the VVol's cap holds it for about 1.5 s (16 units, 2 of them the

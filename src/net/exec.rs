@@ -326,7 +326,8 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
                         biased;
                         a = q.admit(c) => Some((q, a)),
                         _ = task.aborted() => {
-                            return ctx.respond(&cmd, &task, never_ran(), None).await;
+                            let r = stopped(&lu, nexus, &media);
+                            return ctx.respond(&cmd, &task, r, None).await;
                         }
                     },
                     None => None,
@@ -335,7 +336,8 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
             };
             // An aborted task never reaches the backend; one that started is let finish.
             if !task.start() {
-                return ctx.respond(&cmd, &task, never_ran(), None).await;
+                let r = stopped(&lu, nexus, &media);
+                return ctx.respond(&cmd, &task, r, None).await;
             }
             let r = ctx.media(&lu, nexus, media, data, &task).await;
             task.finish();
@@ -354,6 +356,16 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
 /// is gone for this host, as a new command to that LUN would find.
 fn never_ran() -> Response {
     Response::check(Sense::LUN_NOT_SUPPORTED)
+}
+
+/// The answer of a media plan an abort stopped before it ran. A copy's list identifier is
+/// released, or it would stay "in progress" and refuse every later copy naming it.
+fn stopped(lu: &LogicalUnit, nexus: scsi::NexusId, media: &Plan) -> Response {
+    if let Plan::Copy { list_id, .. } = media {
+        lu.disk
+            .copy_finished(nexus, *list_id, Err(scsi::xcopy::COPY_ABORTED));
+    }
+    never_ran()
 }
 
 /// Bytes copied per backend request by WRITE SAME and EXTENDED COPY.
@@ -554,7 +566,7 @@ impl ConnCtx {
                 // task management has aborted it, rather than hold a reset up until the end.
                 tokio::task::yield_now().await;
                 if task.is_aborted() {
-                    return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x00, 0x00));
+                    return Err(scsi::xcopy::COPY_ABORTED);
                 }
             }
             copied += seg.len;
@@ -582,7 +594,7 @@ async fn pace_copy_targets(
             biased;
             () = q.pace(qos::offload_units(bytes)) => {}
             _ = task.aborted() => {
-                return Err(Sense::new(crate::scsi::SenseKey::CopyAborted, 0x00, 0x00));
+                return Err(scsi::xcopy::COPY_ABORTED);
             }
         }
     }

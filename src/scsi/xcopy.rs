@@ -42,6 +42,8 @@ const UNSUPPORTED_SEGMENT_TYPE: Sense = Sense::new(SenseKey::IllegalRequest, 0x2
 const BLOCK_LENGTH_NOT_THE_LUS: Sense = Sense::new(SenseKey::IllegalRequest, 0x26, 0x00);
 /// 5h/00h/16h: a copy with the same LIST IDENTIFIER is still running for this nexus (SPC-4).
 pub(crate) const OPERATION_IN_PROGRESS: Sense = Sense::new(SenseKey::IllegalRequest, 0x00, 0x16);
+/// COPY ABORTED with no further detail: the copy's task was aborted.
+pub const COPY_ABORTED: Sense = Sense::new(SenseKey::CopyAborted, 0x00, 0x00);
 pub(crate) const COPY_TARGET_NOT_REACHABLE: Sense = Sense::new(SenseKey::CopyAborted, 0x0D, 0x02);
 
 /// A parsed EXTENDED COPY parameter list.
