@@ -919,6 +919,60 @@ async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
     assert_sense(&r, 0x06, 0x29, 0x03);
 }
 
+/// A second target whose only LU is one PE.
+const T_OTHER: &str = "iqn.2026-11.io.vvold.test:vvol-other";
+const PE_3: u16 = 253;
+
+#[tokio::test]
+async fn a_target_reset_resets_the_vvols_at_its_pes_for_every_host_and_no_others() {
+    // V1 is bound for host B at this target's PE 1, V2 for host A only at the other target's
+    // PE 3. Host A resets this target: B's reads on V1 are aborted and B is told so by a unit
+    // attention; V2, an LU of the other target, is left alone.
+    let d = Daemon::start_vvol(VvolOpts {
+        extra: format!("[[target]]\nname = \"{T_OTHER}\"\n\n[[target.pe]]\nid = {PE_3}\n"),
+        ..VvolOpts::default()
+    });
+    let api = Api::of(&d);
+    let v1 = api.create_vvol(C_RAM, 16 * MIB);
+    let v2 = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let mut b = login_host(&d, HOST_B).await;
+    let mut a2 = login_with(
+        &d,
+        &vvold::initiator::LoginOptions::new(HOST_A, Some(T_OTHER)),
+    )
+    .await;
+    clear_power_on_ua(&mut a2, PE_3).await;
+    let lb = binding_lun(&api.bind(v1.id, HOST_B, Some(PE_1)));
+    let la2 = binding_lun(&api.bind(v2.id, HOST_A, Some(PE_3)));
+    cap_iops(&api, v1.id, 10);
+    for itt in 0xB00..0xB03 {
+        send_command(&mut b, lb, itt, &HELD_READ, &[], HELD_READ_LEN).await;
+    }
+    while tokio::time::timeout(Duration::from_millis(300), b.recv_pdu())
+        .await
+        .is_ok()
+    {}
+    let answer = within("TARGET WARM RESET", a.task_mgmt(6, lun(0), 0xFFFF_FFFF))
+        .await
+        .expect("TMF answer");
+    assert_eq!(answer, 0);
+    let api2 = api.clone();
+    tokio::task::spawn_blocking(move || cap_iops(&api2, v1.id, 1_000_000))
+        .await
+        .unwrap();
+    if let Ok(p) = tokio::time::timeout(Duration::from_secs(1), b.recv_pdu()).await {
+        panic!("an aborted read answered: {:?}", p.map(|p| p.bhs));
+    }
+    let r = cmd_lun(&mut b, lb, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x29, 0x02);
+    assert_good(&cmd_lun(&mut a2, la2, &test_unit_ready(), None, 0).await);
+    // The bind's report, and no reset.
+    let r = cmd(&mut a2, PE_3, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x3F, 0x0E);
+    assert_good(&cmd(&mut a2, PE_3, &test_unit_ready(), None, 0).await);
+}
+
 // ---- 8. API errors -------------------------------------------------------------------------
 
 #[test]

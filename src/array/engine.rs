@@ -405,6 +405,24 @@ impl Engine {
         at
     }
 
+    /// Logical units of VVols bound on any of `pes` for any host (draining or not), each once:
+    /// the VVols a target reaches through its PEs.
+    pub fn lus_bound_on(&self, pes: &[u16]) -> Vec<Arc<LogicalUnit>> {
+        let routes = self.routes.load();
+        let mut lus: Vec<Arc<LogicalUnit>> = Vec::new();
+        for b in routes
+            .values()
+            .flat_map(|m| m.iter())
+            .filter(|((pe, _), _)| pes.contains(pe))
+            .map(|(_, b)| b)
+        {
+            if !lus.iter().any(|l| Arc::ptr_eq(l, &b.lu)) {
+                lus.push(b.lu.clone());
+            }
+        }
+        lus
+    }
+
     /// Logical units of VVols bound for `host` (a new session registers with them).
     pub fn bound_lus(&self, host: &str) -> Vec<Arc<LogicalUnit>> {
         let routes = self.routes.load();

@@ -9,7 +9,8 @@ use super::runners::Runners;
 use super::session::{lock, Session, SessionKey, Task};
 use super::writer::{self, Numbering, OutPdu, WriterConfig};
 use super::Shared;
-use crate::array::LogicalUnit;
+use crate::array::engine::Pe;
+use crate::array::{LogicalUnit, Target};
 use crate::config::AbortFinishedTask;
 use crate::iscsi::login::{LoginMachine, LoginOutcome, LoginResult};
 use crate::iscsi::params::SessionType;
@@ -257,6 +258,23 @@ fn session_lus(shared: &Shared, session: &Session) -> Vec<Arc<LogicalUnit>> {
             .map(|p| p.lu.clone()),
     );
     lus.extend(engine.bound_lus(&session.initiator));
+    lus
+}
+
+/// The logical units of `target`, the SCSI target device a target reset resets: its normal
+/// LUNs, its PEs, and every VVol bound at one of its PEs for any host. A host's VVols bound
+/// only at other targets' PEs belong to those targets.
+fn target_lus(shared: &Shared, target: &Target) -> Vec<Arc<LogicalUnit>> {
+    let engine = &shared.array.engine;
+    let mut lus: Vec<Arc<LogicalUnit>> = target.luns.values().cloned().collect();
+    let pes: Vec<&Arc<Pe>> = engine
+        .pes()
+        .iter()
+        .filter(|p| p.target.eq_ignore_ascii_case(&target.name))
+        .collect();
+    lus.extend(pes.iter().map(|p| p.lu.clone()));
+    let numbers: Vec<u16> = pes.iter().map(|p| p.lun).collect();
+    lus.extend(engine.lus_bound_on(&numbers));
     lus
 }
 
@@ -932,8 +950,19 @@ impl<'a> FullFeature<'a> {
                 TmfResponse::FunctionComplete
             }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                // Every logical unit of the target is reset, for every host, as a LOGICAL UNIT
+                // RESET would (SAM-5 §7.12): its VVols are those bound at its PEs for any host,
+                // and their tasks from sessions reaching them through other targets' PEs go too.
+                let lus = target_lus(self.shared, &target);
                 for s in self.shared.sessions.of_target(&target.name) {
                     victims.extend(mark_own(s.abort_tasks_on(None), s.nexus == session.nexus));
+                }
+                for lu in &lus {
+                    for (s, lun) in route::sessions_reaching(self.shared, lu) {
+                        if s.target.name != target.name {
+                            victims.extend(mark_own(s.abort_tasks_on(Some(lun)), false));
+                        }
+                    }
                 }
                 self.drop_pending(|_, _| true);
                 let kind = if t.function == TmfFunction::TargetColdReset {
@@ -942,7 +971,7 @@ impl<'a> FullFeature<'a> {
                 } else {
                     ResetKind::TargetWarm
                 };
-                for lu in session_lus(self.shared, &session) {
+                for lu in lus {
                     lu.disk.reset(kind);
                 }
                 TmfResponse::FunctionComplete
