@@ -919,6 +919,147 @@ async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
     assert_sense(&r, 0x06, 0x29, 0x03);
 }
 
+/// Send a command without data with task attribute `attr` (SAM-5 §8.6: 1 SIMPLE, 2 ORDERED,
+/// 3 HEAD OF QUEUE, 4 ACA) without waiting for the answer.
+async fn send_with_attr(s: &mut vvold::initiator::Session, l: Lun, itt: u32, cdb: &[u8], attr: u8) {
+    let mut bhs = scsi_command_bhs(s, 0, itt, cdb, 0, 0);
+    bhs.0[1] = (bhs.0[1] & !0x07) | attr;
+    bhs.set_lun(l);
+    s.send_pdu(bhs, &[]).await.expect("send command");
+    s.cmdsn = s.cmdsn.wrapping_add(1);
+}
+
+/// The ITT and status of a PDU that ends a command (SCSI Response, or Data-In with status).
+fn final_answer(p: &vvold::initiator::RxPdu) -> Option<(u32, u8)> {
+    let b = &p.bhs;
+    let ends = b.opcode() == op::SCSI_RESPONSE || (b.opcode() == op::DATA_IN && b.0[1] & 0x01 != 0);
+    ends.then(|| (b.u32_at(16), b.0[3]))
+}
+
+/// Every command answered within `quiet` of the one before, in order.
+async fn answers_until_quiet(s: &mut vvold::initiator::Session, quiet: Duration) -> Vec<u32> {
+    let mut itts = Vec::new();
+    while let Ok(p) = tokio::time::timeout(quiet, s.recv_pdu()).await {
+        let p = p.expect("receive");
+        if let Some((itt, status)) = final_answer(&p) {
+            assert_eq!(status, 0, "command {itt:#x} failed");
+            itts.push(itt);
+        }
+    }
+    itts
+}
+
+#[tokio::test]
+async fn an_ordered_command_waits_for_older_ones_and_newer_ones_wait_for_it() {
+    // Reads held by a 10 IOPS cap stay in the VVol's task set; an ORDERED TEST UNIT READY
+    // behind them, and a SIMPLE one behind that, wait. HEAD OF QUEUE does not, and nor does a
+    // command to another LU (a task set of its own).
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    cap_iops(&api, v.id, 10);
+    let reads: Vec<u32> = (0xC00..0xC03).collect();
+    for &itt in &reads {
+        send_command(&mut a, l, itt, &HELD_READ, &[], HELD_READ_LEN).await;
+    }
+    // What the cap's burst lets through answers now; the rest is held.
+    let early = answers_until_quiet(&mut a, Duration::from_millis(300)).await;
+    let held: Vec<u32> = reads
+        .iter()
+        .copied()
+        .filter(|i| !early.contains(i))
+        .collect();
+    assert!(!held.is_empty(), "the cap held no read");
+    const ORDERED: u32 = 0xD01;
+    const NEWER_SIMPLE: u32 = 0xD02;
+    const OTHER_LU: u32 = 0xD03;
+    const HEAD: u32 = 0xD04;
+    send_with_attr(&mut a, l, ORDERED, &test_unit_ready(), 2).await;
+    send_with_attr(&mut a, l, NEWER_SIMPLE, &test_unit_ready(), 1).await;
+    send_with_attr(&mut a, lun(0), OTHER_LU, &test_unit_ready(), 1).await;
+    send_with_attr(&mut a, l, HEAD, &test_unit_ready(), 3).await;
+    let now = answers_until_quiet(&mut a, Duration::from_secs(1)).await;
+    assert_eq!(
+        now,
+        [OTHER_LU, HEAD],
+        "only these may run while the reads are held"
+    );
+    let api2 = api.clone();
+    tokio::task::spawn_blocking(move || cap_iops(&api2, v.id, 1_000_000))
+        .await
+        .unwrap();
+    let rest = answers_until_quiet(&mut a, Duration::from_secs(2)).await;
+    let at = |itt: u32| rest.iter().position(|&i| i == itt).expect("answered");
+    for &r in &held {
+        assert!(
+            at(r) < at(ORDERED),
+            "the ORDERED command ran before read {r:#x}: {rest:x?}"
+        );
+    }
+    assert!(at(ORDERED) < at(NEWER_SIMPLE), "{rest:x?}");
+    assert_eq!(rest.len(), held.len() + 2, "{rest:x?}");
+}
+
+#[tokio::test]
+async fn a_waiting_command_is_decoded_when_it_may_run() {
+    // Host A's ORDERED TEST UNIT READY waits behind A's held reads; meanwhile host B changes
+    // the VVol's mode pages. A's command, decoded when it runs, reports the change.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let mut b = login_host(&d, HOST_B).await;
+    let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_2)));
+    cap_iops(&api, v.id, 10);
+    for itt in 0xC00..0xC03 {
+        send_command(&mut a, la, itt, &HELD_READ, &[], HELD_READ_LEN).await;
+    }
+    answers_until_quiet(&mut a, Duration::from_millis(300)).await;
+    send_with_attr(&mut a, la, 0xD01, &test_unit_ready(), 2).await;
+    // MODE SELECT(6): the control page as it is, but for SWP.
+    let select = [0x15, 0x10, 0, 0, 16, 0];
+    let page = [
+        0, 0, 0, 0, 0x0A, 0x0A, 0x22, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+    ];
+    assert_good(&cmd_lun(&mut b, lb, &select, Some(&page), 0).await);
+    let api2 = api.clone();
+    tokio::task::spawn_blocking(move || cap_iops(&api2, v.id, 1_000_000))
+        .await
+        .unwrap();
+    loop {
+        let p = within("the ORDERED command's answer", a.recv_pdu())
+            .await
+            .expect("receive");
+        if final_answer(&p) == Some((0xD01, 0x02)) {
+            let sense = &p.data[2..];
+            assert_eq!((sense[2] & 0x0F, sense[12], sense[13]), (0x06, 0x2A, 0x01));
+            break;
+        }
+        assert_ne!(
+            final_answer(&p).map(|(itt, _)| itt),
+            Some(0xD01),
+            "answered GOOD"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_aca_task_attribute_is_refused() {
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let mut a = login_host(&d, HOST_A).await;
+    send_with_attr(&mut a, lun(0), 0xE01, &test_unit_ready(), 4).await;
+    let p = within("answer", a.recv_pdu()).await.expect("receive");
+    assert_eq!(final_answer(&p), Some((0xE01, 0x02)));
+    // Fixed-format sense after its two-byte length: key, ASC, ASCQ.
+    let sense = &p.data[2..];
+    assert_eq!((sense[2] & 0x0F, sense[12], sense[13]), (0x05, 0x49, 0x00));
+    // The session goes on.
+    assert_good(&cmd(&mut a, 0, &test_unit_ready(), None, 0).await);
+}
+
 /// A second target whose only LU is one PE.
 const T_OTHER: &str = "iqn.2026-11.io.vvold.test:vvol-other";
 const PE_3: u16 = 253;

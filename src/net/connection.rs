@@ -2,7 +2,7 @@
 //! commands through the CmdSN window, gathers write data into the command's own buffer and
 //! hands complete commands to tasks. Everything the connection sends goes through its writer.
 
-use super::exec::{CommandInfo, ConnCtx, Job};
+use super::exec::{self, CommandInfo, ConnCtx, Job};
 use super::frame::{FrameError, Header, PduReader};
 use super::route;
 use super::runners::Runners;
@@ -15,13 +15,13 @@ use crate::config::AbortFinishedTask;
 use crate::iscsi::login::{LoginMachine, LoginOutcome, LoginResult};
 use crate::iscsi::params::SessionType;
 use crate::iscsi::pdu::{
-    self, op, Bhs, InitiatorPdu, Itt, RejectReason, ScsiCommand, Seq, TaskMgmt, TmfFunction,
-    TmfResponse,
+    self, op, Bhs, InitiatorPdu, Itt, RejectReason, ScsiCommand, Seq, TaskAttr, TaskMgmt,
+    TmfFunction, TmfResponse,
 };
 use crate::iscsi::transfer::{TransferLimits, WriteTransfer};
 use crate::iscsi::window::{Admission, CmdWindow, IMMEDIATE_ALLOWANCE};
 use crate::scsi::disk::ResetKind;
-use crate::scsi::{Plan, Sense};
+use crate::scsi::{Plan, Sense, TaskAttribute};
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
@@ -187,6 +187,7 @@ async fn normal_session(
         target_port,
         window: window.clone(),
         tasks: Mutex::new(FxHashMap::default()),
+        order: Default::default(),
         control: super::session::may_control(
             shared.array.engine.is_control_initiator(&initiator),
             // Logged in, so it proved the control credentials if there are any.
@@ -699,14 +700,45 @@ impl<'a> FullFeature<'a> {
             read: c.read,
             write_residual: None,
         };
-        let task = match &self.runners {
-            Some(r) => r.task(c.lun),
-            None => Arc::new(Task::new(c.lun)),
+        let attr = match c.attr {
+            TaskAttr::Untagged | TaskAttr::Simple => TaskAttribute::Simple,
+            TaskAttr::Ordered => TaskAttribute::Ordered,
+            TaskAttr::HeadOfQueue => TaskAttribute::HeadOfQueue,
+            TaskAttr::Aca => {
+                // NormACA is 0, so no ACA condition ever exists for an ACA task to run in.
+                self.discard(reader, h).await?;
+                let resp = match route::task_lu(self.shared, &session, c.lun) {
+                    Some(lu) => lu.disk.sense_response(Sense::INVALID_MESSAGE_ERROR),
+                    None => crate::scsi::Response::check(Sense::LUN_NOT_SUPPORTED),
+                };
+                let task = Task::new(c.lun, TaskAttribute::Simple);
+                ctx.respond(&cmd, &task, resp, None).await;
+                return Ok(());
+            }
         };
-        if lock(&session.tasks).insert(c.itt, task.clone()).is_some() {
+        let task = match &self.runners {
+            Some(r) => r.task(c.lun, attr),
+            None => Arc::new(Task::new(c.lun, attr)),
+        };
+        if session.enter_task(c.itt, task.clone()).is_some() {
             warn!(itt = c.itt.0, "ITT reused while its task is still active");
         }
         let cdb = c.cdb.as_slice();
+        if !task.is_enabled() && !c.write {
+            self.discard(reader, h).await?;
+            let job = Job {
+                cmd,
+                task,
+                lu: None,
+                cdb: c.cdb.clone(),
+                // Replaced when it is routed.
+                plan: Plan::Respond(crate::scsi::Response::check(Sense::INTERNAL_TARGET_FAILURE)),
+                completion: route::Completion::Unrouted,
+                guard: None,
+            };
+            self.submit(job, Bytes::new());
+            return Ok(());
+        }
         let routed = route::route(self.shared, &session, c.lun, cdb);
         let imm = h.bhs.data_segment_len() as u32;
         let mut job = Job {
@@ -721,11 +753,7 @@ impl<'a> FullFeature<'a> {
         // COMPARE AND WRITE and WRITE SAME name their exact Data-Out size in the CDB: any
         // other announced size contradicts the CDB, and a partial compare or pattern would be
         // wrong, so refuse it whole (libiscsi *.InvalidDataOutSize).
-        let fixed = match &job.plan {
-            Plan::CompareAndWrite { .. } => Some(Sense::invalid_cdb_field(13, None)),
-            Plan::WriteSame { .. } => Some(Sense::INVALID_FIELD_IN_INFORMATION_UNIT),
-            _ => None,
-        };
+        let fixed = exec::fixed_size_sense(&job.plan);
         if let (Some(sense), Some(lu), Some(need)) =
             (fixed, job.lu.clone(), job.plan.data_out_len())
         {
@@ -775,7 +803,7 @@ impl<'a> FullFeature<'a> {
                     warn!("{e}");
                     self.discard(reader, h).await?;
                     self.reject(RejectReason::ProtocolError, &h.bhs).await;
-                    lock(&session.tasks).remove(&c.itt);
+                    session.remove_task(c.itt);
                     lock(&self.window).complete();
                     return Ok(());
                 }
@@ -915,12 +943,14 @@ impl<'a> FullFeature<'a> {
             {
                 TmfResponse::LunDoesNotExist
             }
-            TmfFunction::AbortTaskSet => {
+            // With a task set per I_T nexus (TST 001b, `scsi::task_set`), clearing the task
+            // set aborts this nexus's tasks on the LU, as ABORT TASK SET does (SAM-5 §7.4).
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
                 victims = mark_own(session.abort_tasks_on(Some(t.lun)), true);
                 self.drop_pending(|_, lun| lun == t.lun);
                 TmfResponse::FunctionComplete
             }
-            TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset => {
+            TmfFunction::LogicalUnitReset => {
                 // The LU's tasks from every nexus, each by the LUN its host reaches it by.
                 let reaching = lu
                     .as_ref()
@@ -934,18 +964,7 @@ impl<'a> FullFeature<'a> {
                 }
                 self.drop_pending(|_, lun| lun == t.lun);
                 if let Some(lu) = &lu {
-                    if t.function == TmfFunction::LogicalUnitReset {
-                        lu.disk.reset(ResetKind::LogicalUnit);
-                    } else {
-                        for (s, _) in &reaching {
-                            if s.nexus != session.nexus {
-                                lu.disk.establish_unit_attention(
-                                    Some(s.nexus),
-                                    Sense::COMMANDS_CLEARED_BY_ANOTHER_INITIATOR,
-                                );
-                            }
-                        }
-                    }
+                    lu.disk.reset(ResetKind::LogicalUnit);
                 }
                 TmfResponse::FunctionComplete
             }
@@ -1028,7 +1047,7 @@ impl<'a> FullFeature<'a> {
         for itt in gone {
             if let Some(p) = self.pending.remove(&itt) {
                 p.job.task.abort();
-                lock(&session.tasks).remove(&itt);
+                session.remove_task(itt);
                 lock(&self.window).complete();
             }
         }

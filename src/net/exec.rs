@@ -258,13 +258,41 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     let Job {
         cmd,
         task,
-        lu,
+        mut lu,
         cdb,
-        plan,
-        completion,
-        guard,
+        mut plan,
+        mut completion,
+        mut guard,
     } = job;
     let nexus = ctx.session.nexus;
+    if !task.is_enabled() {
+        // Dormant behind older tasks of its task set (an ORDERED or HEAD OF QUEUE command);
+        // an abort ends the wait, and the checks below then keep it from taking effect.
+        task.enabled().await;
+    }
+    if let Completion::Unrouted = completion {
+        if task.is_aborted() {
+            // Routing could report (and so consume) a unit attention no one would see.
+            return ctx.respond(&cmd, &task, never_ran(), None).await;
+        }
+        let r = super::route::route(&ctx.shared, &ctx.session, cmd.lun, cdb.as_slice());
+        if let Some(need) = r.plan.data_out_len().filter(|&n| n > 0) {
+            // It needs Data-Out but was sent without (the W bit clear), as on arrival.
+            let (sense, residual) = match fixed_size_sense(&r.plan) {
+                Some(sense) => (sense, None),
+                None => (
+                    Sense::INVALID_FIELD_IN_INFORMATION_UNIT,
+                    Some(Residual::Overflow(need - cmd.expected_len.min(need))),
+                ),
+            };
+            let resp = match &r.lu {
+                Some(lu) => lu.disk.sense_response(sense),
+                None => Response::check(sense),
+            };
+            return ctx.respond(&cmd, &task, resp, residual).await;
+        }
+        (lu, plan, completion, guard) = (r.lu, r.plan, r.completion, r.guard);
+    }
     let lu = match (plan, lu) {
         (Plan::Respond(r), _) => return ctx.respond(&cmd, &task, r, None).await,
         (plan, Some(lu)) => (plan, lu),
@@ -349,6 +377,16 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     };
     ctx.respond(&cmd, &task, resp, residual).await;
     drop(guard);
+}
+
+/// COMPARE AND WRITE and WRITE SAME name their exact Data-Out size in the CDB: the sense for
+/// an announced size that contradicts it (libiscsi *.InvalidDataOutSize).
+pub fn fixed_size_sense(plan: &Plan) -> Option<Sense> {
+    match plan {
+        Plan::CompareAndWrite { .. } => Some(Sense::invalid_cdb_field(13, None)),
+        Plan::WriteSame { .. } => Some(Sense::INVALID_FIELD_IN_INFORMATION_UNIT),
+        _ => None,
+    }
 }
 
 /// The answer of a task aborted before it took any effect. Only a task the array aborted

@@ -25,6 +25,10 @@ pub enum Completion {
     Scsi,
     /// By the binding engine: an in-band VVOL BINDING OUT on PE `pe`.
     Inband { pe: u16, service: ServiceAction },
+    /// Not routed yet: a command without Data-Out that arrived dormant behind older tasks of
+    /// its task set is routed once it may run, so its answer (MODE SENSE, PERSISTENT RESERVE
+    /// IN, REPORT LUNS) reflects what those tasks did.
+    Unrouted,
 }
 
 /// A routed command.

@@ -14,7 +14,7 @@
 
 use super::exec::{self, ConnCtx, Job};
 use super::session::{lock, Task};
-use crate::scsi::Lun;
+use crate::scsi::{Lun, TaskAttribute};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -52,15 +52,15 @@ impl Runners {
     }
 
     /// A fresh task record for a new command.
-    pub fn task(&self, lun: Lun) -> Arc<Task> {
+    pub fn task(&self, lun: Lun, attr: TaskAttribute) -> Arc<Task> {
         let spare = lock(&self.state).spare.pop();
         if let Some(mut task) = spare {
             if let Some(t) = Arc::get_mut(&mut task) {
-                *t = Task::new(lun);
+                *t = Task::new(lun, attr);
                 return task;
             }
         }
-        Arc::new(Task::new(lun))
+        Arc::new(Task::new(lun, attr))
     }
 
     /// Run a job whose Data-Out (if any) has fully arrived in `data`.
@@ -234,12 +234,12 @@ mod tests {
             running: 3,
             ..State::default()
         });
-        let free = Arc::new(Task::new(Lun::single(0)));
+        let free = Arc::new(Task::new(Lun::single(0), TaskAttribute::Simple));
         assert!(next(&state, Some(free), 4).await.is_none());
-        let held = Arc::new(Task::new(Lun::single(0)));
+        let held = Arc::new(Task::new(Lun::single(0), TaskAttribute::Simple));
         let _elsewhere = held.clone();
         assert!(next(&state, Some(held), 4).await.is_none());
-        let over = Arc::new(Task::new(Lun::single(0)));
+        let over = Arc::new(Task::new(Lun::single(0), TaskAttribute::Simple));
         assert!(next(&state, Some(over), 1).await.is_none());
         assert_eq!(
             lock(&state).spare.len(),

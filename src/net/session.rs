@@ -4,10 +4,10 @@
 use crate::array::Target;
 use crate::iscsi::pdu::Itt;
 use crate::iscsi::window::CmdWindow;
-use crate::scsi::{Lun, NexusId};
+use crate::scsi::{Lun, NexusId, TaskAttribute};
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{watch, Notify};
 
@@ -36,17 +36,25 @@ const ABORTED_ANSWERING: u8 = 2;
 /// task's last PDU.
 pub struct Task {
     pub lun: Lun,
+    /// Its place in its task set: attribute, arrival order in the session, and whether it
+    /// has entered the enabled state (see [`Session::enter_task`]).
+    pub attr: TaskAttribute,
+    seq: AtomicU64,
+    enabled: AtomicBool,
     aborted: AtomicU8,
     state: AtomicU8,
     /// Its Data-In and status are being queued (`ConnCtx::respond`).
-    answering: std::sync::atomic::AtomicBool,
+    answering: AtomicBool,
     done: Notify,
 }
 
 impl Task {
-    pub fn new(lun: Lun) -> Task {
+    pub fn new(lun: Lun, attr: TaskAttribute) -> Task {
         Task {
             lun,
+            attr,
+            seq: AtomicU64::new(0),
+            enabled: AtomicBool::new(true),
             aborted: AtomicU8::new(NOT_ABORTED),
             state: AtomicU8::new(PENDING),
             answering: false.into(),
@@ -73,6 +81,21 @@ impl Task {
             Ordering::SeqCst,
             Ordering::SeqCst,
         );
+        self.done.notify_waiters();
+    }
+
+    /// Whether it may run: dormant tasks wait for older tasks of their task set.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+
+    /// Wait until it may run, or is aborted.
+    pub async fn enabled(&self) {
+        self.wait_until(|t| t.is_enabled() || t.is_aborted()).await
+    }
+
+    fn enable(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
         self.done.notify_waiters();
     }
 
@@ -156,6 +179,17 @@ impl Task {
     }
 }
 
+/// Whether `task` may run beside the tasks of `tasks` that came before it on its LU.
+fn may_enter(task: &Task, tasks: &FxHashMap<Itt, Arc<Task>>) -> bool {
+    let seq = task.seq.load(Ordering::Relaxed);
+    task.attr.may_enter(
+        tasks
+            .values()
+            .filter(|t| t.lun == task.lun && t.seq.load(Ordering::Relaxed) < seq)
+            .map(|t| t.attr),
+    )
+}
+
 /// Whether a session may send in-band binding commands: its initiator is a listed control
 /// initiator, and it proved it (it logged in with the control CHAP credentials, `control.chap`,
 /// not a target's, which every host knows), or it came over loopback, where only this
@@ -188,12 +222,21 @@ pub struct Session {
     /// FxHash: looked up twice per command. ITTs come from the initiator, but colliding ones
     /// only slow that initiator's own session, whose task count the CmdSN window bounds.
     pub tasks: Mutex<FxHashMap<Itt, Arc<Task>>>,
+    pub order: TaskOrder,
     /// A control initiator's session, allowed in-band binding commands (see [`may_control`]).
     pub control: bool,
     /// Set to true to make the session's connection close (reinstatement, cold reset).
     pub closing: watch::Sender<bool>,
     /// Set to true once the session's connection has finished.
     pub closed: watch::Sender<bool>,
+}
+
+/// Arrival order of the next task, and how many tasks in the table hold newer ones back
+/// (ORDERED, HEAD OF QUEUE). Both change only under the session's `tasks` lock.
+#[derive(Default)]
+pub struct TaskOrder {
+    next_seq: AtomicU64,
+    holding: AtomicU32,
 }
 
 // Aborts flag tasks they find in the table. A finishing command marks itself answering before
@@ -204,10 +247,61 @@ impl Session {
     /// Take `task` out of the table, unless its ITT already names a newer task (an initiator
     /// may reuse an ITT as soon as it has the status).
     pub fn forget_task(&self, itt: Itt, task: &Task) {
+        let mut tasks = lock(&self.tasks);
         // One probe: this runs for every command.
-        if let std::collections::hash_map::Entry::Occupied(e) = lock(&self.tasks).entry(itt) {
+        if let std::collections::hash_map::Entry::Occupied(e) = tasks.entry(itt) {
             if std::ptr::eq(Arc::as_ptr(e.get()), task) {
-                e.remove();
+                let gone = e.remove();
+                self.left(&gone, &tasks);
+            }
+        }
+    }
+
+    /// Take the task `itt` out of the table, whatever it is (a write dropped while it waited
+    /// for its Data-Out).
+    pub fn remove_task(&self, itt: Itt) {
+        let mut tasks = lock(&self.tasks);
+        if let Some(gone) = tasks.remove(&itt) {
+            self.left(&gone, &tasks);
+        }
+    }
+
+    /// Enter a new command's task in the table, after every task already there, and decide
+    /// whether it may run now (SAM-5 §8.6, one task set per I_T nexus and LU); a dormant task
+    /// waits in [`Task::enabled`] until the older tasks holding it leave the table. Returns
+    /// the task its ITT named before, if one was still there.
+    pub fn enter_task(&self, itt: Itt, task: Arc<Task>) -> Option<Arc<Task>> {
+        let mut tasks = lock(&self.tasks);
+        let seq = self.order.next_seq.fetch_add(1, Ordering::Relaxed);
+        task.seq.store(seq, Ordering::Relaxed);
+        // Without a task holding others back, a SIMPLE task needs no look at the table.
+        let free =
+            task.attr == TaskAttribute::Simple && self.order.holding.load(Ordering::Relaxed) == 0;
+        if !free && !may_enter(&task, &tasks) {
+            task.enabled.store(false, Ordering::SeqCst);
+        }
+        if task.attr.holds_newer() {
+            self.order.holding.fetch_add(1, Ordering::Relaxed);
+        }
+        let replaced = tasks.insert(itt, task);
+        if let Some(old) = &replaced {
+            self.left(old, &tasks);
+        }
+        replaced
+    }
+
+    /// `gone` left the table: if it held newer tasks back, enable those it no longer holds.
+    fn left(&self, gone: &Task, tasks: &FxHashMap<Itt, Arc<Task>>) {
+        if self.order.holding.load(Ordering::Relaxed) == 0 {
+            // Nothing holds any task back, so no task is dormant.
+            return;
+        }
+        if gone.attr.holds_newer() {
+            self.order.holding.fetch_sub(1, Ordering::Relaxed);
+        }
+        for t in tasks.values() {
+            if !t.is_enabled() && may_enter(t, tasks) {
+                t.enable();
             }
         }
     }
@@ -346,13 +440,13 @@ mod tests {
 
     #[test]
     fn task_management_silences_an_abort_the_array_wanted_answered() {
-        let t = Task::new(Lun::single(0));
+        let t = Task::new(Lun::single(0), TaskAttribute::Simple);
         t.abort_answering();
         assert!(t.is_aborted() && !t.is_silenced());
         assert!(!t.start(), "no backend I/O after either abort");
         t.abort();
         assert!(t.is_silenced(), "ABORT TASK's answer promises no other");
-        let u = Task::new(Lun::single(0));
+        let u = Task::new(Lun::single(0), TaskAttribute::Simple);
         u.abort();
         u.abort_answering();
         assert!(u.is_silenced(), "an unbind does not revive an answer");
@@ -360,7 +454,7 @@ mod tests {
 
     #[tokio::test]
     async fn abort_before_start_prevents_io() {
-        let t = Task::new(Lun::single(0));
+        let t = Task::new(Lun::single(0), TaskAttribute::Simple);
         t.abort();
         assert!(!t.start());
         t.quiesced().await;
@@ -368,7 +462,7 @@ mod tests {
 
     #[tokio::test]
     async fn quiesced_waits_for_running_io() {
-        let t = Arc::new(Task::new(Lun::single(0)));
+        let t = Arc::new(Task::new(Lun::single(0), TaskAttribute::Simple));
         assert!(t.start());
         let t2 = t.clone();
         let waiter = tokio::spawn(async move { t2.quiesced().await });
@@ -380,7 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn answer_queued_waits_for_the_answer_being_queued() {
-        let t = Arc::new(Task::new(Lun::single(0)));
+        let t = Arc::new(Task::new(Lun::single(0), TaskAttribute::Simple));
         t.start_answer();
         t.abort(); // as task management does before it waits
         t.quiesced().await; // no backend I/O: that wait is over at once
@@ -392,7 +486,7 @@ mod tests {
         waiter.await.unwrap();
     }
 
-    fn session() -> Session {
+    pub(super) fn session() -> Session {
         Session {
             tsih: 1,
             nexus: NexusId(1),
@@ -415,6 +509,7 @@ mod tests {
                 4,
             ))),
             tasks: Mutex::new(FxHashMap::default()),
+            order: TaskOrder::default(),
             closing: watch::channel(false).0,
             closed: watch::channel(false).0,
         }
@@ -426,7 +521,7 @@ mod tests {
         // finds it and waits, so the TMF answer cannot overtake the command's last PDU.
         let s = session();
         let itt = Itt(7);
-        let task = Arc::new(Task::new(Lun::single(0)));
+        let task = Arc::new(Task::new(Lun::single(0), TaskAttribute::Simple));
         lock(&s.tasks).insert(itt, task.clone());
         task.start_answer();
         let victim = s.abort_task(itt).expect("still in the table");
@@ -446,8 +541,8 @@ mod tests {
     fn forgetting_a_task_spares_a_newer_one_with_its_itt() {
         let s = session();
         let (old, new) = (
-            Task::new(Lun::single(0)),
-            Arc::new(Task::new(Lun::single(0))),
+            Task::new(Lun::single(0), TaskAttribute::Simple),
+            Arc::new(Task::new(Lun::single(0), TaskAttribute::Simple)),
         );
         lock(&s.tasks).insert(Itt(3), new.clone());
         s.forget_task(Itt(3), &old);
@@ -461,5 +556,81 @@ mod tests {
         let s = Sessions::new();
         s.next_tsih.store(u16::MAX, Ordering::Relaxed);
         assert_ne!(s.alloc_tsih(), 0);
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+    use TaskAttribute::{HeadOfQueue, Ordered, Simple};
+
+    fn enter(s: &Session, itt: u32, lun: u16, attr: TaskAttribute) -> Arc<Task> {
+        let t = Arc::new(Task::new(Lun::single(lun), attr));
+        assert!(s.enter_task(Itt(itt), t.clone()).is_none());
+        t
+    }
+
+    fn leave(s: &Session, itt: u32, t: &Task) {
+        s.forget_task(Itt(itt), t);
+    }
+
+    #[test]
+    fn dormant_tasks_run_once_the_tasks_holding_them_leave() {
+        let s = tests::session();
+        let s1 = enter(&s, 1, 0, Simple);
+        let s2 = enter(&s, 2, 0, Simple);
+        let o3 = enter(&s, 3, 0, Ordered);
+        let s4 = enter(&s, 4, 0, Simple);
+        let h5 = enter(&s, 5, 0, HeadOfQueue);
+        let other = enter(&s, 6, 1, Simple);
+        assert!(s1.is_enabled() && s2.is_enabled() && h5.is_enabled() && other.is_enabled());
+        assert!(!o3.is_enabled() && !s4.is_enabled());
+        leave(&s, 1, &s1);
+        assert!(!o3.is_enabled());
+        leave(&s, 2, &s2);
+        assert!(
+            o3.is_enabled() && !s4.is_enabled(),
+            "SIMPLE waits for the older ORDERED"
+        );
+        leave(&s, 3, &o3);
+        assert!(s4.is_enabled(), "HEAD OF QUEUE newer than it holds nothing");
+        let s7 = enter(&s, 7, 0, Simple);
+        assert!(!s7.is_enabled(), "the HEAD OF QUEUE task is still there");
+        leave(&s, 5, &h5);
+        assert!(s7.is_enabled());
+        assert_eq!(s.order.holding.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn removed_and_replaced_tasks_release_what_they_held() {
+        let s = tests::session();
+        let o1 = enter(&s, 1, 0, Ordered);
+        let s2 = enter(&s, 2, 0, Simple);
+        assert!(o1.is_enabled() && !s2.is_enabled());
+        // A write dropped while it waited for Data-Out.
+        s.remove_task(Itt(1));
+        assert!(s2.is_enabled());
+        let o3 = enter(&s, 3, 0, Ordered);
+        assert!(!o3.is_enabled());
+        // The initiator reuses ITT 2 (its answer was lost to it): the old task is gone.
+        let again = Arc::new(Task::new(Lun::single(0), Simple));
+        assert!(s.enter_task(Itt(2), again.clone()).is_some());
+        assert!(o3.is_enabled() && !again.is_enabled());
+        leave(&s, 3, &o3);
+        assert!(again.is_enabled());
+    }
+
+    #[tokio::test]
+    async fn an_abort_ends_a_dormant_tasks_wait() {
+        let s = tests::session();
+        let _o = enter(&s, 1, 0, Ordered);
+        let waiting = enter(&s, 2, 0, Ordered);
+        let w = waiting.clone();
+        let waiter = tokio::spawn(async move { w.enabled().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        s.abort_task(Itt(2));
+        waiter.await.unwrap();
+        assert!(!waiting.is_enabled() && waiting.is_aborted());
     }
 }

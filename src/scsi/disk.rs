@@ -767,7 +767,7 @@ pub(crate) mod tests {
         let select = [0x15, 0x10, 0, 0, 16, 0];
         assert_eq!(lu.plan(A, &select), Plan::Parameters { len: 16 });
         let data = [
-            0, 0, 0, 0, 0x0A, 0x0A, 0x02, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+            0, 0, 0, 0, 0x0A, 0x0A, 0x22, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
         ];
         assert_eq!(
             lu.apply_parameters_response(A, &select, &data).status,
@@ -798,7 +798,7 @@ pub(crate) mod tests {
         let lu = DiskLu::new(identity());
         let select = [0x15, 0x10, 0, 0, 16, 0];
         let data = [
-            0, 0, 0, 0, 0x0A, 0x0A, 0x06, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+            0, 0, 0, 0, 0x0A, 0x0A, 0x26, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
         ];
         assert_eq!(
             lu.apply_parameters_response(A, &select, &data).status,
@@ -812,7 +812,7 @@ pub(crate) mod tests {
         assert_eq!(r.sense[0], 0x72);
         assert_eq!(sense_of(&r), (5, 0x21, 0));
         let bad = [
-            0, 0, 0, 0, 0x0A, 0x0A, 0x07, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+            0, 0, 0, 0, 0x0A, 0x0A, 0x27, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0,
         ];
         let r = lu.apply_parameters_response(A, &select, &bad);
         assert_eq!(sense_of(&r), (5, 0x26, 0));

@@ -23,6 +23,7 @@ mod reserve;
 mod rsoc;
 mod rw;
 pub mod sense;
+pub mod task_set;
 mod unit_attention;
 mod unmap;
 mod vpd;
@@ -36,6 +37,7 @@ pub use lun::Lun;
 pub use pr::{InitiatorPort, PrPersistence};
 pub use report_luns::{report_luns, unsupported_lun_response};
 pub use sense::{Sense, SenseKey};
+pub use task_set::TaskAttribute;
 
 /// SCSI status byte (SAM-5 table 33).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -33,9 +33,10 @@ const DEFAULT_CACHING: [u8; 20] = [
 const CHANGEABLE_CACHING: [u8; 20] = [
     CACHING, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
-// QUEUE ALGORITHM MODIFIER 1 (unrestricted reordering: the backend does not order), GLTSD=1
-// (no log pages to save), BUSY TIMEOUT PERIOD FFFFh (unlimited).
-const DEFAULT_CONTROL: [u8; 12] = [CONTROL, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0];
+// TST 001b (a task set per I_T nexus: see `task_set.rs`), GLTSD=1 (no log pages to save),
+// QUEUE ALGORITHM MODIFIER 1 (SIMPLE tasks are reordered freely: the backend does not order
+// them), BUSY TIMEOUT PERIOD FFFFh (unlimited).
+const DEFAULT_CONTROL: [u8; 12] = [CONTROL, 0x0A, 0x22, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0];
 const CHANGEABLE_CONTROL: [u8; 12] = [CONTROL, 0x0A, D_SENSE, 0, SWP, 0, 0, 0, 0, 0, 0, 0];
 // DEXCPT=1: no informational exception reporting (there is nothing to predict failures of).
 const DEFAULT_IEC: [u8; 12] = [
@@ -356,7 +357,7 @@ mod tests {
         // 2048 blocks of 512 bytes.
         assert_eq!(&d[4..12], &[0, 0, 0x08, 0, 0, 0, 0x02, 0]);
         assert_eq!(&d[12..15], &[0x08, 0x12, 0x04]);
-        assert_eq!(&d[32..36], &[0x0A, 0x0A, 0x02, 0x10]);
+        assert_eq!(&d[32..36], &[0x0A, 0x0A, 0x22, 0x10]);
         assert_eq!(&d[44..47], &[0x1C, 0x0A, 0x08]);
     }
 
@@ -421,12 +422,12 @@ mod tests {
         let p = mode_select(
             &id,
             &ModePages::default(),
-            &select6_control(0x06, 0x08),
+            &select6_control(0x26, 0x08),
             false,
         )
         .unwrap();
         assert!(p.swp() && p.d_sense());
-        let p = mode_select(&id, &p, &select6_control(0x02, 0), false).unwrap();
+        let p = mode_select(&id, &p, &select6_control(0x22, 0), false).unwrap();
         assert_eq!(p, ModePages::default());
     }
 
@@ -435,7 +436,7 @@ mod tests {
         let e = mode_select(
             &identity(),
             &ModePages::default(),
-            &select6_control(0x03, 0),
+            &select6_control(0x23, 0),
             false,
         )
         .unwrap_err();

@@ -90,6 +90,9 @@ impl Sense {
     pub const INVALID_OPCODE: Sense = Sense::new(SenseKey::IllegalRequest, 0x20, 0x00);
     pub const LBA_OUT_OF_RANGE: Sense = Sense::new(SenseKey::IllegalRequest, 0x21, 0x00);
     pub const LUN_NOT_SUPPORTED: Sense = Sense::new(SenseKey::IllegalRequest, 0x25, 0x00);
+    /// A command with the ACA task attribute while no ACA condition exists (SAM-5; what SCST
+    /// answers too).
+    pub const INVALID_MESSAGE_ERROR: Sense = Sense::new(SenseKey::IllegalRequest, 0x49, 0x00);
     pub const PARAMETER_LIST_LENGTH_ERROR: Sense = Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00);
     pub const INVALID_FIELD_IN_INFORMATION_UNIT: Sense =
         Sense::new(SenseKey::IllegalRequest, 0x0E, 0x03);
@@ -110,8 +113,6 @@ impl Sense {
     pub const REPORTED_LUNS_DATA_CHANGED: Sense = Sense::new(SenseKey::UnitAttention, 0x3F, 0x0E);
     pub const CAPACITY_DATA_CHANGED: Sense = Sense::new(SenseKey::UnitAttention, 0x2A, 0x09);
     pub const INTERNAL_TARGET_FAILURE: Sense = Sense::new(SenseKey::HardwareError, 0x44, 0x00);
-    pub const COMMANDS_CLEARED_BY_ANOTHER_INITIATOR: Sense =
-        Sense::new(SenseKey::UnitAttention, 0x2F, 0x00);
     pub const LOGICAL_UNIT_NOT_READY_STOPPED: Sense = Sense::new(SenseKey::NotReady, 0x04, 0x02);
     /// 2h/04h/07h: a retryable "try again later" (e.g. a binding is being torn down).
     pub const NOT_READY_OPERATION_IN_PROGRESS: Sense = Sense::new(SenseKey::NotReady, 0x04, 0x07);
