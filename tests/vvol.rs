@@ -565,6 +565,35 @@ async fn send_command(
 const HELD_READ: [u8; 10] = [0x28, 0, 0, 0, 0, 0, 0, 0x20, 0, 0];
 const HELD_READ_LEN: u32 = 4 << 20;
 
+/// Send a HELD_READ on `l` for each ITT of `itts`, behind a 10 IOPS cap on its VVol; returns
+/// the ITTs the cap holds (what its burst lets through is answered at once).
+async fn hold_reads(
+    s: &mut vvold::initiator::Session,
+    l: Lun,
+    itts: std::ops::Range<u32>,
+) -> Vec<u32> {
+    for itt in itts.clone() {
+        send_command(s, l, itt, &HELD_READ, &[], HELD_READ_LEN).await;
+    }
+    let early = answers_until_quiet(s, Duration::from_millis(300)).await;
+    itts.filter(|i| !early.contains(i)).collect()
+}
+
+/// Lift `vvol`'s cap (from a blocking thread: the API client is synchronous).
+async fn uncap(api: &Api, vvol: Uuid) {
+    let api = api.clone();
+    tokio::task::spawn_blocking(move || cap_iops(&api, vvol, 1_000_000))
+        .await
+        .unwrap();
+}
+
+/// Nothing arrives on `s` for a second: aborted reads stay unanswered.
+async fn assert_reads_silent(s: &mut vvold::initiator::Session) {
+    if let Ok(p) = tokio::time::timeout(Duration::from_secs(1), s.recv_pdu()).await {
+        panic!("an aborted read answered: {:?}", p.map(|p| p.bhs));
+    }
+}
+
 /// Make an unbind of `vvol` (bound at `l` for host A, session `a`) slow: cap the VVol at 10
 /// IOPS and queue 30 commands on it, so the commands its drain waits for take seconds.
 async fn queue_throttled(
@@ -895,37 +924,32 @@ async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
     let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_2)));
     assert_ne!(la, lb);
     cap_iops(&api, v.id, 10);
-    for itt in 0xA00..0xA03 {
-        send_command(&mut b, lb, itt, &HELD_READ, &[], HELD_READ_LEN).await;
-    }
-    // What the cap's burst lets through answers now; the rest is held.
-    while tokio::time::timeout(Duration::from_millis(300), b.recv_pdu())
-        .await
-        .is_ok()
-    {}
+    assert!(!hold_reads(&mut b, lb, 0xA00..0xA03).await.is_empty());
     let answer = within("LUN RESET", a.task_mgmt(5, la, 0xFFFF_FFFF))
         .await
         .expect("TMF answer");
     assert_eq!(answer, 0);
     // Aborted, B's reads answer nothing, even once the cap no longer holds them.
-    let api2 = api.clone();
-    tokio::task::spawn_blocking(move || cap_iops(&api2, v.id, 1_000_000))
-        .await
-        .unwrap();
-    if let Ok(p) = tokio::time::timeout(Duration::from_secs(1), b.recv_pdu()).await {
-        panic!("an aborted read answered: {:?}", p.map(|p| p.bhs));
-    }
+    uncap(&api, v.id).await;
+    assert_reads_silent(&mut b).await;
     let r = cmd_lun(&mut b, lb, &test_unit_ready(), None, 0).await;
     assert_sense(&r, 0x06, 0x29, 0x03);
 }
 
-/// Send a command without data with task attribute `attr` (SAM-5 §8.6: 1 SIMPLE, 2 ORDERED,
-/// 3 HEAD OF QUEUE, 4 ACA) without waiting for the answer.
-async fn send_with_attr(s: &mut vvold::initiator::Session, l: Lun, itt: u32, cdb: &[u8], attr: u8) {
-    let mut bhs = scsi_command_bhs(s, 0, itt, cdb, 0, 0);
+/// Send a command with task attribute `attr` (SAM-5 §8.6: 1 SIMPLE, 2 ORDERED, 3 HEAD OF
+/// QUEUE, 4 ACA) and its Data-Out as immediate data, without waiting for the answer.
+async fn send_with_attr(
+    s: &mut vvold::initiator::Session,
+    l: Lun,
+    itt: u32,
+    cdb: &[u8],
+    data_out: &[u8],
+    attr: u8,
+) {
+    let mut bhs = scsi_command_bhs(s, 0, itt, cdb, data_out.len() as u32, 0);
     bhs.0[1] = (bhs.0[1] & !0x07) | attr;
     bhs.set_lun(l);
-    s.send_pdu(bhs, &[]).await.expect("send command");
+    s.send_pdu(bhs, data_out).await.expect("send command");
     s.cmdsn = s.cmdsn.wrapping_add(1);
 }
 
@@ -960,36 +984,23 @@ async fn an_ordered_command_waits_for_older_ones_and_newer_ones_wait_for_it() {
     let mut a = login_host(&d, HOST_A).await;
     let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
     cap_iops(&api, v.id, 10);
-    let reads: Vec<u32> = (0xC00..0xC03).collect();
-    for &itt in &reads {
-        send_command(&mut a, l, itt, &HELD_READ, &[], HELD_READ_LEN).await;
-    }
-    // What the cap's burst lets through answers now; the rest is held.
-    let early = answers_until_quiet(&mut a, Duration::from_millis(300)).await;
-    let held: Vec<u32> = reads
-        .iter()
-        .copied()
-        .filter(|i| !early.contains(i))
-        .collect();
+    let held = hold_reads(&mut a, l, 0xC00..0xC03).await;
     assert!(!held.is_empty(), "the cap held no read");
     const ORDERED: u32 = 0xD01;
     const NEWER_SIMPLE: u32 = 0xD02;
     const OTHER_LU: u32 = 0xD03;
     const HEAD: u32 = 0xD04;
-    send_with_attr(&mut a, l, ORDERED, &test_unit_ready(), 2).await;
-    send_with_attr(&mut a, l, NEWER_SIMPLE, &test_unit_ready(), 1).await;
-    send_with_attr(&mut a, lun(0), OTHER_LU, &test_unit_ready(), 1).await;
-    send_with_attr(&mut a, l, HEAD, &test_unit_ready(), 3).await;
+    send_with_attr(&mut a, l, ORDERED, &test_unit_ready(), &[], 2).await;
+    send_with_attr(&mut a, l, NEWER_SIMPLE, &test_unit_ready(), &[], 1).await;
+    send_with_attr(&mut a, lun(0), OTHER_LU, &test_unit_ready(), &[], 1).await;
+    send_with_attr(&mut a, l, HEAD, &test_unit_ready(), &[], 3).await;
     let now = answers_until_quiet(&mut a, Duration::from_secs(1)).await;
     assert_eq!(
         now,
         [OTHER_LU, HEAD],
         "only these may run while the reads are held"
     );
-    let api2 = api.clone();
-    tokio::task::spawn_blocking(move || cap_iops(&api2, v.id, 1_000_000))
-        .await
-        .unwrap();
+    uncap(&api, v.id).await;
     let rest = answers_until_quiet(&mut a, Duration::from_secs(2)).await;
     let at = |itt: u32| rest.iter().position(|&i| i == itt).expect("answered");
     for &r in &held {
@@ -1014,21 +1025,15 @@ async fn a_waiting_command_is_decoded_when_it_may_run() {
     let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
     let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_2)));
     cap_iops(&api, v.id, 10);
-    for itt in 0xC00..0xC03 {
-        send_command(&mut a, la, itt, &HELD_READ, &[], HELD_READ_LEN).await;
-    }
-    answers_until_quiet(&mut a, Duration::from_millis(300)).await;
-    send_with_attr(&mut a, la, 0xD01, &test_unit_ready(), 2).await;
+    assert!(!hold_reads(&mut a, la, 0xC00..0xC03).await.is_empty());
+    send_with_attr(&mut a, la, 0xD01, &test_unit_ready(), &[], 2).await;
     // MODE SELECT(6): the control page as it is, but for SWP.
     let select = [0x15, 0x10, 0, 0, 16, 0];
     let page = [
         0, 0, 0, 0, 0x0A, 0x0A, 0x22, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
     ];
     assert_good(&cmd_lun(&mut b, lb, &select, Some(&page), 0).await);
-    let api2 = api.clone();
-    tokio::task::spawn_blocking(move || cap_iops(&api2, v.id, 1_000_000))
-        .await
-        .unwrap();
+    uncap(&api, v.id).await;
     loop {
         let p = within("the ORDERED command's answer", a.recv_pdu())
             .await
@@ -1047,10 +1052,52 @@ async fn a_waiting_command_is_decoded_when_it_may_run() {
 }
 
 #[tokio::test]
+async fn a_write_waiting_behind_an_ordered_mode_select_is_checked_when_it_runs() {
+    // Behind held reads, an ORDERED MODE SELECT sets software write protection and a SIMPLE
+    // WRITE follows it: the write, decided when it may run, finds the VVol protected.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let api = Api::of(&d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let mut a = login_host(&d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    cap_iops(&api, v.id, 10);
+    assert!(!hold_reads(&mut a, l, 0xC00..0xC03).await.is_empty());
+    let select = [0x15, 0x10, 0, 0, 16, 0];
+    let swp = [
+        0, 0, 0, 0, 0x0A, 0x0A, 0x22, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+    ];
+    send_with_attr(&mut a, l, 0xD01, &select, &swp, 2).await;
+    let write = [0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0];
+    let block = vec![0xAB; v.block_size as usize];
+    send_with_attr(&mut a, l, 0xD02, &write, &block, 1).await;
+    uncap(&api, v.id).await;
+    let mut select_done = false;
+    loop {
+        let p = within("the write's answer", a.recv_pdu())
+            .await
+            .expect("receive");
+        match final_answer(&p) {
+            Some((0xD01, status)) => {
+                assert_eq!(status, 0, "MODE SELECT");
+                select_done = true;
+            }
+            Some((0xD02, status)) => {
+                assert!(select_done, "the write ran before the ORDERED MODE SELECT");
+                assert_eq!(status, 0x02, "the write was let through");
+                let sense = &p.data[2..];
+                assert_eq!((sense[2] & 0x0F, sense[12], sense[13]), (0x07, 0x27, 0x02));
+                break;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_aca_task_attribute_is_refused() {
     let d = Daemon::start_vvol(VvolOpts::default());
     let mut a = login_host(&d, HOST_A).await;
-    send_with_attr(&mut a, lun(0), 0xE01, &test_unit_ready(), 4).await;
+    send_with_attr(&mut a, lun(0), 0xE01, &test_unit_ready(), &[], 4).await;
     let p = within("answer", a.recv_pdu()).await.expect("receive");
     assert_eq!(final_answer(&p), Some((0xE01, 0x02)));
     // Fixed-format sense after its two-byte length: key, ASC, ASCQ.
@@ -1087,24 +1134,13 @@ async fn a_target_reset_resets_the_vvols_at_its_pes_for_every_host_and_no_others
     let lb = binding_lun(&api.bind(v1.id, HOST_B, Some(PE_1)));
     let la2 = binding_lun(&api.bind(v2.id, HOST_A, Some(PE_3)));
     cap_iops(&api, v1.id, 10);
-    for itt in 0xB00..0xB03 {
-        send_command(&mut b, lb, itt, &HELD_READ, &[], HELD_READ_LEN).await;
-    }
-    while tokio::time::timeout(Duration::from_millis(300), b.recv_pdu())
-        .await
-        .is_ok()
-    {}
+    assert!(!hold_reads(&mut b, lb, 0xB00..0xB03).await.is_empty());
     let answer = within("TARGET WARM RESET", a.task_mgmt(6, lun(0), 0xFFFF_FFFF))
         .await
         .expect("TMF answer");
     assert_eq!(answer, 0);
-    let api2 = api.clone();
-    tokio::task::spawn_blocking(move || cap_iops(&api2, v1.id, 1_000_000))
-        .await
-        .unwrap();
-    if let Ok(p) = tokio::time::timeout(Duration::from_secs(1), b.recv_pdu()).await {
-        panic!("an aborted read answered: {:?}", p.map(|p| p.bhs));
-    }
+    uncap(&api, v1.id).await;
+    assert_reads_silent(&mut b).await;
     let r = cmd_lun(&mut b, lb, &test_unit_ready(), None, 0).await;
     assert_sense(&r, 0x06, 0x29, 0x02);
     assert_good(&cmd_lun(&mut a2, la2, &test_unit_ready(), None, 0).await);

@@ -265,33 +265,47 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         mut guard,
     } = job;
     let nexus = ctx.session.nexus;
+    // Dormant on arrival behind older tasks of its task set (an ORDERED or HEAD OF QUEUE
+    // command): it is decided only once it may run, as if it had arrived then.
+    let dormant = task.was_dormant();
     if !task.is_enabled() {
-        // Dormant behind older tasks of its task set (an ORDERED or HEAD OF QUEUE command);
-        // an abort ends the wait, and the checks below then keep it from taking effect.
+        // An abort ends the wait too.
         task.enabled().await;
     }
-    if let Completion::Unrouted = completion {
+    if dormant {
         if task.is_aborted() {
             // Routing could report (and so consume) a unit attention no one would see.
             return ctx.respond(&cmd, &task, never_ran(), None).await;
         }
-        let r = super::route::route(&ctx.shared, &ctx.session, cmd.lun, cdb.as_slice());
-        if let Some(need) = r.plan.data_out_len().filter(|&n| n > 0) {
-            // It needs Data-Out but was sent without (the W bit clear), as on arrival.
-            let (sense, residual) = match fixed_size_sense(&r.plan) {
-                Some(sense) => (sense, None),
-                None => (
-                    Sense::INVALID_FIELD_IN_INFORMATION_UNIT,
-                    Some(Residual::Overflow(need - cmd.expected_len.min(need))),
-                ),
-            };
-            let resp = match &r.lu {
-                Some(lu) => lu.disk.sense_response(sense),
-                None => Response::check(sense),
-            };
-            return ctx.respond(&cmd, &task, resp, residual).await;
+        match completion {
+            Completion::Unrouted => {
+                let r = super::route::route(&ctx.shared, &ctx.session, cmd.lun, cdb.as_slice());
+                if let Some((sense, residual)) = without_data_out(&r.plan, cmd.expected_len) {
+                    let resp = match &r.lu {
+                        Some(lu) => lu.disk.sense_response(sense),
+                        None => Response::check(sense),
+                    };
+                    return ctx.respond(&cmd, &task, resp, residual).await;
+                }
+                (lu, plan, completion, guard) = (r.lu, r.plan, r.completion, r.guard);
+            }
+            // Routed on arrival only to size its Data-Out, now received: route it again, so
+            // unit attentions, reservations and write protection are those of now.
+            _ if plan.data_out_len().is_some_and(|n| n > 0) => {
+                let mut r = super::route::route(&ctx.shared, &ctx.session, cmd.lun, cdb.as_slice());
+                if let (Plan::Write { len, .. }, Plan::Write { len: sized, .. }) =
+                    (&mut r.plan, &plan)
+                {
+                    // Cut to the whole blocks the initiator offered, as on arrival.
+                    *len = *sized;
+                }
+                let same_data = r.plan.data_out_len() == plan.data_out_len();
+                if same_data || matches!(r.plan, Plan::Respond(_)) {
+                    (lu, plan, completion, guard) = (r.lu, r.plan, r.completion, r.guard);
+                }
+            }
+            _ => {}
         }
-        (lu, plan, completion, guard) = (r.lu, r.plan, r.completion, r.guard);
     }
     let lu = match (plan, lu) {
         (Plan::Respond(r), _) => return ctx.respond(&cmd, &task, r, None).await,
@@ -377,6 +391,20 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     };
     ctx.respond(&cmd, &task, resp, residual).await;
     drop(guard);
+}
+
+/// The refusal of a command sent without Data-Out (the W bit clear) whose plan needs some, or
+/// names an exact size the announced length contradicts; as on arrival.
+fn without_data_out(plan: &Plan, expected_len: u32) -> Option<(Sense, Option<Residual>)> {
+    let need = plan.data_out_len()?;
+    match fixed_size_sense(plan) {
+        Some(sense) if need > 0 || expected_len != need => Some((sense, None)),
+        None if need > 0 => Some((
+            Sense::INVALID_FIELD_IN_INFORMATION_UNIT,
+            Some(Residual::Overflow(need - expected_len.min(need))),
+        )),
+        _ => None,
+    }
 }
 
 /// COMPARE AND WRITE and WRITE SAME name their exact Data-Out size in the CDB: the sense for

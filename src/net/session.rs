@@ -41,6 +41,8 @@ pub struct Task {
     pub attr: TaskAttribute,
     seq: AtomicU64,
     enabled: AtomicBool,
+    /// It was not enabled on arrival, so it is decided when it runs.
+    dormant: AtomicBool,
     aborted: AtomicU8,
     state: AtomicU8,
     /// Its Data-In and status are being queued (`ConnCtx::respond`).
@@ -55,6 +57,7 @@ impl Task {
             attr,
             seq: AtomicU64::new(0),
             enabled: AtomicBool::new(true),
+            dormant: AtomicBool::new(false),
             aborted: AtomicU8::new(NOT_ABORTED),
             state: AtomicU8::new(PENDING),
             answering: false.into(),
@@ -87,6 +90,11 @@ impl Task {
     /// Whether it may run: dormant tasks wait for older tasks of their task set.
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::SeqCst)
+    }
+
+    /// Whether it had to wait for older tasks when it arrived.
+    pub fn was_dormant(&self) -> bool {
+        self.dormant.load(Ordering::Relaxed)
     }
 
     /// Wait until it may run, or is aborted.
@@ -279,12 +287,18 @@ impl Session {
             task.attr == TaskAttribute::Simple && self.order.holding.load(Ordering::Relaxed) == 0;
         if !free && !may_enter(&task, &tasks) {
             task.enabled.store(false, Ordering::SeqCst);
+            task.dormant.store(true, Ordering::Relaxed);
         }
         if task.attr.holds_newer() {
             self.order.holding.fetch_add(1, Ordering::Relaxed);
         }
         let replaced = tasks.insert(itt, task);
         if let Some(old) = &replaced {
+            if !old.is_enabled() {
+                // Out of the table nothing would ever enable it, nor find it to abort it: its
+                // runner and CmdSN slot would be held for good. The initiator gave up on it.
+                old.abort();
+            }
             self.left(old, &tasks);
         }
         replaced
@@ -616,8 +630,12 @@ mod order_tests {
         let again = Arc::new(Task::new(Lun::single(0), Simple));
         assert!(s.enter_task(Itt(2), again.clone()).is_some());
         assert!(o3.is_enabled() && !again.is_enabled());
+        // Now a dormant task's ITT is reused: it is aborted, so its wait ends.
+        let third = Arc::new(Task::new(Lun::single(0), Simple));
+        assert!(s.enter_task(Itt(2), third.clone()).is_some());
+        assert!(again.is_aborted() && !third.is_aborted() && !third.is_enabled());
         leave(&s, 3, &o3);
-        assert!(again.is_enabled());
+        assert!(third.is_enabled());
     }
 
     #[tokio::test]
