@@ -579,6 +579,17 @@ async fn hold_reads(
     itts.filter(|i| !early.contains(i)).collect()
 }
 
+/// A RAM VVol bound for host A on PE 1 and capped at 10 IOPS; the API, the VVol, A's session
+/// and the VVol's LUN there.
+async fn capped_vvol(d: &Daemon) -> (Api, VvolInfo, vvold::initiator::Session, Lun) {
+    let api = Api::of(d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let a = login_host(d, HOST_A).await;
+    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    cap_iops(&api, v.id, 10);
+    (api, v, a, l)
+}
+
 /// Lift `vvol`'s cap (from a blocking thread: the API client is synchronous).
 async fn uncap(api: &Api, vvol: Uuid) {
     let api = api.clone();
@@ -832,11 +843,7 @@ async fn a_window_full_of_commands_another_nexus_aborted_is_reopened() {
     // (TAS=0). No answer then carries the freed slots: a NOP-In must, or A could send nothing
     // until it pinged.
     let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    cap_iops(&api, v.id, 10);
+    let (_, _, mut a, l) = capped_vvol(&d).await;
     let mut other = host_opts(HOST_A);
     other.isid[5] ^= 0x3C;
     let mut b = login_host_with(&d, &other).await;
@@ -979,11 +986,7 @@ async fn an_ordered_command_waits_for_older_ones_and_newer_ones_wait_for_it() {
     // behind them, and a SIMPLE one behind that, wait. HEAD OF QUEUE does not, and nor does a
     // command to another LU (a task set of its own).
     let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    cap_iops(&api, v.id, 10);
+    let (api, v, mut a, l) = capped_vvol(&d).await;
     let held = hold_reads(&mut a, l, 0xC00..0xC03).await;
     assert!(!held.is_empty(), "the cap held no read");
     const ORDERED: u32 = 0xD01;
@@ -1056,11 +1059,7 @@ async fn a_write_waiting_behind_an_ordered_mode_select_is_checked_when_it_runs()
     // Behind held reads, an ORDERED MODE SELECT sets software write protection and a SIMPLE
     // WRITE follows it: the write, decided when it may run, finds the VVol protected.
     let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let l = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    cap_iops(&api, v.id, 10);
+    let (api, v, mut a, l) = capped_vvol(&d).await;
     assert!(!hold_reads(&mut a, l, 0xC00..0xC03).await.is_empty());
     let select = [0x15, 0x10, 0, 0, 16, 0];
     let swp = [
