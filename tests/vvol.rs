@@ -590,6 +590,28 @@ async fn capped_vvol(d: &Daemon) -> (Api, VvolInfo, vvold::initiator::Session, L
     (api, v, a, l)
 }
 
+/// A RAM VVol bound for host A on PE 1 and for host B on `pe_b`; the API, the VVol, the two
+/// hosts' sessions and the VVol's LUN in each.
+async fn shared_vvol(
+    d: &Daemon,
+    pe_b: u16,
+) -> (
+    Api,
+    VvolInfo,
+    vvold::initiator::Session,
+    vvold::initiator::Session,
+    Lun,
+    Lun,
+) {
+    let api = Api::of(d);
+    let v = api.create_vvol(C_RAM, 16 * MIB);
+    let a = login_host(d, HOST_A).await;
+    let b = login_host(d, HOST_B).await;
+    let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
+    let lb = binding_lun(&api.bind(v.id, HOST_B, Some(pe_b)));
+    (api, v, a, b, la, lb)
+}
+
 /// Lift `vvol`'s cap (from a blocking thread: the API client is synchronous).
 async fn uncap(api: &Api, vvol: Uuid) {
     let api = api.clone();
@@ -905,12 +927,7 @@ async fn an_unbind_forgets_the_hosts_state_on_a_vvol_another_host_keeps() {
     // Host A holds an SPC-2 reservation on a VVol that host B has bound too. Once A's
     // binding goes, A can neither use nor release it: it must not fence B off.
     let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let mut b = login_host(&d, HOST_B).await;
-    let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_1)));
+    let (api, v, mut a, mut b, la, lb) = shared_vvol(&d, PE_1).await;
     assert_good(&cmd_lun(&mut a, la, &[0x16, 0, 0, 0, 0, 0], None, 0).await);
     let r = cmd_lun(&mut b, lb, &read10(0, 1), None, 512).await;
     assert_eq!(r.status, 0x18, "RESERVATION CONFLICT while A holds it");
@@ -923,12 +940,7 @@ async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
     // One VVol, bound for host A on PE 1 and for host B on PE 2: two LUNs for one logical
     // unit. B's reads wait on a 10 IOPS cap (4 MiB each: 12.8 s apiece); A resets the LU.
     let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let mut b = login_host(&d, HOST_B).await;
-    let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_2)));
+    let (api, v, mut a, mut b, la, lb) = shared_vvol(&d, PE_2).await;
     assert_ne!(la, lb);
     cap_iops(&api, v.id, 10);
     assert!(!hold_reads(&mut b, lb, 0xA00..0xA03).await.is_empty());
@@ -1021,12 +1033,7 @@ async fn a_waiting_command_is_decoded_when_it_may_run() {
     // Host A's ORDERED TEST UNIT READY waits behind A's held reads; meanwhile host B changes
     // the VVol's mode pages. A's command, decoded when it runs, reports the change.
     let d = Daemon::start_vvol(VvolOpts::default());
-    let api = Api::of(&d);
-    let v = api.create_vvol(C_RAM, 16 * MIB);
-    let mut a = login_host(&d, HOST_A).await;
-    let mut b = login_host(&d, HOST_B).await;
-    let la = binding_lun(&api.bind(v.id, HOST_A, Some(PE_1)));
-    let lb = binding_lun(&api.bind(v.id, HOST_B, Some(PE_2)));
+    let (api, v, mut a, mut b, la, lb) = shared_vvol(&d, PE_2).await;
     cap_iops(&api, v.id, 10);
     assert!(!hold_reads(&mut a, la, 0xC00..0xC03).await.is_empty());
     send_with_attr(&mut a, la, 0xD01, &test_unit_ready(), &[], 2).await;
