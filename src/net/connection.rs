@@ -1036,6 +1036,15 @@ impl<'a> FullFeature<'a> {
     }
 
     /// Forget writes still waiting for data that match; their slots in the window are freed.
+    ///
+    /// The task management answer does not wait for the Data-Out still owed on their R2Ts,
+    /// although RFC 7143's standard multi-task abort semantics (§4.2.3.3, which TaskReporting
+    /// = RFC3720 selects) have the target wait for every affected target transfer tag before
+    /// answering ABORT TASK SET, CLEAR TASK SET or a reset. The Linux initiator stops sending
+    /// Data-Out for a task it aborts, and with its default `FastAbort = Yes` for every task a
+    /// LOGICAL UNIT RESET or TARGET WARM RESET covers, so a target that waited would never
+    /// answer it and the initiator would escalate to a session reset. Data-Out that does
+    /// arrive later for a forgotten write is read and discarded (`on_data_out`).
     fn drop_pending(&mut self, matches: impl Fn(Itt, crate::scsi::Lun) -> bool) {
         let Some(session) = &self.session else { return };
         let gone: Vec<Itt> = self
