@@ -16,6 +16,10 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+#[path = "common/cpus.rs"]
+mod cpus;
+use cpus::{allowed_cpus, median, pin};
+
 const ROUND_TRIPS: u32 = 20_000;
 const TRIALS: usize = 5;
 
@@ -27,35 +31,6 @@ fn thread_cpu_us() -> f64 {
     // SAFETY: `t` is a valid timespec to write to.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
     t.tv_sec as f64 * 1e6 + t.tv_nsec as f64 / 1e3
-}
-
-/// The CPUs this process may run on (a cgroup or `taskset` may leave out CPU 0).
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set for the kernel to fill.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// Keep the calling thread on `cpu`: the figures are only what their labels say if it stays.
-fn pin(cpu: usize) -> std::io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled and passed by reference.
-    let ok = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// One side's CPU time per round trip, and the wall time per round trip seen by the caller.
@@ -98,11 +73,6 @@ fn trial(caller_cpu: usize, echo_cpu: usize) -> std::io::Result<Trial> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn report(label: &str, caller_cpu: usize, echo_cpu: usize) -> std::io::Result<()> {
     let mut trials = Vec::new();
     for _ in 0..TRIALS {
@@ -123,11 +93,8 @@ fn report(label: &str, caller_cpu: usize, echo_cpu: usize) -> std::io::Result<()
 }
 
 fn main() -> std::io::Result<()> {
-    // `cargo bench` passes `--bench`; a filter that names nothing here skips the run.
-    if let Some(filter) = std::env::args().skip(1).find(|a| !a.starts_with('-')) {
-        if !"wake".contains(filter.as_str()) {
-            return Ok(());
-        }
+    if !cpus::selected("wake") {
+        return Ok(());
     }
     let cpus = allowed_cpus();
     let Some(&first) = cpus.first() else {

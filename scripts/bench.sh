@@ -33,9 +33,10 @@
 #   VVOLD_POLL_US=N  vvold's iscsi.poll_us (default: unset, i.e. its default, 100): how long its
 #                    network threads poll after traffic before sleeping; 0 never polls, which
 #                    pays where wake-ups are cheap (see WAKE_PROBE). The header names it.
-#   WAKE_PROBE=0     skip measuring this machine's sleep/wake-up cost (benches/wake.rs), which
-#                    the header otherwise prints: no target can spend less CPU per I/O than that
-#                    wherever it sleeps between commands
+#   WAKE_PROBE=0     skip measuring this machine's sleep/wake-up cost (benches/wake.rs) and its
+#                    loopback QD 1 floor (benches/loopback.rs), which the header otherwise
+#                    prints: no target can spend less CPU per I/O than the first wherever it
+#                    sleeps between commands, nor answer faster at QD 1 than the second
 #   TCP_CC=NAME      vvold's iscsi.tcp_congestion_control (default: unset, i.e. cubic where the
 #                    kernel allows it); TCP_CC=system keeps the system's, as tgt and the clients
 #                    always do. The table's header names both.
@@ -123,12 +124,15 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 VVOLD=$ROOT/target/release/vvold
 LOAD=$ROOT/target/release/vvold-load
-# What one sleep and wake-up costs here (benches/wake.rs), on the idle machine before any
-# target starts: the floor under CPU per I/O wherever a target sleeps between commands.
+# What one sleep and wake-up costs here (benches/wake.rs), and the fastest a bare 4 KiB
+# exchange goes over loopback TCP (benches/loopback.rs), on the idle machine before any target
+# starts: the floors under CPU per I/O wherever a target sleeps between commands, and under
+# latency at QD 1.
 WAKE=""
 if [ "${WAKE_PROBE:-1}" = 1 ]; then
-  echo "== cargo bench --bench wake (this machine's wake-up cost)"
-  WAKE=$(cargo bench -q --bench wake 2>/dev/null | grep -E '^(wake-up|guest)' || true)
+  echo "== cargo bench --bench wake / loopback (this machine's wake-up cost and QD 1 floor)"
+  WAKE=$({ cargo bench -q --bench wake; cargo bench -q --bench loopback; } 2>/dev/null |
+    grep -E '^(wake-up|guest|loopback)' || true)
 fi
 TCK=$(getconf CLK_TCK)
 
