@@ -31,12 +31,14 @@ enum Wait {
     Sleep,
 }
 
-fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        match s.read(&mut buf[got..]) {
+/// Move `len` bytes in as many calls of `step` (given how many have moved) as it takes,
+/// retrying at once while the socket would block: that is the polling.
+fn whole(len: usize, mut step: impl FnMut(usize) -> io::Result<usize>) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        match step(done) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => got += n,
+            Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -45,18 +47,13 @@ fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+fn read_full(s: &mut TcpStream, buf: &mut [u8]) -> io::Result<()> {
+    let len = buf.len();
+    whole(len, |at| s.read(&mut buf[at..]))
+}
+
 fn write_full(s: &mut TcpStream, buf: &[u8]) -> io::Result<()> {
-    let mut sent = 0;
-    while sent < buf.len() {
-        match s.write(&buf[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::hint::spin_loop(),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    whole(buf.len(), |at| s.write(&buf[at..]))
 }
 
 fn prepare(s: &TcpStream, wait: Wait) -> io::Result<()> {
