@@ -942,17 +942,41 @@ async fn a_lun_reset_reaches_the_vvols_tasks_through_every_pe() {
     let d = Daemon::start_vvol(VvolOpts::default());
     let (api, v, mut a, mut b, la, lb) = shared_vvol(&d, PE_2).await;
     assert_ne!(la, lb);
-    cap_iops(&api, v.id, 10);
-    assert!(!hold_reads(&mut b, lb, 0xA00..0xA03).await.is_empty());
-    let answer = within("LUN RESET", a.task_mgmt(5, la, 0xFFFF_FFFF))
-        .await
-        .expect("TMF answer");
+    // LOGICAL UNIT RESET from A reaches B's tasks on the same LU through the other PE.
+    assert_reset_silences_held_reads(
+        &api,
+        v.id,
+        (&mut a, 5, la),
+        (&mut b, lb, 0xA00..0xA03),
+        0x03,
+    )
+    .await;
+}
+
+/// Host B's reads on `lun` are held by a 10 IOPS cap on `vvol`; then `reset` (a task
+/// management function) comes from host A's session on its LUN. The reset answers FUNCTION
+/// COMPLETE, the aborted reads answer nothing even once the cap no longer holds them, and
+/// B's next command on `lun` reports the reset (06h/29h/`ascq`).
+async fn assert_reset_silences_held_reads(
+    api: &Api,
+    vvol: Uuid,
+    (a, reset, at): (&mut vvold::initiator::Session, u8, Lun),
+    (b, lun, itts): (&mut vvold::initiator::Session, Lun, std::ops::Range<u32>),
+    ascq: u8,
+) {
+    cap_iops(api, vvol, 10);
+    assert!(!hold_reads(b, lun, itts).await.is_empty());
+    let answer = within(
+        &format!("task management function {reset}"),
+        a.task_mgmt(reset, at, 0xFFFF_FFFF),
+    )
+    .await
+    .expect("TMF answer");
     assert_eq!(answer, 0);
-    // Aborted, B's reads answer nothing, even once the cap no longer holds them.
-    uncap(&api, v.id).await;
-    assert_reads_silent(&mut b).await;
-    let r = cmd_lun(&mut b, lb, &test_unit_ready(), None, 0).await;
-    assert_sense(&r, 0x06, 0x29, 0x03);
+    uncap(api, vvol).await;
+    assert_reads_silent(b).await;
+    let r = cmd_lun(b, lun, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x29, ascq);
 }
 
 /// Send a command with task attribute `attr` (SAM-5 §8.6: 1 SIMPLE, 2 ORDERED, 3 HEAD OF
@@ -1139,16 +1163,8 @@ async fn a_target_reset_resets_the_vvols_at_its_pes_for_every_host_and_no_others
     clear_power_on_ua(&mut a2, PE_3).await;
     let lb = binding_lun(&api.bind(v1.id, HOST_B, Some(PE_1)));
     let la2 = binding_lun(&api.bind(v2.id, HOST_A, Some(PE_3)));
-    cap_iops(&api, v1.id, 10);
-    assert!(!hold_reads(&mut b, lb, 0xB00..0xB03).await.is_empty());
-    let answer = within("TARGET WARM RESET", a.task_mgmt(6, lun(0), 0xFFFF_FFFF))
-        .await
-        .expect("TMF answer");
-    assert_eq!(answer, 0);
-    uncap(&api, v1.id).await;
-    assert_reads_silent(&mut b).await;
-    let r = cmd_lun(&mut b, lb, &test_unit_ready(), None, 0).await;
-    assert_sense(&r, 0x06, 0x29, 0x02);
+    let reset = (&mut a, 6, lun(0)); // TARGET WARM RESET
+    assert_reset_silences_held_reads(&api, v1.id, reset, (&mut b, lb, 0xB00..0xB03), 0x02).await;
     assert_good(&cmd_lun(&mut a2, la2, &test_unit_ready(), None, 0).await);
     // The bind's report, and no reset.
     let r = cmd(&mut a2, PE_3, &test_unit_ready(), None, 0).await;

@@ -103,6 +103,16 @@ mod tests {
         Extent { len, mapped }
     }
 
+    /// One LBA status descriptor as SBC-4 lays it out: starting LBA, number of blocks,
+    /// provisioning status (0 mapped, 1 deallocated).
+    fn descriptor(lba: u64, blocks: u32, status: u8) -> [u8; 16] {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&lba.to_be_bytes());
+        d[8..12].copy_from_slice(&blocks.to_be_bytes());
+        d[12] = status;
+        d
+    }
+
     #[test]
     fn plan_checks_the_lba() {
         let id = identity();
@@ -159,18 +169,9 @@ mod tests {
             255,
         );
         assert_eq!(&d[..8], &[0, 0, 0, 0x34, 0, 0, 0, 0]);
-        assert_eq!(
-            &d[8..24],
-            &[0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 10, 0, 0, 0, 0]
-        );
-        assert_eq!(
-            &d[24..40],
-            &[0, 0, 0, 0, 0, 0, 0, 12, 0, 0, 0, 8, 1, 0, 0, 0]
-        );
-        assert_eq!(
-            &d[40..56],
-            &[0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0, 2, 0, 0, 0, 0]
-        );
+        assert_eq!(&d[8..24], &descriptor(2, 10, 0));
+        assert_eq!(&d[24..40], &descriptor(12, 8, 1));
+        assert_eq!(&d[40..56], &descriptor(20, 2, 0));
         assert_eq!(d.len(), 56);
         assert_eq!(
             response(512, 0, &[ext(512, false)], 8).as_ref(),
@@ -183,11 +184,8 @@ mod tests {
         // 4 KiB blocks over a file system of 1 KiB blocks: 1 KiB of data, then holes.
         let d = response(4096, 0, &[ext(1024, true), ext(3072 + 8192, false)], 255);
         assert_eq!(&d[..4], &[0, 0, 0, 36]);
-        assert_eq!(&d[8..24], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
-        assert_eq!(
-            &d[24..40],
-            &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 1, 0, 0, 0]
-        );
+        assert_eq!(&d[8..24], &descriptor(0, 1, 0));
+        assert_eq!(&d[24..40], &descriptor(1, 2, 1));
         // Data in the middle of block 1 only: block 1 is mapped, blocks 0 and 2 are not.
         let d = response(
             4096,
@@ -196,18 +194,12 @@ mod tests {
             255,
         );
         assert_eq!(&d[..4], &[0, 0, 0, 52]);
-        assert_eq!(&d[8..24], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0]);
-        assert_eq!(
-            &d[24..40],
-            &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0]
-        );
-        assert_eq!(
-            &d[40..56],
-            &[0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 1, 0, 0, 0]
-        );
+        assert_eq!(&d[8..24], &descriptor(0, 1, 1));
+        assert_eq!(&d[24..40], &descriptor(1, 1, 0));
+        assert_eq!(&d[40..56], &descriptor(2, 1, 1));
         // Two holes meeting inside a block free it; a hole smaller than a block frees nothing.
         let d = response(4096, 0, &[ext(2048, false), ext(2048, false)], 255);
-        assert_eq!(&d[8..24], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0]);
+        assert_eq!(&d[8..24], &descriptor(0, 1, 1));
         let d = response(
             4096,
             0,
@@ -215,7 +207,7 @@ mod tests {
             255,
         );
         assert_eq!(&d[..4], &[0, 0, 0, 20]);
-        assert_eq!(&d[8..24], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]);
+        assert_eq!(&d[8..24], &descriptor(0, 2, 0));
     }
 
     #[test]
