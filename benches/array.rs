@@ -111,7 +111,7 @@ capacity = "1TiB"
                 unreachable!()
             };
             let id: SecondaryId = id;
-            engine.route(host, pe, id).map(|(lu, _guard)| lu.id)
+            engine.route(host, pe, id).map(|guard| guard.held().id)
         })
     });
 }

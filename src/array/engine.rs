@@ -6,7 +6,9 @@
 
 use super::frozen::FrozenMap;
 use super::inflight::Inflight;
-pub use super::inflight::InflightGuard;
+/// A command's hold on a bound VVol: it counts the command in flight on the binding and
+/// reaches the VVol's logical unit.
+pub type BindingGuard = super::inflight::InflightGuard<Arc<LogicalUnit>>;
 use super::qos::{Qos, VolQos};
 use super::warm::{self, WarmLines};
 use super::{naa_designator, LogicalUnit, PRODUCT, REVISION, VENDOR};
@@ -112,13 +114,19 @@ pub fn naa_string(naa: &[u8; 16]) -> String {
 #[repr(C)]
 pub struct BoundLu {
     pub draining: bool,
-    pub lu: Arc<LogicalUnit>,
     /// Shared by every snapshot entry of the same binding, so commands that started under an
-    /// older snapshot are still counted when an unbind waits.
-    inflight: Arc<Inflight>,
+    /// older snapshot are still counted when an unbind waits. It holds the bound LU, which
+    /// stays open, the same, while any binding of its VVol exists.
+    inflight: Arc<Inflight<Arc<LogicalUnit>>>,
     /// The LU's state to warm as soon as a command is routed here (`warm.rs`).
     warm: WarmLines,
     pub vvol: Uuid,
+}
+
+impl BoundLu {
+    pub fn lu(&self) -> &Arc<LogicalUnit> {
+        self.inflight.held()
+    }
 }
 
 /// host → (PE, secondary) → binding: read lock-free on every command to a secondary LUN.
@@ -329,27 +337,17 @@ impl Engine {
     /// The data path's lookup of a secondary LUN for `host`, which must already be lowercase
     /// (sessions keep their initiator name lowercased, so no command allocates here).
     /// Draining bindings are refused. The guard counts the command as in flight.
-    pub fn route(
-        &self,
-        host: &str,
-        pe: u16,
-        id: SecondaryId,
-    ) -> Option<(Arc<LogicalUnit>, InflightGuard)> {
+    pub fn route(&self, host: &str, pe: u16, id: SecondaryId) -> Option<BindingGuard> {
         let routes = self.routes.load();
         let b = routes.get(host)?.get(&(pe, id))?;
         if b.draining {
             return None;
         }
-        // The two counters this bumps are in different lines, and locked increments run one
-        // after the other: ask for both lines (exclusive) first, so their misses overlap. An
-        // Arc's counts sit just before its value.
-        warm::prefetch_for_write(
-            (Arc::as_ptr(&b.lu) as usize).wrapping_sub(2 * std::mem::size_of::<usize>()),
-        );
+        // The line the command writes (its count and the record's reference count), asked
+        // for exclusive first so its miss overlaps the warm-up's.
         warm::prefetch_for_write(b.inflight.counter_address());
         b.warm.issue();
-        let guard = b.inflight.enter()?;
-        Some((b.lu.clone(), guard))
+        b.inflight.enter()
     }
 
     /// Secondary LUNs bound for `host` at `pe` (REPORT LUNS at the PE).
@@ -372,25 +370,20 @@ impl Engine {
     /// management must reach the commands an unbind is waiting for.
     pub fn bound_lu(&self, host: &str, pe: u16, id: SecondaryId) -> Option<Arc<LogicalUnit>> {
         let routes = self.routes.load();
-        Some(routes.get(host)?.get(&(pe, id))?.lu.clone())
+        Some(routes.get(host)?.get(&(pe, id))?.lu().clone())
     }
 
     /// The VVol bound for `host` (lowercase) whose LU has NAA designator `naa`, counted in
     /// flight like a routed command: EXTENDED COPY names its source and destination so, and a
     /// copy into a VVol being unbound must hold up the unbind as a write does. None if no such
     /// binding is active.
-    pub fn route_by_naa(
-        &self,
-        host: &str,
-        naa: &[u8; 16],
-    ) -> Option<(Arc<LogicalUnit>, InflightGuard)> {
+    pub fn route_by_naa(&self, host: &str, naa: &[u8; 16]) -> Option<BindingGuard> {
         let routes = self.routes.load();
         let b = routes
             .get(host)?
             .values()
-            .find(|b| !b.draining && &b.lu.disk.identity().naa == naa)?;
-        let guard = b.inflight.enter()?;
-        Some((b.lu.clone(), guard))
+            .find(|b| !b.draining && &b.lu().disk.identity().naa == naa)?;
+        b.inflight.enter()
     }
 
     /// Where `host` addresses `lu` (PE, secondary id), if the VVol is bound for it
@@ -400,7 +393,7 @@ impl Engine {
         let at = routes
             .get(&host.to_ascii_lowercase())?
             .iter()
-            .find(|(_, b)| Arc::ptr_eq(&b.lu, lu))
+            .find(|(_, b)| Arc::ptr_eq(b.lu(), lu))
             .map(|(&key, _)| key);
         at
     }
@@ -416,8 +409,8 @@ impl Engine {
             .filter(|((pe, _), _)| pes.contains(pe))
             .map(|(_, b)| b)
         {
-            if !lus.iter().any(|l| Arc::ptr_eq(l, &b.lu)) {
-                lus.push(b.lu.clone());
+            if !lus.iter().any(|l| Arc::ptr_eq(l, b.lu())) {
+                lus.push(b.lu().clone());
             }
         }
         lus
@@ -428,7 +421,7 @@ impl Engine {
         let routes = self.routes.load();
         routes
             .get(&host.to_ascii_lowercase())
-            .map(|m| m.values().map(|b| b.lu.clone()).collect())
+            .map(|m| m.values().map(|b| b.lu().clone()).collect())
             .unwrap_or_default()
     }
 
@@ -450,13 +443,12 @@ impl Engine {
                 .and_then(|m| m.get(&(b.pe, b.secondary)))
                 .filter(|e| e.vvol == b.vvol && (draining || !e.inflight.is_draining()))
                 .map(|e| e.inflight.clone())
-                .unwrap_or_default();
+                .unwrap_or_else(|| Arc::new(Inflight::new(lu.clone())));
             let entry = BoundLu {
                 vvol: b.vvol,
-                lu: lu.clone(),
                 draining,
+                warm: inflight.held().warm_lines(),
                 inflight,
-                warm: lu.warm_lines(),
             };
             hosts
                 .entry(b.host.clone())

@@ -1,5 +1,8 @@
 //! Counting the commands running on one binding, so an unbind can wait for them to finish,
-//! and closing the binding to new ones first.
+//! and closing the binding to new ones first. The record also holds what the commands use (the
+//! bound logical unit), so a command's one reference is its count: with I/O spread over many
+//! VVols from both CPUs, each shared line a command writes moves between the cores' caches,
+//! and a separate reference on the logical unit was one more such line.
 //!
 //! The data path routes from a snapshot that may predate the unbind, so the snapshot's own
 //! draining mark is not enough: a command could read the old snapshot, the unbind then find
@@ -11,24 +14,43 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// The commands in flight on one binding.
-#[derive(Default)]
-pub struct Inflight {
+/// The commands in flight on one binding, and what they hold while they run. `repr(C)`:
+/// what every command touches (the count, beside the Arc's own counts, and what it holds)
+/// comes first, so it usually shares one cache line.
+#[repr(C)]
+pub struct Inflight<T> {
     count: AtomicUsize,
-    idle: Notify,
+    held: T,
     /// Set once someone waits: until then the last command out skips `idle`, whose notify
     /// takes a lock (with I/O spread over many VVols, nearly every command is the last out).
     waited: AtomicBool,
     /// Set by `drain`, never cleared (an unbinding binding never becomes active again).
     draining: AtomicBool,
+    idle: Notify,
 }
 
-/// Held by the data path for the life of one command on a bound VVol.
-pub struct InflightGuard(Arc<Inflight>);
+/// Held by the data path for the life of one command on a bound VVol; it reaches what the
+/// binding holds.
+pub struct InflightGuard<T>(Arc<Inflight<T>>);
 
-impl Inflight {
+impl<T> Inflight<T> {
+    pub fn new(held: T) -> Inflight<T> {
+        Inflight {
+            count: AtomicUsize::new(0),
+            idle: Notify::new(),
+            waited: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            held,
+        }
+    }
+
+    /// What every command of the binding holds.
+    pub fn held(&self) -> &T {
+        &self.held
+    }
+
     /// Count a command in until the guard drops; None once the binding is draining.
-    pub fn enter(self: &Arc<Self>) -> Option<InflightGuard> {
+    pub fn enter(self: &Arc<Self>) -> Option<InflightGuard<T>> {
         self.count.fetch_add(1, Ordering::SeqCst);
         let guard = InflightGuard(self.clone());
         if self.draining.load(Ordering::SeqCst) {
@@ -67,7 +89,12 @@ impl Inflight {
     }
 }
 
-impl InflightGuard {
+impl<T> InflightGuard<T> {
+    /// What the binding holds for its commands.
+    pub fn held(&self) -> &T {
+        &self.0.held
+    }
+
     /// Whether the binding has begun unbinding since this command counted itself in: a
     /// long-running command (EXTENDED COPY) stops rather than write on into it.
     pub fn closing(&self) -> bool {
@@ -75,7 +102,7 @@ impl InflightGuard {
     }
 }
 
-impl Drop for InflightGuard {
+impl<T> Drop for InflightGuard<T> {
     fn drop(&mut self) {
         // SeqCst pairs with `drain`: either this load sees `waited`, or the waiter's later
         // load of the count sees this decrement.
@@ -93,7 +120,7 @@ mod tests {
 
     #[tokio::test]
     async fn drained_at_once_without_commands_and_closed_after() {
-        let inflight = Arc::new(Inflight::default());
+        let inflight = Arc::new(Inflight::new(()));
         drop(inflight.enter().expect("open"));
         tokio::time::timeout(Duration::from_secs(1), inflight.drain())
             .await
@@ -111,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn drain_waits_for_the_last_guard() {
-        let inflight = Arc::new(Inflight::default());
+        let inflight = Arc::new(Inflight::new(()));
         let a = inflight.enter().unwrap();
         let b = inflight.enter().unwrap();
         assert_eq!(inflight.count(), 2);
@@ -145,7 +172,7 @@ mod tests {
         // drain finished, so drain must not have returned while it was held.
         let rt = waiter_runtime();
         for _ in 0..500 {
-            let inflight = Arc::new(Inflight::default());
+            let inflight = Arc::new(Inflight::new(()));
             let drained = Arc::new(AtomicBool::new(false));
             let entrant = std::thread::spawn({
                 let (inflight, drained) = (inflight.clone(), drained.clone());
@@ -166,7 +193,7 @@ mod tests {
     fn guards_dropped_on_other_threads_wake_the_waiter() {
         let rt = waiter_runtime();
         for _ in 0..200 {
-            let inflight = Arc::new(Inflight::default());
+            let inflight = Arc::new(Inflight::new(()));
             let guards: Vec<_> = (0..4).map(|_| inflight.enter().unwrap()).collect();
             let droppers: Vec<_> = guards
                 .into_iter()

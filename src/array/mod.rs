@@ -386,8 +386,8 @@ capacity = "1GiB"
                 )
                 .unwrap();
             let b = array.engine.bind(v.id, host, Some(254)).await.unwrap();
-            let (lu, _guard) = array.engine.route(host, b.pe, b.secondary).unwrap();
-            assert_eq!(direct(&lu.device), want, "{container}");
+            let guard = array.engine.route(host, b.pe, b.secondary).unwrap();
+            assert_eq!(direct(&guard.held().device), want, "{container}");
         }
     }
 

@@ -291,9 +291,8 @@ fn alloc_ttt(next: &mut u32) -> u32 {
 
 /// A write command waiting for its Data-Out.
 struct PendingWrite {
+    /// Routed to a logical unit (a command without one has no Data-Out to wait for).
     job: Job,
-    /// The logical unit whose sense format errors are reported in.
-    lu: Arc<LogicalUnit>,
     transfer: WriteTransfer,
     buf: BytesMut,
 }
@@ -734,7 +733,6 @@ impl<'a> FullFeature<'a> {
                 // Replaced when it is routed.
                 plan: Plan::Respond(crate::scsi::Response::check(Sense::INTERNAL_TARGET_FAILURE)),
                 completion: route::Completion::Unrouted,
-                guard: None,
             };
             self.submit(job, Bytes::new());
             return Ok(());
@@ -748,14 +746,13 @@ impl<'a> FullFeature<'a> {
             cdb: c.cdb.clone(),
             plan: routed.plan,
             completion: routed.completion,
-            guard: routed.guard,
         };
         // COMPARE AND WRITE and WRITE SAME name their exact Data-Out size in the CDB: any
         // other announced size contradicts the CDB, and a partial compare or pattern would be
         // wrong, so refuse it whole (libiscsi *.InvalidDataOutSize).
         let fixed = exec::fixed_size_sense(&job.plan);
         if let (Some(sense), Some(lu), Some(need)) =
-            (fixed, job.lu.clone(), job.plan.data_out_len())
+            (fixed, job.lu.as_ref(), job.plan.data_out_len())
         {
             if c.expected_len != need || (need > 0 && !c.write) {
                 self.discard(reader, h).await?;
@@ -766,7 +763,7 @@ impl<'a> FullFeature<'a> {
         }
         // Zero bytes (COMPARE AND WRITE of 0 blocks, WRITE SAME with NDOB): no Data-Out phase.
         let data_len = job.plan.data_out_len().filter(|&n| n > 0);
-        let (Some(lu), Some(len)) = (job.lu.clone(), data_len) else {
+        let (Some(lu), Some(len)) = (job.lu.as_ref(), data_len) else {
             // No data-out phase: drop any data the initiator sent along.
             self.discard(reader, h).await?;
             self.submit(job, Bytes::new());
@@ -829,15 +826,8 @@ impl<'a> FullFeature<'a> {
             return Err(ConnError::Protocol("data digest error"));
         }
         let r2ts = transfer.next_r2ts(|| alloc_ttt(&mut self.next_ttt));
-        self.pending.insert(
-            c.itt,
-            PendingWrite {
-                job,
-                lu,
-                transfer,
-                buf,
-            },
-        );
+        self.pending
+            .insert(c.itt, PendingWrite { job, transfer, buf });
         self.send_r2ts(c.itt, c.lun, &r2ts).await;
         self.maybe_start(c.itt);
         Ok(())
@@ -891,11 +881,10 @@ impl<'a> FullFeature<'a> {
                 self.discard(reader, h).await?;
                 let p = self.pending.remove(&d.itt).expect("present");
                 // ERL 0 cannot recover a sequence error: end the command.
-                let resp = p.lu.disk.sense_response(Sense::new(
-                    crate::scsi::SenseKey::AbortedCommand,
-                    0x0C,
-                    0x0D,
-                ));
+                let resp = exec::sense_response(
+                    p.job.lu.as_deref(),
+                    Sense::new(crate::scsi::SenseKey::AbortedCommand, 0x0C, 0x0D),
+                );
                 ctx.respond(&p.job.cmd, &p.job.task, resp, None).await;
                 return Ok(());
             }

@@ -2,10 +2,10 @@
 //! Data-In PDUs that point at the backend's buffer, status collapsed into the last one when it
 //! is GOOD, exact residuals, and no response at all for an aborted task.
 
-use super::route::Completion;
+use super::route::{Completion, HeldLu};
 use super::session::{lock, Session, Task};
 use super::writer::{Numbering, OutPdu, OutSender};
-use crate::array::engine::{Engine, InflightGuard};
+use crate::array::engine::Engine;
 use crate::array::{qos, LogicalUnit};
 use crate::backend::{buffer, BlockDevice};
 use crate::iscsi::data_in;
@@ -245,12 +245,20 @@ async fn abort_preempted(ctx: &ConnCtx, preempted: &[crate::scsi::NexusId], lu: 
 pub struct Job {
     pub cmd: CommandInfo,
     pub task: Arc<Task>,
-    pub lu: Option<Arc<LogicalUnit>>,
+    /// Its logical unit; a bound VVol's is held through the binding, so an unbind does not
+    /// finish while this command runs.
+    pub lu: Option<HeldLu>,
     pub cdb: CdbBytes,
     pub plan: Plan,
     pub completion: Completion,
-    /// Keeps a bound VVol's binding from finishing an unbind while this command runs.
-    pub guard: Option<InflightGuard>,
+}
+
+/// An answer with `sense`, in the format of the command's logical unit if it has one.
+pub fn sense_response(lu: Option<&LogicalUnit>, sense: Sense) -> Response {
+    match lu {
+        Some(lu) => lu.disk.sense_response(sense),
+        None => Response::check(sense),
+    }
 }
 
 /// Run a job whose Data-Out (if any) has fully arrived in `data`.
@@ -262,7 +270,6 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         cdb,
         mut plan,
         mut completion,
-        mut guard,
     } = job;
     let nexus = ctx.session.nexus;
     // Dormant on arrival behind older tasks of its task set (an ORDERED or HEAD OF QUEUE
@@ -281,13 +288,10 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
             Completion::Unrouted => {
                 let r = super::route::route(&ctx.shared, &ctx.session, cmd.lun, cdb.as_slice());
                 if let Some((sense, residual)) = without_data_out(&r.plan, cmd.expected_len) {
-                    let resp = match &r.lu {
-                        Some(lu) => lu.disk.sense_response(sense),
-                        None => Response::check(sense),
-                    };
+                    let resp = sense_response(r.lu.as_deref(), sense);
                     return ctx.respond(&cmd, &task, resp, residual).await;
                 }
-                (lu, plan, completion, guard) = (r.lu, r.plan, r.completion, r.guard);
+                (lu, plan, completion) = (r.lu, r.plan, r.completion);
             }
             // Routed on arrival only to size its Data-Out, now received: route it again, so
             // unit attentions, reservations and write protection are those of now.
@@ -301,7 +305,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
                 }
                 let same_data = r.plan.data_out_len() == plan.data_out_len();
                 if same_data || matches!(r.plan, Plan::Respond(_)) {
-                    (lu, plan, completion, guard) = (r.lu, r.plan, r.completion, r.guard);
+                    (lu, plan, completion) = (r.lu, r.plan, r.completion);
                 }
             }
             _ => {}
@@ -345,7 +349,7 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         // Finished before waiting for preempted tasks, which may include this nexus' own.
         task.finish();
         data = Bytes::new();
-        abort_preempted(ctx, &lu.disk.take_preempted_nexuses(), &lu).await;
+        abort_preempted(ctx, &lu.disk.take_preempted_nexuses(), lu.arc()).await;
     }
     // A Respond here came from a parameter list (PERSISTENT RESERVE OUT, MODE SELECT): its
     // Data-Out arrived, so it has the write's residual, not "nothing moved".
@@ -390,7 +394,8 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         }
     };
     ctx.respond(&cmd, &task, resp, residual).await;
-    drop(guard);
+    // Only now may an unbind waiting for this command finish.
+    drop(lu);
 }
 
 /// The refusal of a command sent without Data-Out (the W bit clear) whose plan needs some, or
@@ -441,7 +446,7 @@ impl ConnCtx {
     /// Run a plan that touches the medium.
     async fn media(
         &self,
-        lu: &Arc<LogicalUnit>,
+        lu: &LogicalUnit,
         nexus: crate::scsi::NexusId,
         plan: Plan,
         data: Bytes,
@@ -550,7 +555,7 @@ impl ConnCtx {
     /// The logical unit with NAA designator `naa` that this session may copy to or from: the
     /// target's LUs, and the VVols bound for its host, which the copy holds in flight (an
     /// unbind waits for it, and a VVol being unbound is not reachable).
-    fn lu_by_naa(&self, naa: &[u8; 16]) -> Option<(Arc<LogicalUnit>, Option<InflightGuard>)> {
+    fn lu_by_naa(&self, naa: &[u8; 16]) -> Option<HeldLu> {
         let s = &self.session;
         if let Some(lu) = s
             .target
@@ -558,10 +563,11 @@ impl ConnCtx {
             .values()
             .find(|lu| &lu.disk.identity().naa == naa)
         {
-            return Some((lu.clone(), None));
+            return Some(HeldLu::Shared(lu.clone()));
         }
-        let (lu, guard) = self.engine.route_by_naa(&s.key.initiator, naa)?;
-        Some((lu, Some(guard)))
+        self.engine
+            .route_by_naa(&s.key.initiator, naa)
+            .map(HeldLu::Bound)
     }
 
     /// EXTENDED COPY: block-to-block segments copied by the backends, never through the
@@ -576,7 +582,7 @@ impl ConnCtx {
         // the list does not leave the earlier ones half done.
         let mut resolved = Vec::with_capacity(segments.len());
         for seg in segments {
-            let (Some((src, src_held)), Some((dst, dst_held))) = (
+            let (Some(src), Some(dst)) = (
                 self.lu_by_naa(&seg.source),
                 self.lu_by_naa(&seg.destination),
             ) else {
@@ -586,19 +592,18 @@ impl ConnCtx {
             scsi::xcopy::check_segment(seg, src.disk.identity(), dst.disk.identity())?;
             src.disk.copy_access(self.session.nexus, false)?;
             dst.disk.copy_access(self.session.nexus, true)?;
-            resolved.push((seg, src, src_held, dst, dst_held));
+            resolved.push((seg, src, dst));
         }
         // A VVol the copy reads or writes (in any segment) is being unbound: its drain must
         // not wait for the rest of a long copy, nor may the copy outlast it.
         let unbinding = || {
             resolved
                 .iter()
-                .flat_map(|(_, _, src_held, _, dst_held)| [src_held, dst_held])
-                .flatten()
-                .any(InflightGuard::closing)
+                .flat_map(|(_, src, dst)| [src, dst])
+                .any(HeldLu::closing)
         };
         let mut copied = 0;
-        for (seg, src, _, dst, _) in &resolved {
+        for (seg, src, dst) in &resolved {
             let _w = dst.write_lock.read().await;
             // Within one LU with the destination overlapping the source from above, copy from
             // the end so no chunk is overwritten before it has been read.
@@ -612,7 +617,7 @@ impl ConnCtx {
                 if unbinding() {
                     return Err(scsi::xcopy::COPY_TARGET_NOT_REACHABLE);
                 }
-                pace_copy_targets(lu, [src, dst], n, task).await?;
+                pace_copy_targets(lu, [src.arc(), dst.arc()], n, task).await?;
                 let buf = src
                     .device
                     .read(seg.source_offset + at, buffer::take(n as usize))

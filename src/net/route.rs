@@ -5,7 +5,7 @@
 
 use super::session::Session;
 use super::Shared;
-use crate::array::engine::{InflightGuard, Pe};
+use crate::array::engine::{BindingGuard, Pe};
 use crate::array::LogicalUnit;
 use crate::scsi::{self, Lun, Plan, Response, Sense, SenseKey};
 use crate::vvol::address::{secondary_lun, LunAddress};
@@ -33,17 +33,46 @@ pub enum Completion {
 
 /// A routed command.
 pub struct Routed {
-    pub lu: Option<Arc<LogicalUnit>>,
+    pub lu: Option<HeldLu>,
     pub plan: Plan,
     pub completion: Completion,
-    /// Held while a command runs on a bound VVol, so an unbind waits for it.
-    pub guard: Option<InflightGuard>,
+}
+
+/// The logical unit a command holds while it runs.
+pub enum HeldLu {
+    /// A normal LU or a Protocol Endpoint.
+    Shared(Arc<LogicalUnit>),
+    /// A bound VVol, reached through its binding, which counts the command in flight so that
+    /// an unbind waits for it.
+    Bound(BindingGuard),
+}
+
+impl HeldLu {
+    pub fn arc(&self) -> &Arc<LogicalUnit> {
+        match self {
+            HeldLu::Shared(lu) => lu,
+            HeldLu::Bound(guard) => guard.held(),
+        }
+    }
+
+    /// Whether the VVol has begun unbinding since the command took it: a long-running
+    /// command (EXTENDED COPY) stops rather than write on into it.
+    pub fn closing(&self) -> bool {
+        matches!(self, HeldLu::Bound(guard) if guard.closing())
+    }
+}
+
+impl std::ops::Deref for HeldLu {
+    type Target = LogicalUnit;
+    fn deref(&self) -> &LogicalUnit {
+        self.arc()
+    }
 }
 
 enum Dest {
     Normal(Arc<LogicalUnit>),
     Pe(Arc<Pe>),
-    Vvol(Arc<LogicalUnit>, InflightGuard),
+    Vvol(BindingGuard),
     Missing,
 }
 
@@ -75,10 +104,11 @@ fn dest(shared: &Shared, session: &Session, lun: Lun) -> Dest {
             if visible_pe(shared, session, pe).is_none() {
                 return Dest::Missing;
             }
-            match shared.array.engine.route(&session.key.initiator, pe, id) {
-                Some((lu, guard)) => Dest::Vvol(lu, guard),
-                None => Dest::Missing,
-            }
+            shared
+                .array
+                .engine
+                .route(&session.key.initiator, pe, id)
+                .map_or(Dest::Missing, Dest::Vvol)
         }
         LunAddress::ReportLunsWlun | LunAddress::Unsupported => Dest::Missing,
     }
@@ -94,7 +124,8 @@ pub fn task_lu(shared: &Shared, session: &Session, lun: Lun) -> Option<Arc<Logic
         return shared.array.engine.bound_lu(&session.key.initiator, pe, id);
     }
     match dest(shared, session, lun) {
-        Dest::Normal(lu) | Dest::Vvol(lu, _) => Some(lu),
+        Dest::Normal(lu) => Some(lu),
+        Dest::Vvol(guard) => Some(guard.held().clone()),
         Dest::Pe(pe) => Some(pe.lu.clone()),
         Dest::Missing => None,
     }
@@ -127,31 +158,30 @@ fn lun_of(shared: &Shared, session: &Session, lu: &Arc<LogicalUnit>) -> Option<L
 
 /// Route one command: decide the logical unit and the plan.
 pub fn route(shared: &Shared, session: &Session, lun: Lun, cdb: &[u8]) -> Routed {
-    let scsi = |lu: Option<Arc<LogicalUnit>>, plan, guard| Routed {
+    let scsi = |lu: Option<HeldLu>, plan| Routed {
         lu,
         plan,
         completion: Completion::Scsi,
-        guard,
     };
     let d = dest(shared, session, lun);
     if cdb.first() == Some(&REPORT_LUNS) {
         return scsi(
             None,
             Plan::Respond(report_luns(shared, session, lun, &d, cdb)),
-            None,
         );
     }
     match d {
         Dest::Normal(lu) => {
             let plan = lu.disk.plan(session.nexus, cdb);
-            scsi(Some(lu), plan, None)
+            scsi(Some(HeldLu::Shared(lu)), plan)
         }
-        Dest::Vvol(lu, guard) => {
+        Dest::Vvol(guard) => {
+            let lu = guard.held();
             let plan = lu.disk.plan(session.nexus, cdb);
             if let Plan::Read { offset, .. } | Plan::Write { offset, .. } = plan {
                 lu.warm_device(offset);
             }
-            scsi(Some(lu), plan, Some(guard))
+            scsi(Some(HeldLu::Bound(guard)), plan)
         }
         Dest::Pe(pe) => match cdb.first() {
             Some(&inband::BINDING_OUT) | Some(&inband::BINDING_IN) => {
@@ -159,13 +189,12 @@ pub fn route(shared: &Shared, session: &Session, lun: Lun, cdb: &[u8]) -> Routed
             }
             _ => {
                 let plan = pe.lu.disk.plan(session.nexus, cdb);
-                scsi(Some(pe.lu.clone()), plan, None)
+                scsi(Some(HeldLu::Shared(pe.lu.clone())), plan)
             }
         },
         Dest::Missing => scsi(
             None,
             Plan::Respond(scsi::report_luns::unsupported_lun_response(cdb)),
-            None,
         ),
     }
 }
@@ -211,10 +240,9 @@ fn report_luns(shared: &Shared, session: &Session, lun: Lun, d: &Dest, cdb: &[u8
 
 fn inband_plan(shared: &Shared, session: &Session, pe: &Arc<Pe>, cdb: &[u8]) -> Routed {
     let respond = |r: Response| Routed {
-        lu: Some(pe.lu.clone()),
+        lu: Some(HeldLu::Shared(pe.lu.clone())),
         plan: Plan::Respond(r),
         completion: Completion::Scsi,
-        guard: None,
     };
     if !session.control {
         return respond(pe.lu.disk.sense_response(ACCESS_DENIED));
@@ -230,13 +258,12 @@ fn inband_plan(shared: &Shared, session: &Session, pe: &Arc<Pe>, cdb: &[u8]) -> 
     }
     match inband::decode_out(cdb) {
         Ok(out) => Routed {
-            lu: Some(pe.lu.clone()),
+            lu: Some(HeldLu::Shared(pe.lu.clone())),
             plan: Plan::Parameters { len: out.param_len },
             completion: Completion::Inband {
                 pe: pe.lun,
                 service: out.service,
             },
-            guard: None,
         },
         Err(s) => respond(pe.lu.disk.sense_response(s)),
     }
