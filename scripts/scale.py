@@ -30,6 +30,12 @@ SECS = int(os.environ.get("SCALE_SECONDS", "10"))
 WARMUP = int(os.environ.get("SCALE_WARMUP", "2"))
 RSS_SLACK_MIB = float(os.environ.get("RSS_SLACK_MIB", "4"))
 KEEP = os.environ.get("KEEP", "0") == "1"
+# QOS=off runs the same checks with QoS (and so its per-volume telemetry) disabled, to see
+# what it costs a command spread over 1,000 volumes.
+QOS = os.environ.get("QOS", "on")
+if QOS not in ("on", "off"):
+    sys.exit("QOS must be on or off")
+QOS_SECTION = "" if QOS == "on" else "[qos]\nenabled = false\n"
 
 TARGET = "iqn.2026-11.io.vvold:scale"
 HOSTS = [f"iqn.1998-01.com.vmware:esx-{i}" for i in range(1, 5)]
@@ -82,6 +88,7 @@ name = "mem"
 backend = "ram"
 capacity = "2TiB"
 
+{QOS_SECTION}
 [control]
 listen = "127.0.0.1:{api_port}"
 """
@@ -238,8 +245,9 @@ def main():
 
 def scenario(root):
     d = Daemon(root)
-    print(f"vvold scale check: {SECS} s measured after {WARMUP} s warm-up per run; vvold PID "
-          f"{d.pid} on 127.0.0.1:{d.port}, API on :{d.api_port}, data in {root}", flush=True)
+    print(f"vvold scale check: {SECS} s measured after {WARMUP} s warm-up per run, QoS {QOS}; "
+          f"vvold PID {d.pid} on 127.0.0.1:{d.port}, API on :{d.api_port}, data in {root}",
+          flush=True)
     time.sleep(0.5)
     rss = {"start": d.rss_kib()}
 

@@ -23,6 +23,8 @@
 #   SECONDS=N         measured seconds per run (default 10; QUICK=1: 3)
 #   WARMUP=N          vvold-load warm-up seconds, not measured (default 2; QUICK=1: 1)
 #   RSS_SLACK_MIB=N   allowed VmRSS growth between the two scale runs (default 4)
+#   QOS=off           the same with QoS disabled (no caps, no per-volume telemetry), to see
+#                     what QoS costs at this scale (the target holds with QoS on)
 #   SKIP_BUILD=1      use the binaries already in target/release
 #   KEEP=1            keep the temporary directory (config, logs, LUN lists) on success too
 set -euo pipefail
