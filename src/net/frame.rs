@@ -168,13 +168,17 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
         let digesting = self.data_digest;
         self.read_exact_digesting(take, digesting.then_some(&mut crc))
             .await?;
-        let mut left = discard;
-        let mut scratch = [0u8; 4096];
-        while left > 0 {
-            let n = left.min(scratch.len());
-            self.read_exact_digesting(&mut scratch[..n], digesting.then_some(&mut crc))
-                .await?;
-            left -= n;
+        if discard > 0 {
+            // Only here: zeroing 4 KiB for every data segment was 2–3 % of the target's CPU
+            // for 4 KiB writes, which discard nothing.
+            let mut scratch = [0u8; 4096];
+            let mut left = discard;
+            while left > 0 {
+                let n = left.min(scratch.len());
+                self.read_exact_digesting(&mut scratch[..n], digesting.then_some(&mut crc))
+                    .await?;
+                left -= n;
+            }
         }
         let pad = pad_len(take.len() + discard);
         let mut tail = [0u8; 7];

@@ -68,6 +68,16 @@ const MAX_BATCH: usize = 64;
 /// Segments per write: every PDU of a full batch has at most three (header, data, trailer).
 const MAX_IOV: usize = 3 * MAX_BATCH;
 const ARENA: usize = 4096;
+/// The most header and trailer bytes one PDU puts in the arena: BHS, header digest, padding,
+/// data digest.
+const MAX_FRAMING: usize = 48 + 4 + 3 + 4;
+const _: () = assert!(MAX_BATCH * MAX_FRAMING <= ARENA);
+
+/// Copy `bytes` into `arena` at `*at` and move past them.
+fn put(arena: &mut [u8], at: &mut usize, bytes: &[u8]) {
+    arena[*at..*at + bytes.len()].copy_from_slice(bytes);
+    *at += bytes.len();
+}
 
 /// Run until every sender is dropped (then flush and shut the socket's write side) or the
 /// socket fails.
@@ -95,10 +105,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
             let w = window.lock().unwrap_or_else(|e| e.into_inner());
             (w.expcmdsn(), w.maxcmdsn())
         };
-        // Headers and trailers of the batch, in a pooled page (a full batch needs 64 × 60
-        // bytes); it goes back to the pool with the segments below.
+        // Headers and trailers of the batch, in a pooled page (a full batch needs 64 × 59
+        // bytes); it goes back to the pool with the segments below. Written in place rather
+        // than cleared and extended, so it returns to the pool full-length: the pool zero-fills
+        // a short buffer's slack, and that memset was 1 % of the target's CPU for 4 KiB writes.
         let mut arena = buffer::take(ARENA);
-        arena.clear();
+        let mut at = 0;
         for p in batch.iter_mut() {
             match p.numbering {
                 Numbering::Status => {
@@ -111,19 +123,19 @@ pub async fn run<W: AsyncWrite + Unpin>(
             p.bhs.set_u32(28, exp.0);
             p.bhs.set_u32(32, max.0);
             p.bhs.set_data_segment_len(p.data.len());
-            let h0 = arena.len();
-            arena.extend_from_slice(&p.bhs.0);
+            let h0 = at;
+            put(&mut arena, &mut at, &p.bhs.0);
             if cfg.header_digest {
-                arena.extend_from_slice(&digest::crc32c(&p.bhs.0).to_le_bytes());
+                put(&mut arena, &mut at, &digest::crc32c(&p.bhs.0).to_le_bytes());
             }
-            let h1 = arena.len();
+            let h1 = at;
             let pad = pad_len(p.data.len());
-            arena.extend_from_slice(&[0u8; 3][..pad]);
+            put(&mut arena, &mut at, &[0u8; 3][..pad]);
             if cfg.data_digest && !p.data.is_empty() {
                 let dd = digest::data_digest([&p.data[..]]);
-                arena.extend_from_slice(&dd.to_le_bytes());
+                put(&mut arena, &mut at, &dd.to_le_bytes());
             }
-            layout.push((h0, h1, arena.len()));
+            layout.push((h0, h1, at));
         }
         let arena = arena.freeze();
         let arena_page = arena.clone();
