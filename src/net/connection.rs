@@ -825,6 +825,12 @@ impl<'a> FullFeature<'a> {
             self.reject(RejectReason::DataDigestError, &h.bhs).await;
             return Err(ConnError::Protocol("data digest error"));
         }
+        if transfer.is_complete() {
+            // All of it came as immediate data (the usual small write): nothing to solicit,
+            // so it skips the table of writes waiting for Data-Out.
+            self.submit(job, buf.freeze());
+            return Ok(());
+        }
         let r2ts = transfer.next_r2ts(|| alloc_ttt(&mut self.next_ttt));
         self.pending
             .insert(c.itt, PendingWrite { job, transfer, buf });
