@@ -5,10 +5,7 @@
 //! snapshot that the data path reads without locks.
 
 use super::frozen::FrozenMap;
-use super::inflight::Inflight;
-/// A command's hold on a bound VVol: it counts the command in flight on the binding and
-/// reaches the VVol's logical unit.
-pub type BindingGuard = super::inflight::InflightGuard<Arc<LogicalUnit>>;
+use super::inflight::{Inflight, InflightGuard};
 use super::qos::{Qos, VolQos};
 use super::warm::{self, WarmLines};
 use super::{naa_designator, LogicalUnit, PRODUCT, REVISION, VENDOR};
@@ -31,7 +28,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-/// How long an unbind waits for in-flight commands before it proceeds anyway.
+/// A command's hold on a bound VVol: it counts the command in flight on the binding and
+/// reaches the VVol's logical unit.
+pub type BindingGuard = InflightGuard<Arc<LogicalUnit>>;
+
 /// How long an unbind waits for the commands it aborted after its drain timeout, which are
 /// only those already in the backend.
 const ABORTED_TIMEOUT: Duration = Duration::from_secs(10);
