@@ -1124,6 +1124,53 @@ async fn a_write_waiting_behind_an_ordered_mode_select_is_checked_when_it_runs()
 }
 
 #[tokio::test]
+async fn a_unit_attention_an_aborted_command_took_is_reported_by_the_next() {
+    // Host B changes the mode pages of a VVol it shares with host A, which raises a unit
+    // attention for A. A's next command is an ORDERED WRITE that waits behind A's held reads;
+    // routed on arrival to size its Data-Out, it takes the condition. ABORT TASK ends it
+    // unanswered, so A has not been told, and its next command must tell it.
+    let d = Daemon::start_vvol(VvolOpts::default());
+    let (api, v, mut a, mut b, la, lb) = shared_vvol(&d, PE_2).await;
+    cap_iops(&api, v.id, 10);
+    let held = hold_reads(&mut a, la, 0xC00..0xC03).await;
+    assert!(!held.is_empty(), "the cap held no read");
+    // MODE SELECT(6): the control page as it is, but for SWP.
+    let select = [0x15, 0x10, 0, 0, 16, 0];
+    let page = [
+        0, 0, 0, 0, 0x0A, 0x0A, 0x22, 0x10, 0x08, 0, 0, 0, 0xFF, 0xFF, 0, 0,
+    ];
+    assert_good(&cmd_lun(&mut b, lb, &select, Some(&page), 0).await);
+    const WRITE: u32 = 0xD02;
+    let write = [0x2A, 0, 0, 0, 0, 8, 0, 0, 1, 0];
+    send_with_attr(
+        &mut a,
+        la,
+        WRITE,
+        &write,
+        &vec![0xAB; v.block_size as usize],
+        2,
+    )
+    .await;
+    let refcmdsn = a.cmdsn.wrapping_sub(1);
+    let answer = within("ABORT TASK", a.task_mgmt_ref(1, la, WRITE, refcmdsn))
+        .await
+        .expect("TMF answer");
+    assert_eq!(answer, 0, "ABORT TASK");
+    uncap(&api, v.id).await;
+    let mut answered = Vec::new();
+    while let Ok(p) = tokio::time::timeout(Duration::from_secs(1), a.recv_pdu()).await {
+        if let Some((itt, _)) = final_answer(&p.expect("receive")) {
+            answered.push(itt);
+        }
+    }
+    assert!(!answered.contains(&WRITE), "the aborted write answered");
+    assert_eq!(answered.len(), held.len(), "{answered:x?}");
+    let r = cmd_lun(&mut a, la, &test_unit_ready(), None, 0).await;
+    assert_sense(&r, 0x06, 0x2A, 0x01);
+    assert_good(&cmd_lun(&mut a, la, &test_unit_ready(), None, 0).await);
+}
+
+#[tokio::test]
 async fn the_aca_task_attribute_is_refused() {
     let d = Daemon::start_vvol(VvolOpts::default());
     let mut a = login_host(&d, HOST_A).await;

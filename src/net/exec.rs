@@ -72,6 +72,17 @@ impl ConnCtx {
         resp: Response,
         residual: Option<Residual>,
     ) {
+        self.answer_unless_aborted(cmd, task, resp, residual).await;
+    }
+
+    /// [`ConnCtx::respond`], telling whether the answer went out (false: dropped).
+    async fn answer_unless_aborted(
+        &self,
+        cmd: &CommandInfo,
+        task: &Task,
+        resp: Response,
+        residual: Option<Residual>,
+    ) -> bool {
         // Mark the task answering, then read its abort flag (both SeqCst): task management on
         // this connection that flags it after that finds it answering and waits
         // (`Task::answer_queued`). The task stays in the table until its last PDU is queued, so
@@ -96,6 +107,24 @@ impl ConnCtx {
         }
         self.session.forget_task(cmd.itt, task);
         task.answered();
+        !silenced
+    }
+
+    /// Answer a command its plan answered. Planning reports (and so clears) a pending unit
+    /// attention; if an abort drops the answer, the condition is put back for the next
+    /// command, since the initiator never saw it.
+    async fn respond_planned(
+        &self,
+        cmd: &CommandInfo,
+        task: &Task,
+        lu: Option<&LogicalUnit>,
+        resp: Response,
+    ) {
+        let ua = resp.unit_attention();
+        let answered = self.answer_unless_aborted(cmd, task, resp, None).await;
+        if let (false, Some(ua), Some(lu)) = (answered, ua, lu) {
+            lu.disk.unit_attention_unreported(self.session.nexus, ua);
+        }
     }
 
     /// Tell the initiator the window has opened, by a NOP-In that asks no reply (ITT and TTT
@@ -281,7 +310,13 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
     }
     if dormant {
         if task.is_aborted() {
-            // Routing could report (and so consume) a unit attention no one would see.
+            // Not routed again: routing could report (and so clear) a unit attention no one
+            // would see. A write's routing on arrival may have done so already; put it back.
+            if let (Plan::Respond(r), Some(lu)) = (&plan, &lu) {
+                if let Some(ua) = r.unit_attention() {
+                    lu.disk.unit_attention_unreported(nexus, ua);
+                }
+            }
             return ctx.respond(&cmd, &task, never_ran(), None).await;
         }
         match completion {
@@ -312,7 +347,9 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         }
     }
     let lu = match (plan, lu) {
-        (Plan::Respond(r), _) => return ctx.respond(&cmd, &task, r, None).await,
+        (Plan::Respond(r), lu) => {
+            return ctx.respond_planned(&cmd, &task, lu.as_deref(), r).await;
+        }
         (plan, Some(lu)) => (plan, lu),
         // Only plans of an existing LU touch media.
         (_, None) => {

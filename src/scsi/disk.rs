@@ -561,6 +561,13 @@ impl DiskLu {
         self.unit_attentions.establish(nexus, sense);
     }
 
+    /// A unit attention [`DiskLu::plan`] reported to `nexus` went out with no answer (the
+    /// command was aborted first). SAM-5 §5.14 clears a condition once it is reported, and
+    /// this one was not, so it stays pending for the next command.
+    pub fn unit_attention_unreported(&self, nexus: NexusId, sense: Sense) {
+        self.unit_attentions.restore(nexus, sense);
+    }
+
     /// REPORT LUNS was answered for `nexus` (by the transport): SPC-4 §6.33 says that clears
     /// its REPORTED LUNS DATA HAS CHANGED unit attention.
     pub fn report_luns_sent(&self, nexus: NexusId) {

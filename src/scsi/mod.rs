@@ -97,6 +97,22 @@ impl Response {
             sense: Bytes::copy_from_slice(&sense.to_fixed()),
         }
     }
+
+    /// The unit attention this answer reports, if it is one: CHECK CONDITION with sense key
+    /// UNIT ATTENTION, in either sense format.
+    pub fn unit_attention(&self) -> Option<Sense> {
+        if self.status != Status::CheckCondition {
+            return None;
+        }
+        let s = &self.sense;
+        let (key, asc, ascq) = match s.first().map(|b| b & 0x7F) {
+            Some(0x70 | 0x71) if s.len() >= 14 => (s[2] & 0x0F, s[12], s[13]),
+            Some(0x72 | 0x73) if s.len() >= 4 => (s[1] & 0x0F, s[2], s[3]),
+            _ => return None,
+        };
+        (key == SenseKey::UnitAttention as u8)
+            .then(|| Sense::new(SenseKey::UnitAttention, asc, ascq))
+    }
 }
 
 /// What the transport must do to finish a command. Offsets and lengths are bytes, already

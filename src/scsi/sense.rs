@@ -195,4 +195,31 @@ mod tests {
         assert_eq!(s[15], 0x80 | 0x40 | 0x08 | 1);
         assert_eq!(&s[16..18], &[0, 2]);
     }
+
+    #[test]
+    fn a_response_names_the_unit_attention_it_reports() {
+        use crate::scsi::{Response, Status};
+        let ua = Sense::MODE_PARAMETERS_CHANGED;
+        assert_eq!(Response::check(ua).unit_attention(), Some(ua));
+        let descriptor = Response {
+            sense: ua.to_descriptor().into(),
+            ..Response::check(ua)
+        };
+        assert_eq!(descriptor.unit_attention(), Some(ua));
+        assert_eq!(
+            Response::check(Sense::LUN_NOT_SUPPORTED).unit_attention(),
+            None
+        );
+        // The sense of a GOOD answer (REQUEST SENSE's data is not its sense) and cut sense.
+        let good = Response {
+            status: Status::Good,
+            ..Response::check(ua)
+        };
+        assert_eq!(good.unit_attention(), None);
+        let cut = Response {
+            sense: bytes::Bytes::from_static(&[0x70, 0, 6]),
+            ..Response::check(ua)
+        };
+        assert_eq!(cut.unit_attention(), None);
+    }
 }

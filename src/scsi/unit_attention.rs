@@ -91,6 +91,27 @@ impl UnitAttentions {
         self.refresh(&q);
     }
 
+    /// Puts back a condition `take` reported for a command whose answer never went out (it
+    /// was aborted first): the initiator has not seen it, so it is pending again, as the
+    /// oldest. Unless it no longer applies: a reset queued since supersedes it (as in `push`),
+    /// it is queued again already, the queue is full (the oldest is what a full queue drops),
+    /// or the nexus is gone.
+    pub(crate) fn restore(&self, nexus: NexusId, sense: Sense) {
+        let mut q = self.lock();
+        let Some(queue) = q.get_mut(&nexus) else {
+            return;
+        };
+        let superseded = queue.iter().any(|s| s.asc == 0x29);
+        let queued = queue
+            .iter()
+            .any(|s| s.asc == sense.asc && s.ascq == sense.ascq);
+        if superseded || queued || queue.len() >= MAX_QUEUED {
+            return;
+        }
+        queue.push_front(sense);
+        self.maybe_pending.store(true, Ordering::Release);
+    }
+
     fn refresh(&self, q: &HashMap<NexusId, VecDeque<Sense>>) {
         let any = q.values().any(|queue| !queue.is_empty());
         self.maybe_pending.store(any, Ordering::Release);
@@ -192,5 +213,38 @@ mod tests {
         ua.remove_nexus(B);
         ua.establish(None, Sense::CAPACITY_DATA_CHANGED);
         assert_eq!(ua.take(B), None);
+    }
+
+    #[test]
+    fn an_unreported_condition_goes_back_first_unless_superseded() {
+        let ua = UnitAttentions::default();
+        ua.add_nexus(A, Sense::MODE_PARAMETERS_CHANGED);
+        ua.establish(Some(A), Sense::CAPACITY_DATA_CHANGED);
+        let taken = ua.take(A).unwrap();
+        ua.restore(A, taken);
+        assert_eq!(
+            ua.take(A),
+            Some(Sense::MODE_PARAMETERS_CHANGED),
+            "oldest first"
+        );
+        assert_eq!(ua.take(A), Some(Sense::CAPACITY_DATA_CHANGED));
+        // From an empty queue, which the fast path no longer looks at.
+        ua.restore(A, taken);
+        assert_eq!(ua.take(A), Some(Sense::MODE_PARAMETERS_CHANGED));
+        assert_eq!(ua.take(A), None);
+        // Established again meanwhile: reported once.
+        ua.establish(Some(A), taken);
+        ua.restore(A, taken);
+        assert_eq!(ua.take(A), Some(taken));
+        assert_eq!(ua.take(A), None);
+        // A reset since supersedes it.
+        ua.establish(None, Sense::BUS_DEVICE_RESET);
+        ua.restore(A, taken);
+        assert_eq!(ua.take(A), Some(Sense::BUS_DEVICE_RESET));
+        assert_eq!(ua.take(A), None);
+        // A nexus gone hears nothing more.
+        ua.remove_nexus(A);
+        ua.restore(A, taken);
+        assert_eq!(ua.take(A), None);
     }
 }
