@@ -73,20 +73,21 @@ impl CopyResults {
 
     /// The transport finished the copy: keep the outcome if the list asked us to.
     /// Segments are copied in order and the first failure ends the copy, so success means
-    /// every segment was processed.
+    /// every segment was processed. Only a started list is updated: with its entry gone, the
+    /// nexus left while the copy ran, and a new entry would outlive it with no one to ask.
     pub(crate) fn finished(&self, nexus: NexusId, list_id: Option<u8>, result: Result<u64, ()>) {
         let Some(list_id) = list_id else {
             return;
         };
-        let mut lists = self.lock();
-        // A copy we never saw start (the plan was built elsewhere) is recorded with no
-        // segment count rather than dropped.
-        let segments = lists.get(&(nexus, list_id)).map_or(0, |e| e.segments);
-        let outcome = match result {
-            Ok(bytes) => Outcome::Good { bytes, segments },
-            Err(()) => Outcome::Failed,
-        };
-        lists.insert((nexus, list_id), Entry { outcome, segments });
+        if let Some(entry) = self.lock().get_mut(&(nexus, list_id)) {
+            entry.outcome = match result {
+                Ok(bytes) => Outcome::Good {
+                    bytes,
+                    segments: entry.segments,
+                },
+                Err(()) => Outcome::Failed,
+            };
+        }
     }
 
     pub(crate) fn nexus_removed(&self, nexus: NexusId) {
@@ -180,9 +181,20 @@ mod tests {
         let d = r.receive(A, Cdb::new(&rcr(0, 1, 64))).unwrap();
         assert_eq!(d.as_ref(), &[0, 0, 0, 8, 1, 0, 1, 0, 0, 0x10, 0, 0]);
         assert!(r.receive(B, Cdb::new(&rcr(0, 1, 64))).is_err());
+        r.start(A, Some(2), 1).unwrap();
         r.finished(A, Some(2), Err(()));
         assert_eq!(r.receive(A, Cdb::new(&rcr(0, 2, 64))).unwrap()[4], 0x02);
         r.nexus_removed(A);
+        assert!(r.receive(A, Cdb::new(&rcr(0, 1, 64))).is_err());
+    }
+
+    #[test]
+    fn a_copy_ending_after_its_nexus_left_records_nothing() {
+        let r = CopyResults::default();
+        r.start(A, Some(1), 1).unwrap();
+        r.nexus_removed(A);
+        r.finished(A, Some(1), Ok(512));
+        assert!(r.lock().is_empty());
         assert!(r.receive(A, Cdb::new(&rcr(0, 1, 64))).is_err());
     }
 
