@@ -121,9 +121,8 @@ impl ConnCtx {
         resp: Response,
     ) {
         let ua = resp.unit_attention();
-        let answered = self.answer_unless_aborted(cmd, task, resp, None).await;
-        if let (false, Some(ua), Some(lu)) = (answered, ua, lu) {
-            lu.disk.unit_attention_unreported(self.session.nexus, ua);
+        if !self.answer_unless_aborted(cmd, task, resp, None).await {
+            put_back(lu, self.session.nexus, ua);
         }
     }
 
@@ -312,10 +311,8 @@ pub async fn run(ctx: &ConnCtx, job: Job, data: Bytes) {
         if task.is_aborted() {
             // Not routed again: routing could report (and so clear) a unit attention no one
             // would see. A write's routing on arrival may have done so already; put it back.
-            if let (Plan::Respond(r), Some(lu)) = (&plan, &lu) {
-                if let Some(ua) = r.unit_attention() {
-                    lu.disk.unit_attention_unreported(nexus, ua);
-                }
+            if let Plan::Respond(r) = &plan {
+                put_back(lu.as_deref(), nexus, r.unit_attention());
             }
             return ctx.respond(&cmd, &task, never_ran(), None).await;
         }
@@ -462,6 +459,13 @@ pub fn fixed_size_sense(plan: &Plan) -> Option<Sense> {
 /// The answer of a task aborted before it took any effect. Only a task the array aborted
 /// sends it (an unbind whose drain timed out; task management's aborts stay silent): the LU
 /// is gone for this host, as a new command to that LUN would find.
+/// A unit attention planning took for an answer that never went out: pending again.
+fn put_back(lu: Option<&LogicalUnit>, nexus: scsi::NexusId, ua: Option<scsi::Sense>) {
+    if let (Some(lu), Some(ua)) = (lu, ua) {
+        lu.disk.unit_attention_unreported(nexus, ua);
+    }
+}
+
 fn never_ran() -> Response {
     Response::check(Sense::LUN_NOT_SUPPORTED)
 }
