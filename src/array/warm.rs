@@ -27,7 +27,7 @@ pub struct WarmLines {
     stats: (usize, usize),
 }
 
-/// A logical unit, its device's header and three QoS fields; more is skipped.
+/// A logical unit, its device's header and four QoS fields; more is skipped.
 const MAX_SPANS: usize = 6;
 const LINE: usize = 64;
 /// A span longer than this is cut: warming is for a few hot lines, not for bulk data.

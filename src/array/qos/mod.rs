@@ -267,13 +267,13 @@ impl VolQos {
         }
     }
 
-    /// What every I/O reads (the pool, its key, the limiter) and the counters it completes
-    /// into. The statistics shards come first in this struct, so these fields are far from
-    /// its start.
+    /// What every I/O reads (the pool, its key, the limiter, where its counters are) and the
+    /// counters it completes into.
     pub fn add_warm_lines(&self, w: &mut super::warm::WarmLines) {
         w.add(&self.pool);
         w.add(&self.key);
         w.add(&self.cap);
+        w.add(&self.stats);
         let (first, stride) = self.stats.shard_layout();
         w.set_stats(first, stride);
     }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// Latency buckets: four per power of two (≤ 19 % wide), from 0 ns to about 18 minutes.
 pub const BUCKETS: usize = 160;
@@ -61,7 +61,10 @@ struct Shard {
     last_bucket: AtomicU64,
     capped: AtomicU64,
     throttled_ns: AtomicU64,
-    latency: [AtomicU64; BUCKETS],
+    /// Counts that wrap at 2^32: only their change over one second is ever read (by wrapping
+    /// subtraction), and no bucket takes 2^32 I/Os in a second. Half the size of 64-bit
+    /// counts, which is what matters with a thousand volumes (see `MAX_SHARDS`).
+    latency: [AtomicU32; BUCKETS],
 }
 
 impl Default for Shard {
@@ -76,29 +79,46 @@ impl Default for Shard {
             throttled_ns: AtomicU64::new(0),
             latency_sum_ns: AtomicU64::new(0),
             last_bucket: AtomicU64::new(0),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 }
 
-/// Shards per volume: threads map onto them by their own index, so the network threads of a
-/// small machine never share one (a shared set of counters bounced its cache lines between
-/// the cores on every I/O; measured as part of QoS's cost in qos-check's A9).
-const SHARDS: usize = 4;
+/// Shards per volume: one per CPU, as many as the network threads by default, at most
+/// `MAX_SHARDS`. Threads map onto them by their own index, so the network threads of a small
+/// machine never share one (a shared set of counters bounced its cache lines between the
+/// cores on every I/O; measured as part of QoS's cost in qos-check's A9). Sized to the machine
+/// rather than fixed at four: with 64-bit buckets that made 5.5 KiB per volume, half of it
+/// never touched on two CPUs, for every one of a thousand VVols (README, "Scale").
+const MAX_SHARDS: usize = 16;
+
+fn shard_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_SHARDS)))
+}
 
 pub(crate) fn shard_index() -> usize {
     use std::sync::atomic::AtomicUsize;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % shard_count();
     }
     INDEX.with(|i| *i)
 }
 
 /// Cumulative counters of a volume, shared by every session, summed on reading.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VolStats {
-    shards: [crossbeam::utils::CachePadded<Shard>; SHARDS],
+    shards: Box<[crossbeam::utils::CachePadded<Shard>]>,
+}
+
+impl Default for VolStats {
+    fn default() -> Self {
+        VolStats {
+            shards: (0..shard_count()).map(|_| Default::default()).collect(),
+        }
+    }
 }
 
 /// A copy of the counters at one instant.
@@ -112,7 +132,8 @@ pub struct Counters {
     pub capped: u64,
     pub throttled_ns: u64,
     pub latency_sum_ns: u64,
-    pub latency: Vec<u64>,
+    /// Per bucket, modulo 2^32: compare two copies by wrapping subtraction.
+    pub latency: Vec<u32>,
 }
 
 impl VolStats {
@@ -152,7 +173,7 @@ impl VolStats {
     pub fn likely_latency_line(&self) -> usize {
         let s = &self.shards[shard_index()];
         let b = (s.last_bucket.load(Relaxed) as usize).min(BUCKETS - 1);
-        &s.latency[b] as *const AtomicU64 as usize
+        &s.latency[b] as *const AtomicU32 as usize
     }
 
     pub fn counters(&self) -> Counters {
@@ -169,7 +190,11 @@ impl VolStats {
             throttled_ns: sum(|s| &s.throttled_ns),
             latency_sum_ns: sum(|s| &s.latency_sum_ns),
             latency: (0..BUCKETS)
-                .map(|b| self.shards.iter().map(|s| s.latency[b].load(Relaxed)).sum())
+                .map(|b| {
+                    self.shards
+                        .iter()
+                        .fold(0u32, |n, s| n.wrapping_add(s.latency[b].load(Relaxed)))
+                })
                 .collect(),
         }
     }
@@ -185,8 +210,12 @@ struct Second {
     capped: u64,
     throttled_ns: u64,
     latency_sum_ns: u64,
-    latency: Vec<u32>,
+    /// The buckets that got I/O and how many: a second keeps ten of these per volume, and
+    /// most of a thousand volumes' seconds have few or no I/Os to hold 160 zeros for.
+    latency: Vec<(u8, u32)>,
 }
+
+const _: () = assert!(BUCKETS <= 256, "a bucket index fits a u8");
 
 /// The flow status of a volume (design study §6.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,7 +291,9 @@ impl History {
                 .latency
                 .iter()
                 .zip(&prev.latency)
-                .map(|(a, b)| (a - b).min(u32::MAX as u64) as u32)
+                .enumerate()
+                .map(|(i, (a, b))| (i as u8, a.wrapping_sub(*b)))
+                .filter(|&(_, n)| n > 0)
                 .collect(),
         };
         let backlogged = backlog_ns.saturating_sub(self.last_backlog_ns) >= 500_000_000;
@@ -319,8 +350,8 @@ impl History {
             w.capped_per_s += s.capped as f64;
             ios += s.reads + s.writes;
             lat_sum += s.latency_sum_ns;
-            for (h, v) in hist.iter_mut().zip(&s.latency) {
-                *h += *v as u64;
+            for &(b, n) in &s.latency {
+                hist[b as usize] += n as u64;
             }
         }
         let d = n as f64;
@@ -410,7 +441,7 @@ mod tests {
             (c.reads, c.units, c.bytes_read),
             (6000, 12_000, 6000 * 4096)
         );
-        assert_eq!(c.latency.iter().sum::<u64>(), 6000);
+        assert_eq!(c.latency.iter().map(|&n| n as u64).sum::<u64>(), 6000);
     }
 
     #[test]
@@ -434,6 +465,40 @@ mod tests {
         assert!((w.latency_us.p999 - 10_000.0).abs() < 2000.0, "{w:?}");
         assert!((w.latency_us.mean - 199.0).abs() < 1.0, "{w:?}");
         assert_eq!(h.status(), QosStatus::Ok);
+    }
+
+    #[test]
+    fn a_bucket_count_that_wraps_still_gives_the_second_its_ios() {
+        let stats = VolStats::default();
+        let b = bucket(100_000);
+        // Every shard's count just below the wrap, as after 2^32 I/Os of one latency.
+        for shard in stats.shards.iter() {
+            shard.latency[b].store(u32::MAX - 3, Relaxed);
+        }
+        let mut h = History::default();
+        h.tick(stats.counters(), 0, None);
+        for _ in 0..100 {
+            stats.record(&io(100, 1));
+        }
+        h.tick(stats.counters(), 0, None);
+        let w = h.window(SHORT);
+        assert_eq!(w.iops, 100.0);
+        assert!((w.latency_us.p50 - 100.0).abs() < 20.0, "{w:?}");
+        assert!((w.latency_us.p999 - 100.0).abs() < 20.0, "{w:?}");
+    }
+
+    #[test]
+    fn an_idle_second_keeps_no_buckets() {
+        let stats = VolStats::default();
+        let mut h = History::default();
+        h.tick(stats.counters(), 0, None);
+        stats.record(&io(100, 1));
+        stats.record(&io(10_000, 1));
+        h.tick(stats.counters(), 0, None);
+        h.tick(stats.counters(), 0, None);
+        let kept: Vec<usize> = h.seconds.iter().map(|s| s.latency.len()).collect();
+        assert_eq!(kept, [2, 0]);
+        assert_eq!(h.window(LONG).iops, 1.0);
     }
 
     #[test]
