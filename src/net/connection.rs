@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
@@ -336,7 +336,6 @@ struct FullFeature<'a> {
     /// read per PDU (one per PDU was about 1 % of the target's CPU).
     received: Arc<AtomicU64>,
     ping_ttt: Arc<AtomicU32>,
-    epoch: Instant,
 }
 
 enum Flow {
@@ -381,7 +380,6 @@ impl<'a> FullFeature<'a> {
             ),
             received: Arc::new(AtomicU64::new(0)),
             ping_ttt: Arc::new(AtomicU32::new(0)),
-            epoch: Instant::now(),
         }
     }
 
@@ -495,38 +493,43 @@ impl<'a> FullFeature<'a> {
         let out = self.out.clone();
         let received = self.received.clone();
         let ping_ttt = self.ping_ttt.clone();
-        let epoch = self.epoch;
         tokio::spawn(async move {
             if interval == 0 {
                 return;
             }
-            let mut ticker = tokio::time::interval(Duration::from_secs(1));
-            let mut sent_at: Option<u64> = None;
+            let second = Duration::from_secs(1);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+            // Whole seconds counted in ticks, not read off a clock: ticks come a little late
+            // by varying amounts, and comparing clock readings against the interval put a
+            // ping one tick later at random (pings every 3 s with an interval of 1).
+            let mut quiet_ticks = 0u64;
+            let mut ticks_since_ping: Option<u64> = None;
             let mut ttt = 0x8000_0000u32;
-            // Traffic is seen at the first tick after it: idle time reads up to a tick short.
+            // Traffic is seen at the first tick after it, so a ping goes after `interval` to
+            // `interval` + 1 s of real quiet.
             let mut seen = received.load(Ordering::Relaxed);
-            let mut quiet_since = 0u64;
             loop {
                 ticker.tick().await;
-                let now = epoch.elapsed().as_millis() as u64;
                 let count = received.load(Ordering::Relaxed);
                 if count != seen {
                     seen = count;
-                    quiet_since = now;
+                    quiet_ticks = 0;
+                } else {
+                    quiet_ticks += 1;
                 }
-                let idle = now - quiet_since;
-                if let Some(at) = sent_at {
+                if let Some(since) = ticks_since_ping.as_mut() {
+                    *since += 1;
                     if ping_ttt.load(Ordering::Relaxed) == 0 {
-                        sent_at = None;
-                    } else if now.saturating_sub(at) > timeout * 1000 && idle > timeout * 1000 {
+                        ticks_since_ping = None;
+                    } else if *since > timeout && quiet_ticks > timeout {
                         warn!("NOP-In ping unanswered: dropping the connection");
                         let _ = dead.send(true);
                         return;
                     }
-                } else if idle > interval * 1000 {
+                } else if quiet_ticks >= interval {
                     ttt = ttt.wrapping_add(1) | 0x8000_0000;
                     ping_ttt.store(ttt, Ordering::Relaxed);
-                    sent_at = Some(now);
+                    ticks_since_ping = Some(0);
                     let bhs = pdu::nop_in(
                         crate::scsi::Lun::default(),
                         Itt::RESERVED,
