@@ -815,8 +815,7 @@ impl<'a> FullFeature<'a> {
             self.discard(reader, h).await?;
             let full = crate::scsi::Response {
                 status: crate::scsi::Status::TaskSetFull,
-                data: Bytes::new(),
-                sense: Bytes::new(),
+                ..crate::scsi::Response::good_empty()
             };
             ctx.respond(&job.cmd, &job.task, full, None).await;
             return Ok(());

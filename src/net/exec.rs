@@ -456,9 +456,6 @@ pub fn fixed_size_sense(plan: &Plan) -> Option<Sense> {
     }
 }
 
-/// The answer of a task aborted before it took any effect. Only a task the array aborted
-/// sends it (an unbind whose drain timed out; task management's aborts stay silent): the LU
-/// is gone for this host, as a new command to that LUN would find.
 /// A unit attention planning took for an answer that never went out: pending again.
 fn put_back(lu: Option<&LogicalUnit>, nexus: scsi::NexusId, ua: Option<scsi::Sense>) {
     if let (Some(lu), Some(ua)) = (lu, ua) {
@@ -466,6 +463,9 @@ fn put_back(lu: Option<&LogicalUnit>, nexus: scsi::NexusId, ua: Option<scsi::Sen
     }
 }
 
+/// The answer of a task aborted before it took any effect. Only a task the array aborted
+/// sends it (an unbind whose drain timed out; task management's aborts stay silent): the LU
+/// is gone for this host, as a new command to that LUN would find.
 fn never_ran() -> Response {
     Response::check(Sense::LUN_NOT_SUPPORTED)
 }

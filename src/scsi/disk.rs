@@ -218,6 +218,7 @@ impl DiskLu {
             status: super::Status::CheckCondition,
             data: Bytes::new(),
             sense: bytes,
+            reports_in_data: None,
         }
     }
 
@@ -259,7 +260,7 @@ impl DiskLu {
         let id = &self.identity;
         Ok(match command {
             TestUnitReady => Plan::Respond(Response::good_empty()),
-            RequestSense => self.respond(Ok(self.request_sense(nexus, cdb))),
+            RequestSense => Plan::Respond(self.request_sense(nexus, cdb)),
             Inquiry => self.respond(inquiry::inquiry(id, self.target_port(nexus), cdb)),
             ReadCapacity10 => self.respond(capacity::read_capacity_10(id, cdb)),
             ReadCapacity16 => self.respond(capacity::read_capacity_16(id, cdb)),
@@ -337,14 +338,18 @@ impl DiskLu {
         }
     }
 
-    fn request_sense(&self, nexus: NexusId, cdb: Cdb<'_>) -> Bytes {
-        let sense = self.unit_attentions.take(nexus).unwrap_or(NO_SENSE);
+    fn request_sense(&self, nexus: NexusId, cdb: Cdb<'_>) -> Response {
+        let pending = self.unit_attentions.take(nexus);
+        let sense = pending.unwrap_or(NO_SENSE);
         let d = if cdb.bit(1, 0) {
             sense.to_descriptor()
         } else {
             sense.to_fixed().to_vec()
         };
-        trim(d, usize::from(cdb.u8(4)))
+        Response {
+            reports_in_data: pending,
+            ..Response::good(trim(d, usize::from(cdb.u8(4))))
+        }
     }
 
     /// SBC-3 §5.25. The medium is not removable and the LU is shared by every host, so START
@@ -718,6 +723,22 @@ pub(crate) mod tests {
         assert_eq!((r.data[0], r.data[2], r.data[12]), (0x70, 6, 0x29));
         let r = respond(lu.plan(A, &[0x03, 1, 0, 0, 252, 0]));
         assert_eq!(r.data.as_ref(), &[0x72, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(r.unit_attention(), None, "no condition was pending");
+    }
+
+    #[test]
+    fn request_sense_names_the_unit_attention_its_cut_data_reports() {
+        let lu = DiskLu::new(identity());
+        lu.nexus_added(A, &port(A), 1);
+        // Eight bytes of fixed sense stop before the ASC: the answer still names the
+        // condition, for an abort that drops it to put back.
+        let r = respond(lu.plan(A, &[0x03, 0, 0, 0, 8, 0]));
+        assert_eq!((r.status, r.data.len()), (Status::Good, 8));
+        let ua = r.unit_attention().expect("the power-on condition");
+        assert_eq!((ua.key as u8, ua.asc), (6, 0x29));
+        lu.unit_attention_unreported(A, ua);
+        let again = respond(lu.plan(A, &[0x03, 0, 0, 0, 18, 0]));
+        assert_eq!((again.data[2], again.data[12]), (6, 0x29));
     }
 
     #[test]

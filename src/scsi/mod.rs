@@ -65,6 +65,10 @@ pub struct Response {
     pub status: Status,
     pub data: Bytes,
     pub sense: Bytes,
+    /// REQUEST SENSE: the unit attention its data reports, taken off the nexus's queue to
+    /// build it. Kept whole here because the data, cut to the allocation length, may not show
+    /// it, and an answer an abort drops must put it back.
+    pub reports_in_data: Option<Sense>,
 }
 
 impl Response {
@@ -73,6 +77,7 @@ impl Response {
             status: Status::Good,
             data,
             sense: Bytes::new(),
+            reports_in_data: None,
         }
     }
 
@@ -86,6 +91,7 @@ impl Response {
             status: Status::ReservationConflict,
             data: Bytes::new(),
             sense: Bytes::new(),
+            reports_in_data: None,
         }
     }
 
@@ -95,14 +101,15 @@ impl Response {
             status: Status::CheckCondition,
             data: Bytes::new(),
             sense: Bytes::copy_from_slice(&sense.to_fixed()),
+            reports_in_data: None,
         }
     }
 
     /// The unit attention this answer reports, if it is one: CHECK CONDITION with sense key
-    /// UNIT ATTENTION, in either sense format.
+    /// UNIT ATTENTION, in either sense format, or REQUEST SENSE data reporting one.
     pub fn unit_attention(&self) -> Option<Sense> {
         if self.status != Status::CheckCondition {
-            return None;
+            return self.reports_in_data;
         }
         let s = &self.sense;
         let (key, asc, ascq) = match s.first().map(|b| b & 0x7F) {

@@ -216,6 +216,11 @@ mod tests {
             ..Response::check(ua)
         };
         assert_eq!(good.unit_attention(), None);
+        let request_sense = Response {
+            reports_in_data: Some(ua),
+            ..Response::good(ua.to_fixed()[..8].to_vec().into())
+        };
+        assert_eq!(request_sense.unit_attention(), Some(ua));
         let cut = Response {
             sense: bytes::Bytes::from_static(&[0x70, 0, 6]),
             ..Response::check(ua)
