@@ -7,22 +7,24 @@
 #
 #   scale      4 vvold-load processes at once (one per host, 4 sessions x QD 8 each, 4 KiB
 #              random reads) spreading every command over the host's 250 VVols, against the
-#              same 4 processes all on LUN 1 (the single-LUN baseline); run twice. Target:
-#              spread >= 95 % of single-LUN IOPS, and every one of the 1,000 VVols got I/O.
+#              same 4 processes all on LUN 1 (the single-LUN baseline); SCALE_PAIRS
+#              alternated pairs (default 4). Target: spread >= 95 % of single-LUN IOPS (summed
+#              over the pairs), and every one of the 1,000 VVols got I/O.
 #   fairness   64 sessions at QD 4 on LUN 1: no session below half the mean.
 #   memory     vvold's VmRSS after start, binds, each scale run and the fairness run; it must
-#              not grow between the two identical scale runs by more than RSS_SLACK_MIB.
+#              not grow between the first and the last scale pair by more than RSS_SLACK_MIB.
 #
 # It prints a summary with each figure next to its target and exits 1 if one is missed.
 # Everything it starts is stopped by PID.
 #
-#   scripts/scale.sh               10 s per measured run (about 2 minutes)
+#   scripts/scale.sh               10 s per measured run (about 3 minutes)
 #   QUICK=1 scripts/scale.sh       3 s per run, 1 s warm-up
 #
 # Settings (environment):
 #   SECONDS=N         measured seconds per run (default 10; QUICK=1: 3)
 #   WARMUP=N          vvold-load warm-up seconds, not measured (default 2; QUICK=1: 1)
-#   RSS_SLACK_MIB=N   allowed VmRSS growth between the two scale runs (default 4)
+#   SCALE_PAIRS=N     spread/single pairs (default 4, at least 2)
+#   RSS_SLACK_MIB=N   allowed VmRSS growth from the first to the last pair (default 4)
 #   QOS=off           the same with QoS disabled (no caps, no per-volume telemetry), to see
 #                     what QoS costs at this scale (the target holds with QoS on)
 #   SKIP_BUILD=1      use the binaries already in target/release
