@@ -101,11 +101,8 @@ impl UnitAttentions {
         let Some(queue) = q.get_mut(&nexus) else {
             return;
         };
-        let superseded = queue.iter().any(|s| s.asc == 0x29);
-        let queued = queue
-            .iter()
-            .any(|s| s.asc == sense.asc && s.ascq == sense.ascq);
-        if superseded || queued || queue.len() >= MAX_QUEUED {
+        let superseded = queue.iter().any(is_reset);
+        if superseded || holds(queue, &sense) || queue.len() >= MAX_QUEUED {
             return;
         }
         queue.push_front(sense);
@@ -118,23 +115,32 @@ impl UnitAttentions {
     }
 }
 
+/// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h/xx).
+fn is_reset(sense: &Sense) -> bool {
+    sense.asc == 0x29
+}
+
+/// Whether the queue already holds the same condition (ASC and ASCQ).
+fn holds(queue: &VecDeque<Sense>, sense: &Sense) -> bool {
+    queue
+        .iter()
+        .any(|s| s.asc == sense.asc && s.ascq == sense.ascq)
+}
+
 fn push(queue: &mut VecDeque<Sense>, sense: Sense) {
-    if sense.asc == 0x29 {
+    if is_reset(&sense) {
         // A reset supersedes everything it reset, including older reset reports: SAM-5 says
         // the initiator must assume all state was lost, so older conditions add nothing.
         queue.clear();
         queue.push_back(sense);
         return;
     }
-    if queue
-        .iter()
-        .any(|s| s.asc == sense.asc && s.ascq == sense.ascq)
-    {
+    if holds(queue, &sense) {
         return;
     }
     if queue.len() >= MAX_QUEUED {
         // A reset report can only be first: its arrival clears the queue.
-        let oldest = usize::from(queue.front().is_some_and(|s| s.asc == 0x29));
+        let oldest = usize::from(queue.front().is_some_and(is_reset));
         queue.remove(oldest);
     }
     queue.push_back(sense);
