@@ -85,17 +85,9 @@ pub struct ScsiResult {
 }
 
 impl ScsiResult {
-    /// (sense key, ASC, ASCQ) of fixed-format sense.
+    /// (sense key, ASC, ASCQ) of the sense, in either format.
     pub fn sense_code(&self) -> Option<(u8, u8, u8)> {
-        match self.sense.first()? & 0x7F {
-            0x70 | 0x71 if self.sense.len() >= 14 => {
-                Some((self.sense[2] & 0x0F, self.sense[12], self.sense[13]))
-            }
-            0x72 | 0x73 if self.sense.len() >= 4 => {
-                Some((self.sense[1] & 0x0F, self.sense[2], self.sense[3]))
-            }
-            _ => None,
-        }
+        crate::scsi::sense::sense_code(&self.sense)
     }
 }
 

@@ -111,12 +111,7 @@ impl Response {
         if self.status != Status::CheckCondition {
             return self.reports_in_data;
         }
-        let s = &self.sense;
-        let (key, asc, ascq) = match s.first().map(|b| b & 0x7F) {
-            Some(0x70 | 0x71) if s.len() >= 14 => (s[2] & 0x0F, s[12], s[13]),
-            Some(0x72 | 0x73) if s.len() >= 4 => (s[1] & 0x0F, s[2], s[3]),
-            _ => return None,
-        };
+        let (key, asc, ascq) = sense::sense_code(&self.sense)?;
         (key == SenseKey::UnitAttention as u8)
             .then(|| Sense::new(SenseKey::UnitAttention, asc, ascq))
     }

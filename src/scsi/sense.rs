@@ -41,6 +41,16 @@ pub struct Sense {
     pub field: Option<FieldPointer>,
 }
 
+/// (sense key, ASC, ASCQ) of formatted sense data, fixed or descriptor format; None if the
+/// bytes are cut before the ASCQ or are not sense data.
+pub fn sense_code(sense: &[u8]) -> Option<(u8, u8, u8)> {
+    match sense.first()? & 0x7F {
+        0x70 | 0x71 if sense.len() >= 14 => Some((sense[2] & 0x0F, sense[12], sense[13])),
+        0x72 | 0x73 if sense.len() >= 4 => Some((sense[1] & 0x0F, sense[2], sense[3])),
+        _ => None,
+    }
+}
+
 impl Sense {
     pub const fn new(key: SenseKey, asc: u8, ascq: u8) -> Sense {
         Sense {
