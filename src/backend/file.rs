@@ -10,6 +10,7 @@
 //! larger one is refused, because shrinking would silently cut off data.
 
 mod direct;
+pub mod local;
 mod provision;
 mod request;
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::{connection, Shared};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 pub struct Workers {
     queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
@@ -37,6 +37,9 @@ impl Workers {
                 .spawn(move || {
                     rt.block_on(async move {
                         spin::start(poll);
+                        if let Err(e) = crate::backend::file::local::install() {
+                            debug!("network thread {i}: no io_uring of its own ({e}); file I/O goes through the shared rings");
+                        }
                         while let Some(s) = rx.recv().await {
                             match tokio::net::TcpStream::from_std(s) {
                                 Ok(s) => {

@@ -1,5 +1,5 @@
-//! Every behaviour is checked on both engines: the ring (when the kernel allows it) and the
-//! thread fallback.
+//! Every behaviour is checked on both engines: the ring (when the kernel allows it), shared or
+//! a thread's own, and the thread fallback.
 
 use super::*;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -31,6 +31,19 @@ macro_rules! both_engines {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn threads() {
                 $body(EngineChoice::Threads).await;
+            }
+            /// As on a network thread: the test's thread submits on a ring of its own.
+            #[tokio::test(flavor = "current_thread")]
+            async fn own_ring() {
+                let installed = local::install();
+                eprintln!("own ring: {installed:?}");
+                $body(EngineChoice::Auto).await;
+                if installed.is_ok() {
+                    assert!(
+                        local::submitted_here() > 0,
+                        "nothing went through the own ring"
+                    );
+                }
             }
         }
     };
@@ -82,7 +95,8 @@ async fn out_of_range(choice: EngineChoice) {
             .await,
         Err(BackendError::OutOfRange { .. })
     ));
-    // Nothing leaked past the end.
+    // The last block itself is in range, and nothing leaked past the end.
+    assert_eq!(read_vec(&dev, (1 << 20) - 512, 512).await, vec![0; 512]);
     assert_eq!(std::fs::metadata(temp_path(&dir)).unwrap().len(), 1 << 20);
 }
 both_engines!(out_of_range_is_refused, out_of_range);

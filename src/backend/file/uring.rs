@@ -131,20 +131,7 @@ impl Engine {
     /// Sets up a ring and starts its thread, or fails (so the caller can fall back) when the
     /// kernel has no usable io_uring: too old, or forbidden by seccomp.
     fn start(index: Option<usize>) -> io::Result<Engine> {
-        let ring = match IoUring::new(RING_ENTRIES) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => IoUring::new(SMALL_RING_ENTRIES)?,
-            ring => ring?,
-        };
-        let mut probe = Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        for code in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE] {
-            if !probe.is_supported(code) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("io_uring lacks opcode {code}"),
-                ));
-            }
-        }
+        let ring = new_ring(RING_ENTRIES)?;
         let bell = Arc::new(Doorbell::new()?);
         let (tx, rx) = channel::unbounded();
         let alive = Arc::new(());
@@ -230,6 +217,10 @@ impl Ring {
     }
 
     pub(crate) fn submit(&self, request: Request) -> IoResult<()> {
+        // A network thread's own ring first: no hand-over to another thread and back.
+        let Err(request) = super::local::try_submit(&self.files, request) else {
+            return Ok(());
+        };
         let tx = self.engine.tx.as_ref().ok_or(BackendError::Closed)?;
         let job = Job {
             files: self.files.clone(),
@@ -452,14 +443,12 @@ impl Op {
     }
 }
 
-/// The ring thread's state.
-struct Worker {
-    ring: IoUring,
-    bell: Arc<Doorbell>,
-    rx: Receiver<Job>,
-    /// Data operations in flight at once: one SQ slot stays free for the doorbell read, and the
-    /// completion queue (twice the SQ) can never overflow. Jobs beyond this wait in `queued` in
-    /// arrival order, whichever device they are for.
+/// The jobs one ring has taken: those the kernel owns, by slot, and those waiting for room.
+/// Shared by the ring threads and the network threads' own rings (`local.rs`).
+pub(super) struct Jobs {
+    /// Data operations in flight at once; jobs beyond it wait in `queued` in arrival order,
+    /// whichever device they are for. Kept below the SQ size so the completion queue (twice
+    /// the SQ) can never overflow.
     max_in_flight: usize,
     /// Jobs owned by the kernel, indexed by `user_data`; `free` lists empty slots. Each keeps
     /// its device's files open for as long as its SQE may name one of their descriptors.
@@ -468,47 +457,177 @@ struct Worker {
     in_flight: usize,
     /// Jobs waiting for room in the ring (new ones, and remainders of short transfers).
     queued: VecDeque<Job>,
+    reaped: Vec<(u64, i32)>,
+}
+
+impl Jobs {
+    pub(super) fn new(max_in_flight: usize) -> Jobs {
+        Jobs {
+            max_in_flight,
+            slots: Vec::new(),
+            free: Vec::new(),
+            in_flight: 0,
+            queued: VecDeque::new(),
+            reaped: Vec::new(),
+        }
+    }
+
+    pub(super) fn enqueue(&mut self, files: Arc<Files>, request: Request) {
+        self.queued.push_back(Job {
+            files,
+            op: Op::from(request),
+        });
+    }
+
+    /// Nothing in flight and nothing waiting.
+    pub(super) fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.queued.is_empty()
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether a queued job would be issued now: one waits and there is room.
+    pub(super) fn has_issuable(&self) -> bool {
+        !self.queued.is_empty() && self.in_flight < self.max_in_flight
+    }
+
+    /// Hands queued jobs to the kernel while there is room (pushed, not yet submitted).
+    /// Returns how many it pushed.
+    pub(super) fn issue(&mut self, ring: &mut IoUring) -> usize {
+        let mut pushed = 0;
+        while self.in_flight < self.max_in_flight {
+            let Some(mut job) = self.queued.pop_front() else {
+                break;
+            };
+            let slot = match self.free.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                }
+            };
+            let sqe = job.op.sqe(&job.files).user_data(slot as u64);
+            self.slots[slot] = Some(job);
+            self.in_flight += 1;
+            push(ring, sqe);
+            pushed += 1;
+        }
+        pushed
+    }
+
+    /// Completes every job whose CQE has arrived (a remainder goes back to the front of the
+    /// queue). Returns whether the CQE of `other`, a token that is not a slot, was among them.
+    pub(super) fn reap(&mut self, ring: &mut IoUring, other: u64) -> bool {
+        // Collected first because completing an op needs `self` while the CQ borrows the ring.
+        let mut reaped = std::mem::take(&mut self.reaped);
+        reaped.clear();
+        reaped.extend(ring.completion().map(|cqe| (cqe.user_data(), cqe.result())));
+        let mut saw_other = false;
+        for &(token, res) in &reaped {
+            if token == other {
+                saw_other = true;
+                continue;
+            }
+            let Some(job) = self.slots.get_mut(token as usize).and_then(Option::take) else {
+                tracing::error!("io_uring completion for unknown slot {token}");
+                continue;
+            };
+            self.free.push(token as usize);
+            self.in_flight -= 1;
+            let Job { files, op } = job;
+            if let Some(rest) = op.complete(res, &files) {
+                self.queued.push_front(Job { files, op: rest });
+            }
+        }
+        self.reaped = reaped;
+        saw_other
+    }
+}
+
+/// Puts `sqe` on the submission queue, submitting first should it be full.
+pub(super) fn push(ring: &mut IoUring, sqe: squeue::Entry) {
+    // In-flight accounting keeps the SQ from filling, but submitting first is the safe answer
+    // should it ever be full.
+    loop {
+        // SAFETY: every buffer and descriptor named by an SQE is owned by a job's slot (the
+        // descriptors through the job's files) or, for a ring thread's doorbell read, by the
+        // thread, until its CQE has been reaped.
+        if unsafe { ring.submission().push(&sqe) }.is_ok() {
+            return;
+        }
+        if let Err(e) = ring.submit() {
+            tracing::error!("io_uring submit failed: {e}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// Sets up a ring of `entries` SQEs (fewer if locked memory is short) and checks that the
+/// kernel has the operations file devices use; an error lets the caller fall back.
+pub(super) fn new_ring(entries: u32) -> io::Result<IoUring> {
+    let ring = match IoUring::new(entries) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOMEM) => {
+            IoUring::new(SMALL_RING_ENTRIES.min(entries))?
+        }
+        ring => ring?,
+    };
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for code in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE] {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring lacks opcode {code}"),
+            ));
+        }
+    }
+    Ok(ring)
+}
+
+/// The ring thread's state.
+struct Worker {
+    ring: IoUring,
+    bell: Arc<Doorbell>,
+    rx: Receiver<Job>,
+    /// One SQ slot stays free for the doorbell read.
+    jobs: Jobs,
     /// Where the kernel puts the eventfd counter; boxed so its address never changes.
     bell_buf: Box<u64>,
     bell_armed: bool,
     /// Every handle is gone: accept nothing new, finish what is held, then exit.
     closing: bool,
-    reaped: Vec<(u64, i32)>,
 }
 
 impl Worker {
     fn new(ring: IoUring, bell: Arc<Doorbell>, rx: Receiver<Job>) -> Worker {
         let max_in_flight = ring.params().sq_entries() as usize - 1;
         Worker {
-            max_in_flight,
+            jobs: Jobs::new(max_in_flight),
             ring,
             bell,
             rx,
-            slots: Vec::new(),
-            free: Vec::new(),
-            in_flight: 0,
-            queued: VecDeque::new(),
             bell_buf: Box::new(0),
             bell_armed: false,
             closing: false,
-            reaped: Vec::new(),
         }
     }
 
     fn run(mut self) {
         loop {
             self.intake();
-            self.issue();
+            self.jobs.issue(&mut self.ring);
             if !self.closing && !self.bell_armed {
                 let read = opcode::Read::new(
                     types::Fd(self.bell.fd.as_raw_fd()),
                     (&mut *self.bell_buf as *mut u64).cast(),
                     8,
                 );
-                self.push(read.build().user_data(DOORBELL));
+                push(&mut self.ring, read.build().user_data(DOORBELL));
                 self.bell_armed = true;
             }
-            if self.closing && self.in_flight == 0 && self.queued.is_empty() {
+            if self.closing && self.jobs.is_idle() {
                 if !self.bell_armed {
                     break;
                 }
@@ -535,7 +654,9 @@ impl Worker {
                 }
             }
             self.bell.sleeping.store(false, Ordering::Relaxed);
-            self.reap();
+            if self.jobs.reap(&mut self.ring, DOORBELL) {
+                self.bell_armed = false;
+            }
         }
     }
 
@@ -543,75 +664,10 @@ impl Worker {
     fn intake(&mut self) {
         while !self.closing {
             match self.rx.try_recv() {
-                Ok(job) => self.queued.push_back(job),
+                Ok(job) => self.jobs.queued.push_back(job),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => self.closing = true,
             }
         }
-    }
-
-    /// Hands queued jobs to the kernel while there is room.
-    fn issue(&mut self) {
-        while self.in_flight < self.max_in_flight {
-            let Some(mut job) = self.queued.pop_front() else {
-                break;
-            };
-            let slot = match self.free.pop() {
-                Some(slot) => slot,
-                None => {
-                    self.slots.push(None);
-                    self.slots.len() - 1
-                }
-            };
-            let sqe = job.op.sqe(&job.files).user_data(slot as u64);
-            self.slots[slot] = Some(job);
-            self.in_flight += 1;
-            self.push(sqe);
-        }
-    }
-
-    fn push(&mut self, sqe: squeue::Entry) {
-        // In-flight accounting keeps the SQ from filling, but submitting first is the safe
-        // answer should it ever be full.
-        loop {
-            // SAFETY: every buffer and descriptor named by an SQE is owned by a slot (the
-            // descriptors through the job's files) or is bell_buf and the doorbell, until its
-            // CQE has been reaped.
-            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-                return;
-            }
-            if let Err(e) = self.ring.submit() {
-                tracing::error!("io_uring submit failed: {e}");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
-    }
-
-    fn reap(&mut self) {
-        // Collected first because completing an op needs `self` while the CQ borrows the ring.
-        let mut reaped = std::mem::take(&mut self.reaped);
-        reaped.clear();
-        reaped.extend(
-            self.ring
-                .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result())),
-        );
-        for &(token, res) in &reaped {
-            if token == DOORBELL {
-                self.bell_armed = false;
-                continue;
-            }
-            let Some(job) = self.slots.get_mut(token as usize).and_then(Option::take) else {
-                tracing::error!("io_uring completion for unknown slot {token}");
-                continue;
-            };
-            self.free.push(token as usize);
-            self.in_flight -= 1;
-            let Job { files, op } = job;
-            if let Some(rest) = op.complete(res, &files) {
-                self.queued.push_front(Job { files, op: rest });
-            }
-        }
-        self.reaped = reaped;
     }
 }
