@@ -59,8 +59,9 @@ pub fn install() -> io::Result<()> {
     let ring = new_ring(ENTRIES)?;
     // The runtime watches the ring itself (readable while its CQ holds entries), through a
     // descriptor of its own: whatever order the ring and the runtime go in, the watched file
-    // stays open until the watch ends. An eventfd would not do: the kernel signals one only
-    // from its own workers or for every CQE, and O_DIRECT completions are neither of the two.
+    // stays open until the watch ends. Not an eventfd: one registered for asynchronous
+    // completions only is signalled from the kernel's workers and not for O_DIRECT completions
+    // (the file tests hung on it), and one signalled for every CQE costs a read per I/O.
     // SAFETY: plain syscall; the returned fd is checked and then owned.
     let fd = unsafe { libc::fcntl(ring.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
