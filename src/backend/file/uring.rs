@@ -457,6 +457,7 @@ pub(super) struct Jobs {
     in_flight: usize,
     /// Jobs waiting for room in the ring (new ones, and remainders of short transfers).
     queued: VecDeque<Job>,
+    /// The last reap's CQEs, kept so reaping allocates nothing once warm.
     reaped: Vec<(u64, i32)>,
 }
 
@@ -494,9 +495,7 @@ impl Jobs {
     }
 
     /// Hands queued jobs to the kernel while there is room (pushed, not yet submitted).
-    /// Returns how many it pushed.
-    pub(super) fn issue(&mut self, ring: &mut IoUring) -> usize {
-        let mut pushed = 0;
+    pub(super) fn issue(&mut self, ring: &mut IoUring) {
         while self.in_flight < self.max_in_flight {
             let Some(mut job) = self.queued.pop_front() else {
                 break;
@@ -512,9 +511,7 @@ impl Jobs {
             self.slots[slot] = Some(job);
             self.in_flight += 1;
             push(ring, sqe);
-            pushed += 1;
         }
-        pushed
     }
 
     /// Completes every job whose CQE has arrived (a remainder goes back to the front of the
@@ -547,7 +544,7 @@ impl Jobs {
 }
 
 /// Puts `sqe` on the submission queue, submitting first should it be full.
-pub(super) fn push(ring: &mut IoUring, sqe: squeue::Entry) {
+fn push(ring: &mut IoUring, sqe: squeue::Entry) {
     // In-flight accounting keeps the SQ from filling, but submitting first is the safe answer
     // should it ever be full.
     loop {
